@@ -1,0 +1,22 @@
+"""The memory engine's settings, from the environment or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MemorySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHANNELMIND_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    data_dir: Path = Path("./data")
+    embedder: Literal["local", "openai", "hash"] = "local"
+    embedding_model: str | None = None
+    chroma_url: str | None = None
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")

@@ -1,0 +1,594 @@
+"""MemoryEngine: the one object a process opens on a data folder.
+
+Writes commit to SQLite first and return; a background task embeds new rows in batches and
+writes them to Chroma, and drops the vectors of deleted rows. A crash in between loses nothing:
+rows remember whether they are indexed, deletions leave tombstones in the same transaction, and
+the next open picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from .config import MemorySettings
+from .embedders import Embedder, make_embedder
+from .filters import Filter, parse_filter
+from .model import (
+    Episode,
+    Fact,
+    Hit,
+    InvalidInput,
+    Scope,
+    SearchResult,
+    Source,
+    Stats,
+    TimeRange,
+    check_safe_id,
+    utcnow,
+)
+from .retrieval import Candidate, Ranking
+from .sqlite_store import SQLiteStore
+from .vector_index import VectorIndex, VectorItem, open_chroma
+
+log = logging.getLogger(__name__)
+
+SearchMode = Literal["hybrid", "keyword", "vector"]
+EMBED_CHARS = 2000  # the models read ~256 tokens; more text only costs time
+
+
+class EmbedderMismatch(RuntimeError):
+    """The configured embedder is not the one the index was built with."""
+
+
+class SourceRef(BaseModel):
+    """A message as its platform knows it."""
+
+    org_id: str
+    project_id: str
+    platform: str
+    source_id: str
+
+
+class ForgetReport(BaseModel):
+    episodes: int
+    facts: int
+    uids: list[str]
+
+
+def embed_text(ep: Episode) -> str:
+    return f"{ep.display_name}: {ep.content}"[:EMBED_CHARS]
+
+
+class MemoryEngine:
+    def __init__(
+        self,
+        data_dir: Path,
+        embedder: Embedder,
+        chroma_url: str | None = None,
+        *,
+        index_batch: int = 256,
+        ranking: Ranking | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.embedder = embedder
+        self.chroma_url = chroma_url
+        self.index_batch = index_batch
+        self.ranking = ranking or Ranking()
+        self.store = SQLiteStore(self.data_dir / "memory.sqlite3")
+        self.index: VectorIndex | None = None
+        self._wake = asyncio.Event()
+        self._indexer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.index_errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path | str | None = None,
+        embedder: Embedder | str | None = None,
+        chroma_url: str | None = None,
+        *,
+        settings: MemorySettings | None = None,
+        allow_embedder_change: bool = False,
+        background: bool = True,
+        **kwargs: Any,
+    ) -> MemoryEngine:
+        """Open the engine on a data folder. Arguments left out come from the settings
+        (``CHANNELMIND_DATA_DIR``, ``CHANNELMIND_EMBEDDER``, ``CHANNELMIND_CHROMA_URL``...)."""
+        settings = settings or MemorySettings()
+        if embedder is None or isinstance(embedder, str):
+            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+            embedder = await asyncio.to_thread(
+                make_embedder,
+                embedder or settings.embedder,
+                model=settings.embedding_model,
+                base_url=settings.openai_base_url,
+                api_key=key,
+            )
+        engine = cls(
+            Path(data_dir) if data_dir is not None else settings.data_dir,
+            embedder,
+            chroma_url if chroma_url is not None else settings.chroma_url,
+            **kwargs,
+        )
+        await engine._start(allow_embedder_change, background)
+        return engine
+
+    async def _start(self, allow_embedder_change: bool, background: bool) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        try:
+            await self._check_embedder(allow_embedder_change)
+            client = await asyncio.to_thread(
+                open_chroma, str(self.data_dir / "chroma"), self.chroma_url
+            )
+            self.index = VectorIndex(client)
+            await self._reconcile_counts()
+        except BaseException:
+            await self.store.close()
+            raise
+        if background:
+            self._indexer = asyncio.create_task(self._index_loop(), name="channelmind-indexer")
+            self._wake.set()
+
+    async def _check_embedder(self, allow_change: bool) -> None:
+        stored = await self.store.get_meta("embedder")
+        current = self.embedder.fingerprint
+        if stored is None:
+            await self.store.set_meta("embedder", current)
+        elif stored != current and not allow_change:
+            raise EmbedderMismatch(
+                f"the vector index was built with the embedder {stored!r}, but {current!r} is"
+                " configured; run `channelmind reindex` to rebuild the index with it, or set"
+                " CHANNELMIND_EMBEDDER back"
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._indexer is not None:
+            self._indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._indexer
+            self._indexer = None
+        await self.store.close()
+
+    async def __aenter__(self) -> MemoryEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _vectors(self) -> VectorIndex:
+        if self.index is None:
+            raise RuntimeError("the engine is not open")
+        return self.index
+
+    # -- indexing --------------------------------------------------------------------------
+
+    async def _index_loop(self) -> None:
+        backoff = 0.5
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                while await self.index_step():
+                    pass
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.index_errors += 1
+                log.exception("indexing failed; retrying in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._wake.set()
+
+    async def index_step(self) -> bool:
+        """Drop one batch of tombstoned vectors or embed one batch of pending rows.
+        Returns False when there was nothing to do."""
+        index = self._vectors()
+        stones = await self.store.tombstones(self.index_batch * 4)
+        if stones:
+            groups: dict[tuple[str, str, str], list[str]] = {}
+            for _, uid, org, proj, chan in stones:
+                groups.setdefault((org, proj, chan), []).append(uid)
+            for (org, proj, chan), uids in groups.items():
+                await asyncio.to_thread(index.delete, org, proj, chan, uids)
+            await self.store.clear_tombstones([s[0] for s in stones])
+            return True
+        pending = await self.store.pending(self.index_batch)
+        if not pending:
+            return False
+        vectors = await asyncio.to_thread(self.embedder.embed, [embed_text(e) for e in pending])
+        items = [
+            VectorItem(e.uid, e.org_id, e.project_id, e.produced_for, e.producer, e.thread_id)
+            for e in pending
+        ]
+        await asyncio.to_thread(index.upsert, items, vectors)
+        await self.store.mark_indexed((e.uid, e.content) for e in pending)
+        return True
+
+    async def wait_indexed(self, timeout: float | None = 120.0) -> None:
+        """Wait until every stored row is in the vector index (tests, benchmarks, CLI)."""
+
+        async def settled() -> None:
+            while True:
+                if self._indexer is None:
+                    while await self.index_step():
+                        pass
+                    return
+                if await self.store.count_pending() == 0 and not await self.store.tombstones(1):
+                    return
+                self._wake.set()
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(settled(), timeout)
+
+    async def _reconcile_counts(self) -> None:
+        """Cheap check on open: when Chroma does not hold exactly the indexed rows (a crash,
+        a restored backup, a lost Chroma folder), compare ids and repair."""
+        index = self._vectors()
+        indexed = await self.store._scalar("SELECT count(*) FROM episodes WHERE indexed = 1")
+        vectors = await asyncio.to_thread(index.count)
+        if vectors != indexed or await self.store.tombstones(1):
+            await self.reconcile()
+
+    async def reconcile(self) -> dict[str, int]:
+        """Deep check: drop vectors whose rows are gone, re-queue rows whose vectors are."""
+        index = self._vectors()
+        rows = await self.store.all_uids()
+        collections = await asyncio.to_thread(index.all_ids)
+        dropped = 0
+        seen: set[str] = set()
+        for name, ids in collections.items():
+            orphans = sorted(ids - rows)
+            dropped += len(orphans) if name.startswith("cmp_") else 0
+            await asyncio.to_thread(index.delete_ids, name, orphans)
+            if name.startswith("cmp_"):
+                seen |= ids
+        missing = rows - seen
+        async with self.store._write_lock:
+            await self.store.writer.executemany(
+                "UPDATE episodes SET indexed = 0 WHERE uid = ?", [(u,) for u in missing]
+            )
+        self._wake.set()
+        return {"dropped_vectors": dropped, "requeued_rows": len(missing)}
+
+    async def reindex(self, progress: bool = True) -> int:
+        """Rebuild the vector index from SQLite with the configured embedder."""
+        from tqdm import tqdm
+
+        index = self._vectors()
+        await asyncio.to_thread(index.reset)
+        async with self.store._write_lock:
+            await self.store.writer.execute("DELETE FROM vector_tombstones")
+        await self.store.mark_all_pending()
+        await self.store.set_meta("embedder", self.embedder.fingerprint)
+        total = await self.store.count_pending()
+        done = 0
+        with tqdm(total=total, disable=not progress, unit="msg", desc="reindex") as bar:
+            while True:
+                before = await self.store.count_pending()
+                if not await self.index_step():
+                    break
+                after = await self.store.count_pending()
+                bar.update(before - after)
+                done += before - after
+        return done
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def add(self, episodes: Sequence[Episode]) -> list[str]:
+        """Store episodes (committed when this returns); returns their uids in order."""
+        if not episodes:
+            return []
+        uids = await self.store.add(episodes)
+        self._wake.set()
+        return uids
+
+    async def edit(self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = "") -> Episode | None:
+        """Replace a message's content, found by its source ref or by uid (then org and
+        project are required). Returns the edited episode, or None if it is unknown."""
+        if not content.strip():
+            raise InvalidInput("content must not be empty")
+        if isinstance(ref, SourceRef):
+            found = await self.store.find_source(ref.org_id, ref.project_id, ref.platform, ref.source_id)
+        else:
+            got = await self.store.get(org_id, project_id, [ref])
+            found = got[0] if got else None
+        if found is None:
+            return None
+        Episode.model_validate({**found.model_dump(), "content": content})
+        await self.store.edit(found.uid, content, utcnow())
+        self._wake.set()
+        return found.model_copy(update={"content": content})
+
+    async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        """Delete episodes of one org and project by uid (others are ignored); their vectors
+        and the facts that cite only them go too. Returns the uids that were deleted."""
+        present = await self.store.get(org_id, project_id, list(uids))
+        deleted = await self.store.delete([e.uid for e in present])
+        await self._after_forget(bool(deleted))
+        return deleted
+
+    async def forget(
+        self,
+        org_id: str,
+        *,
+        project_id: str | None = None,
+        producer: str | None = None,
+        produced_for: str | None = None,
+        thread_id: str | None = None,
+        filters: str | Filter | None = None,
+        facts_about_producer: bool = True,
+    ) -> ForgetReport:
+        """Forget everything that matches: e.g. all a producer said in an org (every project),
+        one channel, one thread. Facts citing the episodes go; with ``producer`` set, so do
+        the facts about that person."""
+        check_safe_id(org_id, "org_id")
+        filt = parse_filter(filters) if isinstance(filters, str) else filters
+        projects = [project_id] if project_id else [p for o, p in await self.store.projects(org_id)]
+        uids: list[str] = []
+        facts = 0
+        for proj in projects:
+            scope = Scope(
+                org_id=org_id,
+                project_id=proj,
+                producer=producer,
+                produced_for=produced_for,
+                thread_id=thread_id,
+            )
+            matching = await self.store.uids_matching(scope, filt, None)
+            facts_before = await self.store._scalar(
+                "SELECT count(*) FROM facts WHERE org_id = ? AND project_id = ?", (org_id, proj)
+            )
+            uids += await self.store.delete(matching)
+            if producer is not None and facts_about_producer and filt is None:
+                await self.store.delete_facts_about(org_id, proj, producer, produced_for)
+            facts_after = await self.store._scalar(
+                "SELECT count(*) FROM facts WHERE org_id = ? AND project_id = ?", (org_id, proj)
+            )
+            facts += facts_before - facts_after
+        await self._after_forget(bool(uids or facts))
+        return ForgetReport(episodes=len(uids), facts=facts, uids=uids)
+
+    async def _after_forget(self, changed: bool) -> None:
+        """Make a forget complete when the call returns: vectors gone, WAL folded."""
+        if not changed:
+            return
+        self._wake.set()
+        if self._indexer is None:
+            while await self.index_step():
+                pass
+        else:
+            await self._drain_tombstones()
+        await self.store.checkpoint()
+
+    async def _drain_tombstones(self) -> None:
+        index = self._vectors()
+        while True:
+            stones = await self.store.tombstones(1000)
+            if not stones:
+                return
+            for _, uid, org, proj, chan in stones:
+                await asyncio.to_thread(index.delete, org, proj, chan, [uid])
+            await self.store.clear_tombstones([s[0] for s in stones])
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
+        return await self.store.get(org_id, project_id, list(uids))
+
+    async def get_by_source(self, ref: SourceRef) -> Episode | None:
+        return await self.store.find_source(ref.org_id, ref.project_id, ref.platform, ref.source_id)
+
+    async def list(
+        self,
+        scope: Scope,
+        filters: str | Filter | None = None,
+        page_size: int = 100,
+        page_num: int = 0,
+        time: TimeRange | None = None,
+    ) -> list[Episode]:
+        """A page of episodes in time order (oldest first), zero-based pages."""
+        if page_size < 1 or page_size > 10_000 or page_num < 0:
+            raise InvalidInput("page_size must be 1-10000 and page_num >= 0")
+        filt = parse_filter(filters) if isinstance(filters, str) else filters
+        return await self.store.list(scope, filt, time, page_size, page_size * page_num)
+
+    async def count(self, scope: Scope, filters: str | Filter | None = None) -> int:
+        filt = parse_filter(filters) if isinstance(filters, str) else filters
+        return await self.store.count(scope, filt)
+
+    async def recent(self, scope: Scope, n: int = 20) -> list[Episode]:
+        """The last ``n`` episodes of the scope (a channel, a thread), oldest first."""
+        rows = await self.store.list(scope, None, None, n, 0, newest_first=True)
+        return list(reversed(rows))
+
+    async def search(
+        self,
+        query: str,
+        scope: Scope,
+        filters: str | Filter | None = None,
+        top_k: int = 10,
+        expand_context: int = 0,
+        *,
+        time: TimeRange | None = None,
+        mode: SearchMode = "hybrid",
+        score_threshold: float | None = None,
+    ) -> SearchResult:
+        """Hybrid retrieval inside one org and project, narrowed by the scope's producer,
+        channel and thread, a time range and a filter (MemMachine's filter language)."""
+        if top_k < 1 or top_k > 1000:
+            raise InvalidInput("top_k must be between 1 and 1000")
+        if expand_context < 0 or expand_context > 20:
+            raise InvalidInput("expand_context must be between 0 and 20")
+        filt = parse_filter(filters) if isinstance(filters, str) else filters
+        depth = max(50, top_k * 5)
+        candidates: dict[int, Candidate] = {}
+        if mode in ("hybrid", "keyword"):
+            for rid, ep, score in await self.store.keyword_search(scope, filt, time, query, depth):
+                candidates[rid] = Candidate(rid, ep, keyword=score)
+        if mode in ("hybrid", "vector") and query.strip():
+            try:
+                for rid, ep, sim in await self._vector_candidates(query, scope, filt, time, depth):
+                    found = candidates.setdefault(rid, Candidate(rid, ep))
+                    found.vector = sim
+            except Exception:
+                # A failing vector index degrades search to keywords; it never fails it.
+                log.exception("vector search failed; answering from keywords only")
+        ranking = self.ranking
+        ranking.fuse(candidates)
+        if mode == "hybrid" and candidates:
+            adjacent = await self.store.adjacent_ids(list(candidates))
+            ranking.smooth(candidates, adjacent)
+        ranking.recency(candidates, utcnow())
+        ranked = ranking.ranked(candidates)
+        if score_threshold is not None:
+            ranked = [c for c in ranked if c.score >= score_threshold]
+        hits = [self._hit(c.episode, c.score) for c in ranked[:top_k]]
+        if expand_context and hits:
+            hits = await self._expand(ranked[:top_k], expand_context, top_k)
+        return SearchResult(hits=hits, query=query)
+
+    async def _vector_candidates(
+        self, query: str, scope: Scope, filt: Filter | None, time: TimeRange | None, depth: int
+    ) -> list[tuple[int, Episode, float]]:
+        index = self._vectors()
+        vector = (await asyncio.to_thread(self.embedder.embed, [query]))[0]
+        narrowed = filt is not None or time is not None
+        nearest = await asyncio.to_thread(
+            index.query,
+            scope.org_id,
+            scope.project_id,
+            scope.produced_for,
+            vector,
+            depth * 4 if narrowed else depth,
+            scope.producer,
+            scope.thread_id,
+        )
+        rows = await self.store.get_scoped(scope, filt, time, [u for u, _ in nearest])
+        return [(rows[u][0], rows[u][1], sim) for u, sim in nearest if u in rows]
+
+    @staticmethod
+    def _hit(ep: Episode, score: float, expanded: bool = False) -> Hit:
+        return Hit(
+            episode=ep,
+            score=round(score, 6),
+            expanded=expanded,
+            source=Source(
+                platform=ep.platform,
+                channel=ep.produced_for,
+                source_id=ep.source_id,
+                thread_id=ep.thread_id,
+                link=ep.link,
+            ),
+        )
+
+    async def _expand(self, ranked: list[Candidate], n: int, top_k: int) -> list[Hit]:
+        """Each hit with up to ``n`` neighbours either side, in conversation order; the list
+        is cut at ``top_k`` entries, neighbours counting."""
+        around = await self.store.neighbours([c.row_id for c in ranked], n, n)
+        out: list[Hit] = []
+        seen: set[str] = set()
+        for c in ranked:
+            before, after = around.get(c.row_id, ([], []))
+            group = [(ep, True) for _, ep in reversed(before)] + [(c.episode, False)]
+            group += [(ep, True) for _, ep in after]
+            for ep, expanded in group:
+                if ep.uid in seen:
+                    continue
+                seen.add(ep.uid)
+                out.append(self._hit(ep, c.score * (0.9 if expanded else 1.0), expanded))
+            if len(out) >= top_k:
+                break
+        return out[:top_k]
+
+    # -- facts -----------------------------------------------------------------------------
+
+    async def add_fact(self, fact: Fact) -> str:
+        return await self.store.add_fact(fact)
+
+    async def facts(
+        self,
+        org_id: str,
+        project_id: str,
+        *,
+        subject: str | None = None,
+        produced_for: str | None = None,
+        include_superseded: bool = False,
+        uids: Sequence[str] | None = None,
+    ) -> list[Fact]:
+        return await self.store.facts(
+            org_id,
+            project_id,
+            subject=subject,
+            produced_for=produced_for,
+            include_superseded=include_superseded,
+            uids=uids,
+        )
+
+    async def supersede_fact(self, uid: str, by: str, when: datetime | None = None) -> None:
+        await self.store.supersede_fact(uid, by, when or utcnow())
+
+    async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
+        return await self.store.delete_facts(org_id, project_id, uids)
+
+    # -- projects and settings -------------------------------------------------------------
+
+    async def create_project(
+        self, org_id: str, project_id: str, description: str = "", config: dict[str, Any] | None = None
+    ) -> bool:
+        check_safe_id(org_id, "org_id")
+        check_safe_id(project_id, "project_id")
+        return await self.store.create_project(org_id, project_id, description, config or {})
+
+    async def get_project(self, org_id: str, project_id: str) -> tuple[str, dict[str, Any]] | None:
+        return await self.store.get_project(org_id, project_id)
+
+    async def list_projects(self, org_id: str | None = None) -> list[tuple[str, str]]:
+        return await self.store.projects(org_id)
+
+    async def delete_project(self, org_id: str, project_id: str) -> ForgetReport:
+        """Delete a project and everything in it; complete when this returns."""
+        channels = await self.store.channels(org_id, project_id)
+        report = await self.forget(org_id, project_id=project_id)
+        await self.store.drop_project_row(org_id, project_id)
+        await asyncio.to_thread(self._vectors().drop_project, org_id, project_id, channels)
+        await self.store.checkpoint()
+        return report
+
+    async def get_setting(self, org_id: str, project_id: str, subject: str, key: str) -> str | None:
+        return await self.store.get_setting(org_id, project_id, subject, key)
+
+    async def set_setting(
+        self, org_id: str, project_id: str, subject: str, key: str, value: str | None
+    ) -> None:
+        await self.store.set_setting(org_id, project_id, subject, key, value)
+
+    # -- stats -----------------------------------------------------------------------------
+
+    async def stats(self) -> Stats:
+        counts = await self.store.stats()
+        vectors = await asyncio.to_thread(self._vectors().count)
+        disk = sum(
+            f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file()
+        ) if self.data_dir.exists() else 0
+        return Stats(
+            **counts, vectors=vectors, embedder=self.embedder.fingerprint, disk_bytes=disk
+        )
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CHANNELMIND_DATA_DIR", "./data"))
