@@ -9,6 +9,7 @@ the next open picks up where the last one stopped.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -200,7 +201,7 @@ class MemoryEngine:
         index = self._vectors()
         stones = await self.store.tombstones(self.index_batch * 4)
         if stones:
-            groups: dict[tuple[str, str, str], list[str]] = {}
+            groups: dict[tuple[str, str, str], builtins.list[str]] = {}
             for _, uid, org, proj, chan in stones:
                 groups.setdefault((org, proj, chan), []).append(uid)
             for (org, proj, chan), uids in groups.items():
@@ -219,7 +220,7 @@ class MemoryEngine:
         await self.store.mark_indexed((e.uid, e.content) for e in pending)
         return True
 
-    async def wait_indexed(self, timeout: float | None = 120.0) -> None:
+    async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
         """Wait until every stored row is in the vector index (tests, benchmarks, CLI)."""
 
         async def settled() -> None:
@@ -289,7 +290,7 @@ class MemoryEngine:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def add(self, episodes: Sequence[Episode]) -> list[str]:
+    async def add(self, episodes: Sequence[Episode]) -> builtins.list[str]:
         """Store episodes (committed when this returns); returns their uids in order."""
         if not episodes:
             return []
@@ -297,13 +298,17 @@ class MemoryEngine:
         self._wake.set()
         return uids
 
-    async def edit(self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = "") -> Episode | None:
+    async def edit(
+        self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = ""
+    ) -> Episode | None:
         """Replace a message's content, found by its source ref or by uid (then org and
         project are required). Returns the edited episode, or None if it is unknown."""
         if not content.strip():
             raise InvalidInput("content must not be empty")
         if isinstance(ref, SourceRef):
-            found = await self.store.find_source(ref.org_id, ref.project_id, ref.platform, ref.source_id)
+            found = await self.store.find_source(
+                ref.org_id, ref.project_id, ref.platform, ref.source_id
+            )
         else:
             got = await self.store.get(org_id, project_id, [ref])
             found = got[0] if got else None
@@ -314,7 +319,7 @@ class MemoryEngine:
         self._wake.set()
         return found.model_copy(update={"content": content})
 
-    async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+    async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> builtins.list[str]:
         """Delete episodes of one org and project by uid (others are ignored); their vectors
         and the facts that cite only them go too. Returns the uids that were deleted."""
         present = await self.store.get(org_id, project_id, list(uids))
@@ -339,7 +344,7 @@ class MemoryEngine:
         check_safe_id(org_id, "org_id")
         filt = parse_filter(filters) if isinstance(filters, str) else filters
         projects = [project_id] if project_id else [p for o, p in await self.store.projects(org_id)]
-        uids: list[str] = []
+        uids: builtins.list[str] = []
         facts = 0
         for proj in projects:
             scope = Scope(
@@ -387,7 +392,9 @@ class MemoryEngine:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
+    async def get(
+        self, org_id: str, project_id: str, uids: Sequence[str]
+    ) -> builtins.list[Episode]:
         return await self.store.get(org_id, project_id, list(uids))
 
     async def get_by_source(self, ref: SourceRef) -> Episode | None:
@@ -400,20 +407,20 @@ class MemoryEngine:
         page_size: int = 100,
         page_num: int = 0,
         time: TimeRange | None = None,
-    ) -> list[Episode]:
+    ) -> builtins.list[Episode]:
         """A page of episodes in time order (oldest first), zero-based pages."""
         if page_size < 1 or page_size > 10_000 or page_num < 0:
             raise InvalidInput("page_size must be 1-10000 and page_num >= 0")
         filt = parse_filter(filters) if isinstance(filters, str) else filters
-        return await self.store.list(scope, filt, time, page_size, page_size * page_num)
+        return await self.store.list_episodes(scope, filt, time, page_size, page_size * page_num)
 
     async def count(self, scope: Scope, filters: str | Filter | None = None) -> int:
         filt = parse_filter(filters) if isinstance(filters, str) else filters
         return await self.store.count(scope, filt)
 
-    async def recent(self, scope: Scope, n: int = 20) -> list[Episode]:
+    async def recent(self, scope: Scope, n: int = 20) -> builtins.list[Episode]:
         """The last ``n`` episodes of the scope (a channel, a thread), oldest first."""
-        rows = await self.store.list(scope, None, None, n, 0, newest_first=True)
+        rows = await self.store.list_episodes(scope, None, None, n, 0, newest_first=True)
         return list(reversed(rows))
 
     async def search(
@@ -437,22 +444,13 @@ class MemoryEngine:
         filt = parse_filter(filters) if isinstance(filters, str) else filters
         depth = max(50, top_k * 5)
         candidates: dict[int, Candidate] = {}
-        if mode in ("hybrid", "keyword"):
-            for rid, ep, score in await self.store.keyword_search(scope, filt, time, query, depth):
-                candidates[rid] = Candidate(rid, ep, keyword=score)
-        if mode in ("hybrid", "vector") and query.strip():
-            try:
-                for rid, ep, sim in await self._vector_candidates(query, scope, filt, time, depth):
-                    found = candidates.setdefault(rid, Candidate(rid, ep))
-                    found.vector = sim
-            except Exception:
-                # A failing vector index degrades search to keywords; it never fails it.
-                log.exception("vector search failed; answering from keywords only")
+        await self._gather(candidates, query, scope, filt, time, depth, mode)
         ranking = self.ranking
         ranking.fuse(candidates)
         if mode == "hybrid" and candidates:
             adjacent = await self.store.adjacent_ids(list(candidates))
             ranking.smooth(candidates, adjacent)
+            ranking.author(candidates, query)
         ranking.recency(candidates, utcnow())
         ranked = ranking.ranked(candidates)
         if score_threshold is not None:
@@ -462,9 +460,31 @@ class MemoryEngine:
             hits = await self._expand(ranked[:top_k], expand_context, top_k)
         return SearchResult(hits=hits, query=query)
 
+    async def _gather(
+        self,
+        candidates: dict[int, Candidate],
+        query: str,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        depth: int,
+        mode: SearchMode,
+    ) -> None:
+        """Add keyword and vector candidates under ``scope`` to ``candidates``."""
+        if mode in ("hybrid", "keyword"):
+            for rid, ep, score in await self.store.keyword_search(scope, filt, time, query, depth):
+                candidates.setdefault(rid, Candidate(rid, ep)).keyword = score
+        if mode in ("hybrid", "vector") and query.strip():
+            try:
+                for rid, ep, sim in await self._vector_candidates(query, scope, filt, time, depth):
+                    candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+            except Exception:
+                # A failing vector index degrades search to keywords; it never fails it.
+                log.exception("vector search failed; answering from keywords only")
+
     async def _vector_candidates(
         self, query: str, scope: Scope, filt: Filter | None, time: TimeRange | None, depth: int
-    ) -> list[tuple[int, Episode, float]]:
+    ) -> builtins.list[tuple[int, Episode, float]]:
         index = self._vectors()
         vector = (await asyncio.to_thread(self.embedder.embed, [query]))[0]
         narrowed = filt is not None or time is not None
@@ -496,11 +516,13 @@ class MemoryEngine:
             ),
         )
 
-    async def _expand(self, ranked: list[Candidate], n: int, top_k: int) -> list[Hit]:
+    async def _expand(
+        self, ranked: builtins.list[Candidate], n: int, top_k: int
+    ) -> builtins.list[Hit]:
         """Each hit with up to ``n`` neighbours either side, in conversation order; the list
         is cut at ``top_k`` entries, neighbours counting."""
         around = await self.store.neighbours([c.row_id for c in ranked], n, n)
-        out: list[Hit] = []
+        out: builtins.list[Hit] = []
         seen: set[str] = set()
         for c in ranked:
             before, after = around.get(c.row_id, ([], []))
@@ -529,7 +551,7 @@ class MemoryEngine:
         produced_for: str | None = None,
         include_superseded: bool = False,
         uids: Sequence[str] | None = None,
-    ) -> list[Fact]:
+    ) -> builtins.list[Fact]:
         return await self.store.facts(
             org_id,
             project_id,
@@ -548,7 +570,11 @@ class MemoryEngine:
     # -- projects and settings -------------------------------------------------------------
 
     async def create_project(
-        self, org_id: str, project_id: str, description: str = "", config: dict[str, Any] | None = None
+        self,
+        org_id: str,
+        project_id: str,
+        description: str = "",
+        config: dict[str, Any] | None = None,
     ) -> bool:
         check_safe_id(org_id, "org_id")
         check_safe_id(project_id, "project_id")
@@ -557,7 +583,7 @@ class MemoryEngine:
     async def get_project(self, org_id: str, project_id: str) -> tuple[str, dict[str, Any]] | None:
         return await self.store.get_project(org_id, project_id)
 
-    async def list_projects(self, org_id: str | None = None) -> list[tuple[str, str]]:
+    async def list_projects(self, org_id: str | None = None) -> builtins.list[tuple[str, str]]:
         return await self.store.projects(org_id)
 
     async def delete_project(self, org_id: str, project_id: str) -> ForgetReport:
@@ -582,12 +608,12 @@ class MemoryEngine:
     async def stats(self) -> Stats:
         counts = await self.store.stats()
         vectors = await asyncio.to_thread(self._vectors().count)
-        disk = sum(
-            f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file()
-        ) if self.data_dir.exists() else 0
-        return Stats(
-            **counts, vectors=vectors, embedder=self.embedder.fingerprint, disk_bytes=disk
+        disk = (
+            sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file())
+            if self.data_dir.exists()
+            else 0
         )
+        return Stats(**counts, vectors=vectors, embedder=self.embedder.fingerprint, disk_bytes=disk)
 
 
 def default_data_dir() -> Path:

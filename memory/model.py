@@ -107,9 +107,7 @@ class Episode(BaseModel):
         if not v.strip():
             raise InvalidInput("content must not be empty")
         if len(v) > MAX_CONTENT_CHARS:
-            raise InvalidInput(
-                f"content is {len(v)} characters; the limit is {MAX_CONTENT_CHARS}"
-            )
+            raise InvalidInput(f"content is {len(v)} characters; the limit is {MAX_CONTENT_CHARS}")
         if "\x00" in v:
             raise InvalidInput("content contains a NUL character")
         return v

@@ -13,7 +13,9 @@ to a collection (Chroma's default one would download a model at run time).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ import chromadb
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings as ChromaSettings
 
 from .embedders import Vectors
 
@@ -54,7 +57,7 @@ def channel_collection(org_id: str, project_id: str, produced_for: str) -> str:
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
     """A PersistentClient on ``path``, or an HttpClient when ``url`` is given."""
-    settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=True)
+    settings = ChromaSettings(anonymized_telemetry=False, allow_reset=True)
     if url:
         parsed = urlparse(url)
         return chromadb.HttpClient(
@@ -65,7 +68,30 @@ def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
         )
     if path is None:
         raise ValueError("a Chroma path or url is needed")
+    zero_heap_allocations()
     return chromadb.PersistentClient(path=path, settings=settings)
+
+
+_M_PERTURB = -6  # glibc mallopt(3) parameter
+
+
+def zero_heap_allocations() -> bool:
+    """Make glibc's malloc hand out zeroed memory and wipe memory on free, process-wide.
+
+    Embedded Chroma writes its HNSW files (``data_level0.bin``) from malloc'd buffers that
+    are not fully initialised, so whatever the process's heap held before - message text
+    from SQLite's page cache, queries - can end up on disk in any collection's files, and
+    stay there after that text is forgotten (tests/test_forgetting.py caught it). With
+    ``M_PERTURB`` set to 0xff, allocations are filled with 0x00 and freed memory with 0xff.
+    No-op (False) off glibc; the Chroma server runs in its own process and needs none.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_PERTURB, 0xFF))
+    except (OSError, AttributeError):
+        return False
 
 
 class VectorIndex:
