@@ -1,0 +1,391 @@
+"""MemoryClient: a remote memory server behind the MemoryEngine interface.
+
+A bot pointed at a shared memory server (``CHANNELMIND_MEMORY_URL``) uses this instead of an
+embedded engine: the same method names, arguments and return types (Episode, Fact,
+SearchResult, Stats...), over the server's ``/api/cm`` routes (and ``/api/v2/projects/list``).
+Filters may be strings or parsed :data:`memory.filters.Filter` trees; trees are sent as text.
+
+Errors: a 422 raises :class:`memory.model.InvalidInput` (``FilterError`` for a bad filter), as
+the engine would; other failures raise :class:`MemoryServerError` (``MemoryAccessDenied`` for
+401/403).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import httpx
+from pydantic import TypeAdapter
+
+from .engine import ForgetReport, SourceRef
+from .filters import And, Comparison, Filter, FilterError, InList, IsNull, Not, Or, Value
+from .model import Episode, Fact, InvalidInput, Scope, SearchResult, Stats, TimeRange
+
+_EPISODES = TypeAdapter(list[Episode])
+_FACTS = TypeAdapter(list[Fact])
+_KNOWN_FACTS = 10_000
+
+
+class MemoryServerError(RuntimeError):
+    """The memory server refused or failed a call (``status`` 0: it could not be reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"memory server answered {status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+class MemoryAccessDenied(MemoryServerError, PermissionError):
+    """401 (no or wrong API key) or 403 (the key does not grant this org)."""
+
+
+# -- filters as text -----------------------------------------------------------------------
+
+
+def _literal(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise FilterError(f"number {value} cannot be written in a filter")
+        text = format(Decimal(repr(value)), "f")
+        return text if "." in text else f"{text}.0"
+    if isinstance(value, datetime):
+        return f"date('{value.isoformat()}')"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def filter_text(f: Filter) -> str:
+    """Write a parsed filter back in the filter language (``parse_filter`` reads it back)."""
+    if isinstance(f, Comparison):
+        return f"{f.field} {f.op} {_literal(f.value)}"
+    if isinstance(f, InList):
+        items = ", ".join(_literal(v) for v in f.values)
+        return f"{f.field} {'NOT IN' if f.negate else 'IN'} ({items})"
+    if isinstance(f, IsNull):
+        return f"{f.field} IS {'NOT NULL' if f.negate else 'NULL'}"
+    if isinstance(f, And | Or):
+        word = " AND " if isinstance(f, And) else " OR "
+        return word.join(f"({filter_text(item)})" for item in f.items)
+    if isinstance(f, Not):
+        return f"NOT ({filter_text(f.item)})"
+    raise TypeError(f"not a filter: {f!r}")
+
+
+def _filters(filters: str | Filter | None) -> str | None:
+    if filters is None or isinstance(filters, str):
+        return filters
+    return filter_text(filters)
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class MemoryClient:
+    """Async client of a ChannelMind memory server, with MemoryEngine's interface."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
+        # Where facts live, learned from facts() and add_fact(), so that supersede_fact keeps
+        # the engine's signature (uid only) while the server still checks the org.
+        self._fact_homes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> MemoryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- transport -------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = await self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise MemoryServerError(0, f"memory server unreachable: {exc!r}") from exc
+        if response.status_code == 204:
+            return None
+        if response.is_success:
+            return response.json()
+        message = _message(response)
+        if response.status_code == 422:
+            exception = _detail(response).get("exception")
+            raise (FilterError if exception == "FilterError" else InvalidInput)(message)
+        if response.status_code in (401, 403):
+            raise MemoryAccessDenied(response.status_code, message)
+        raise MemoryServerError(response.status_code, message)
+
+    async def _post(self, path: str, body: Any) -> Any:
+        return await self._call("POST", path, body)
+
+    def _remember_facts(self, facts: Sequence[Fact]) -> None:
+        for fact in facts:
+            self._fact_homes[fact.uid] = (fact.org_id, fact.project_id)
+            self._fact_homes.move_to_end(fact.uid)
+        while len(self._fact_homes) > _KNOWN_FACTS:
+            self._fact_homes.popitem(last=False)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def add(self, episodes: Sequence[Episode]) -> builtins.list[str]:
+        if not episodes:
+            return []
+        body = {"episodes": [e.model_dump(mode="json") for e in episodes]}
+        return list((await self._post("/api/cm/episodes/add", body))["uids"])
+
+    async def edit(
+        self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = ""
+    ) -> Episode | None:
+        if isinstance(ref, SourceRef):
+            body: dict[str, Any] = {"ref": ref.model_dump(), "content": content}
+        else:
+            body = {"uid": ref, "org_id": org_id, "project_id": project_id, "content": content}
+        found = (await self._post("/api/cm/episodes/edit", body))["episode"]
+        return None if found is None else Episode.model_validate(found)
+
+    async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> builtins.list[str]:
+        body = {"org_id": org_id, "project_id": project_id, "uids": list(uids)}
+        return list((await self._post("/api/cm/episodes/delete", body))["uids"])
+
+    async def forget(
+        self,
+        org_id: str,
+        *,
+        project_id: str | None = None,
+        producer: str | None = None,
+        produced_for: str | None = None,
+        thread_id: str | None = None,
+        filters: str | Filter | None = None,
+        facts_about_producer: bool = True,
+    ) -> ForgetReport:
+        body = {
+            "org_id": org_id,
+            "project_id": project_id,
+            "producer": producer,
+            "produced_for": produced_for,
+            "thread_id": thread_id,
+            "filters": _filters(filters),
+            "facts_about_producer": facts_about_producer,
+        }
+        return ForgetReport.model_validate(await self._post("/api/cm/forget", body))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(
+        self, org_id: str, project_id: str, uids: Sequence[str]
+    ) -> builtins.list[Episode]:
+        body = {"org_id": org_id, "project_id": project_id, "uids": list(uids)}
+        return _EPISODES.validate_python(await self._post("/api/cm/episodes/get", body))
+
+    async def get_by_source(self, ref: SourceRef) -> Episode | None:
+        found = (await self._post("/api/cm/episodes/by_source", ref.model_dump()))["episode"]
+        return None if found is None else Episode.model_validate(found)
+
+    async def list(
+        self,
+        scope: Scope,
+        filters: str | Filter | None = None,
+        page_size: int = 100,
+        page_num: int = 0,
+        time: TimeRange | None = None,
+    ) -> builtins.list[Episode]:
+        body = {
+            "scope": scope.model_dump(mode="json"),
+            "filters": _filters(filters),
+            "page_size": page_size,
+            "page_num": page_num,
+            "time": time.model_dump(mode="json") if time else None,
+        }
+        return _EPISODES.validate_python(await self._post("/api/cm/episodes/list", body))
+
+    async def count(self, scope: Scope, filters: str | Filter | None = None) -> int:
+        body = {"scope": scope.model_dump(mode="json"), "filters": _filters(filters)}
+        return int((await self._post("/api/cm/episodes/count", body))["count"])
+
+    async def recent(self, scope: Scope, n: int = 20) -> builtins.list[Episode]:
+        body = {"scope": scope.model_dump(mode="json"), "n": n}
+        return _EPISODES.validate_python(await self._post("/api/cm/episodes/recent", body))
+
+    async def search(
+        self,
+        query: str,
+        scope: Scope,
+        filters: str | Filter | None = None,
+        top_k: int = 10,
+        expand_context: int = 0,
+        *,
+        time: TimeRange | None = None,
+        mode: Literal["hybrid", "keyword", "vector"] = "hybrid",
+        score_threshold: float | None = None,
+    ) -> SearchResult:
+        body = {
+            "query": query,
+            "scope": scope.model_dump(mode="json"),
+            "filters": _filters(filters),
+            "top_k": top_k,
+            "expand_context": expand_context,
+            "time": time.model_dump(mode="json") if time else None,
+            "mode": mode,
+            "score_threshold": score_threshold,
+        }
+        return SearchResult.model_validate(await self._post("/api/cm/search", body))
+
+    async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
+        """As the engine's: TimeoutError if indexing is not done within ``timeout``."""
+        wait = min(max(timeout or 300.0, 0.01), 300.0)
+        http_timeout = httpx.Timeout(self._http.timeout.read or 30.0, read=wait + 30.0)
+        try:
+            response = await self._http.post(
+                "/api/cm/index/wait", json={"timeout": wait}, timeout=http_timeout
+            )
+        except httpx.HTTPError as exc:
+            raise MemoryServerError(0, f"memory server unreachable: {exc!r}") from exc
+        if not response.is_success:
+            raise MemoryServerError(response.status_code, _message(response))
+        if not response.json().get("done"):
+            raise TimeoutError(f"the memory server did not finish indexing in {wait} s")
+
+    # -- facts -----------------------------------------------------------------------------
+
+    async def add_fact(self, fact: Fact) -> str:
+        uid = str(
+            (await self._post("/api/cm/facts/add", {"fact": fact.model_dump(mode="json")}))["uid"]
+        )
+        self._remember_facts([fact.model_copy(update={"uid": uid})])
+        return uid
+
+    async def facts(
+        self,
+        org_id: str,
+        project_id: str,
+        *,
+        subject: str | None = None,
+        produced_for: str | None = None,
+        include_superseded: bool = False,
+        uids: Sequence[str] | None = None,
+    ) -> builtins.list[Fact]:
+        body = {
+            "org_id": org_id,
+            "project_id": project_id,
+            "subject": subject,
+            "produced_for": produced_for,
+            "include_superseded": include_superseded,
+            "uids": None if uids is None else list(uids),
+        }
+        found = _FACTS.validate_python(await self._post("/api/cm/facts/list", body))
+        self._remember_facts(found)
+        return found
+
+    async def supersede_fact(
+        self,
+        uid: str,
+        by: str,
+        when: datetime | None = None,
+        *,
+        org_id: str | None = None,
+        project_id: str | None = None,
+    ) -> None:
+        """As the engine's; the fact's org and project are those seen by :meth:`facts` or
+        :meth:`add_fact` unless given."""
+        if org_id is None or project_id is None:
+            home = self._fact_homes.get(uid)
+            if home is None:
+                raise InvalidInput(
+                    f"unknown fact {uid!r}: read it with facts() first, or pass org_id and"
+                    " project_id"
+                )
+            org_id, project_id = home
+        body = {
+            "org_id": org_id,
+            "project_id": project_id,
+            "uid": uid,
+            "by": by,
+            "when": when.isoformat() if when else None,
+        }
+        await self._post("/api/cm/facts/supersede", body)
+
+    async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
+        body = {"org_id": org_id, "project_id": project_id, "uids": list(uids)}
+        return int((await self._post("/api/cm/facts/delete", body))["count"])
+
+    # -- projects, settings, stats ---------------------------------------------------------
+
+    async def list_projects(self, org_id: str | None = None) -> builtins.list[tuple[str, str]]:
+        rows = await self._post("/api/v2/projects/list", None)
+        return [
+            (r["org_id"], r["project_id"]) for r in rows if org_id is None or r["org_id"] == org_id
+        ]
+
+    async def get_setting(self, org_id: str, project_id: str, subject: str, key: str) -> str | None:
+        body = {"org_id": org_id, "project_id": project_id, "subject": subject, "key": key}
+        value = (await self._post("/api/cm/settings/get", body))["value"]
+        return None if value is None else str(value)
+
+    async def set_setting(
+        self, org_id: str, project_id: str, subject: str, key: str, value: str | None
+    ) -> None:
+        body = {
+            "org_id": org_id,
+            "project_id": project_id,
+            "subject": subject,
+            "key": key,
+            "value": value,
+        }
+        await self._post("/api/cm/settings/set", body)
+
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._call("GET", "/api/cm/stats"))
+
+
+def _detail(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return detail if isinstance(detail, dict) else {}
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        # internal_error is the engine's own message, without the envelope's prefix
+        return str(detail.get("internal_error") or detail.get("message") or detail)
+    return str(detail)
+
+
+def client_from_env() -> MemoryClient | None:
+    """A client for ``CHANNELMIND_MEMORY_URL`` (key: ``CHANNELMIND_MEMORY_API_KEY``), or None
+    when no memory server is configured."""
+    import os
+
+    url = os.environ.get("CHANNELMIND_MEMORY_URL", "").strip()
+    if not url:
+        return None
+    return MemoryClient(url, os.environ.get("CHANNELMIND_MEMORY_API_KEY") or None)

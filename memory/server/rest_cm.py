@@ -1,0 +1,316 @@
+"""ChannelMind's own routes under ``/api/cm``: what MemMachine's v2 cannot express (edits,
+forgetting by producer or channel, source refs, per-user settings, facts with citations, the
+engine's own records). :class:`memory.client.MemoryClient` uses them to give a bot on another
+machine the MemoryEngine interface. Same auth as v2; bodies and answers are the engine's own
+models (Episode, Fact, Scope, SearchResult, Stats...).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory.engine import ForgetReport, SourceRef
+from memory.model import Episode, Fact, Scope, SearchResult, Stats, TimeRange
+
+from .auth import principal_of
+from .rest_v2 import _ERRORS, authorize, service_of
+from .specs import MAX_EXPAND, MAX_PAGE_NUM, MAX_PAGE_SIZE, MAX_TOP_K, SafeId
+
+router = APIRouter(prefix="/api/cm", responses=_ERRORS, tags=["channelmind"])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AddEpisodesBody(_Body):
+    episodes: list[Episode] = Field(max_length=10_000)
+
+
+class SearchBody(_Body):
+    query: str = Field(max_length=100_000)
+    scope: Scope
+    filters: str | None = None
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
+    expand_context: int = Field(default=0, ge=0, le=MAX_EXPAND)
+    time: TimeRange | None = None
+    mode: Literal["hybrid", "keyword", "vector"] = "hybrid"
+    score_threshold: float | None = Field(default=None, allow_inf_nan=False)
+
+
+class RecentBody(_Body):
+    scope: Scope
+    n: int = Field(default=20, ge=1, le=MAX_PAGE_SIZE)
+
+
+class ListBody(_Body):
+    scope: Scope
+    filters: str | None = None
+    page_size: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
+    page_num: int = Field(default=0, ge=0, le=MAX_PAGE_NUM)
+    time: TimeRange | None = None
+
+
+class CountBody(_Body):
+    scope: Scope
+    filters: str | None = None
+
+
+class UidsBody(_Body):
+    org_id: SafeId
+    project_id: SafeId
+    uids: list[str] = Field(max_length=10_000)
+
+
+class ForgetBody(_Body):
+    org_id: SafeId
+    project_id: SafeId | None = None
+    producer: str | None = None
+    produced_for: str | None = None
+    thread_id: str | None = None
+    filters: str | None = None
+    facts_about_producer: bool = True
+
+
+class EditBody(_Body):
+    """Either ``ref`` (the platform's message) or ``uid`` with ``org_id`` and ``project_id``."""
+
+    ref: SourceRef | None = None
+    uid: str | None = None
+    org_id: str = ""
+    project_id: str = ""
+    content: str
+
+
+class FactsBody(_Body):
+    org_id: SafeId
+    project_id: SafeId
+    subject: str | None = None
+    produced_for: str | None = None
+    include_superseded: bool = False
+    uids: list[str] | None = Field(default=None, max_length=10_000)
+
+
+class AddFactBody(_Body):
+    fact: Fact
+
+
+class SupersedeBody(_Body):
+    org_id: SafeId
+    project_id: SafeId
+    uid: str
+    by: str
+    when: datetime | None = None
+
+
+class WaitBody(_Body):
+    timeout: float = Field(default=60.0, ge=0.01, le=300)
+
+
+class Indexed(BaseModel):
+    done: bool
+
+
+class SettingBody(_Body):
+    org_id: SafeId
+    project_id: SafeId
+    subject: str = Field(max_length=256)
+    key: str = Field(max_length=256)
+
+
+class SetSettingBody(SettingBody):
+    value: str | None = Field(default=None, max_length=100_000)
+
+
+class Uids(BaseModel):
+    uids: list[str]
+
+
+class Uid(BaseModel):
+    uid: str
+
+
+class Count(BaseModel):
+    count: int
+
+
+class MaybeEpisode(BaseModel):
+    episode: Episode | None
+
+
+class Value(BaseModel):
+    value: str | None
+
+
+@router.post("/episodes/add", response_model=Uids)
+async def add_episodes(body: AddEpisodesBody, request: Request) -> Uids:
+    for org in {e.org_id for e in body.episodes}:
+        authorize(request, org)
+    return Uids(uids=await service_of(request).engine.add(body.episodes))
+
+
+@router.post("/search", response_model=SearchResult)
+async def search(body: SearchBody, request: Request) -> SearchResult:
+    authorize(request, body.scope.org_id)
+    service = service_of(request)
+    service.metrics.searches.labels("cm").inc()
+    return await service.engine.search(
+        body.query,
+        body.scope,
+        body.filters,
+        top_k=body.top_k,
+        expand_context=body.expand_context,
+        time=body.time,
+        mode=body.mode,
+        score_threshold=body.score_threshold,
+    )
+
+
+@router.post("/episodes/recent", response_model=list[Episode])
+async def recent(body: RecentBody, request: Request) -> list[Episode]:
+    authorize(request, body.scope.org_id)
+    return await service_of(request).engine.recent(body.scope, body.n)
+
+
+@router.post("/episodes/get", response_model=list[Episode])
+async def get_episodes(body: UidsBody, request: Request) -> list[Episode]:
+    authorize(request, body.org_id)
+    return await service_of(request).engine.get(body.org_id, body.project_id, body.uids)
+
+
+@router.post("/episodes/list", response_model=list[Episode])
+async def list_episodes(body: ListBody, request: Request) -> list[Episode]:
+    authorize(request, body.scope.org_id)
+    return await service_of(request).engine.list(
+        body.scope, body.filters, body.page_size, body.page_num, body.time
+    )
+
+
+@router.post("/episodes/count", response_model=Count)
+async def count(body: CountBody, request: Request) -> Count:
+    authorize(request, body.scope.org_id)
+    return Count(count=await service_of(request).engine.count(body.scope, body.filters))
+
+
+@router.post("/episodes/delete", response_model=Uids)
+async def delete_episodes(body: UidsBody, request: Request) -> Uids:
+    """Delete by uid (unknown uids are ignored); answers the uids deleted."""
+    authorize(request, body.org_id)
+    deleted = await service_of(request).engine.delete(body.org_id, body.project_id, body.uids)
+    return Uids(uids=deleted)
+
+
+@router.post("/forget", response_model=ForgetReport)
+async def forget(body: ForgetBody, request: Request) -> ForgetReport:
+    authorize(request, body.org_id)
+    return await service_of(request).engine.forget(
+        body.org_id,
+        project_id=body.project_id,
+        producer=body.producer,
+        produced_for=body.produced_for,
+        thread_id=body.thread_id,
+        filters=body.filters,
+        facts_about_producer=body.facts_about_producer,
+    )
+
+
+@router.post("/episodes/edit", response_model=MaybeEpisode)
+async def edit(body: EditBody, request: Request) -> MaybeEpisode:
+    engine = service_of(request).engine
+    if body.ref is not None:
+        authorize(request, body.ref.org_id)
+        return MaybeEpisode(episode=await engine.edit(body.ref, body.content))
+    if not body.uid or not body.org_id or not body.project_id:
+        raise HTTPException(422, "give ref, or uid with org_id and project_id")
+    authorize(request, body.org_id)
+    found = await engine.edit(
+        body.uid, body.content, org_id=body.org_id, project_id=body.project_id
+    )
+    return MaybeEpisode(episode=found)
+
+
+@router.post("/episodes/by_source", response_model=MaybeEpisode)
+async def by_source(ref: SourceRef, request: Request) -> MaybeEpisode:
+    authorize(request, ref.org_id)
+    return MaybeEpisode(episode=await service_of(request).engine.get_by_source(ref))
+
+
+@router.post("/facts/list", response_model=list[Fact])
+async def facts(body: FactsBody, request: Request) -> list[Fact]:
+    authorize(request, body.org_id)
+    return await service_of(request).engine.facts(
+        body.org_id,
+        body.project_id,
+        subject=body.subject,
+        produced_for=body.produced_for,
+        include_superseded=body.include_superseded,
+        uids=body.uids,
+    )
+
+
+@router.post("/facts/add", response_model=Uid)
+async def add_fact(body: AddFactBody, request: Request) -> Uid:
+    authorize(request, body.fact.org_id)
+    return Uid(uid=await service_of(request).engine.add_fact(body.fact))
+
+
+@router.post("/facts/supersede", status_code=204, response_class=Response)
+async def supersede_fact(body: SupersedeBody, request: Request) -> Response:
+    """Mark a fact replaced by another (404 unless the fact is in this org and project)."""
+    authorize(request, body.org_id)
+    engine = service_of(request).engine
+    known = await engine.facts(
+        body.org_id, body.project_id, uids=[body.uid], include_superseded=True
+    )
+    if not known:
+        raise HTTPException(404, f"no fact {body.uid!r} in {body.org_id}/{body.project_id}")
+    await engine.supersede_fact(body.uid, body.by, body.when)
+    return Response(status_code=204)
+
+
+@router.post("/facts/delete", response_model=Count)
+async def delete_facts(body: UidsBody, request: Request) -> Count:
+    authorize(request, body.org_id)
+    n = await service_of(request).engine.delete_facts(body.org_id, body.project_id, body.uids)
+    return Count(count=n)
+
+
+@router.post("/settings/get", response_model=Value)
+async def get_setting(body: SettingBody, request: Request) -> Value:
+    authorize(request, body.org_id)
+    value = await service_of(request).engine.get_setting(
+        body.org_id, body.project_id, body.subject, body.key
+    )
+    return Value(value=value)
+
+
+@router.post("/settings/set", status_code=204, response_class=Response)
+async def set_setting(body: SetSettingBody, request: Request) -> Response:
+    authorize(request, body.org_id)
+    await service_of(request).engine.set_setting(
+        body.org_id, body.project_id, body.subject, body.key, body.value
+    )
+    return Response(status_code=204)
+
+
+@router.post("/index/wait", response_model=Indexed)
+async def wait_indexed(body: WaitBody, request: Request) -> Indexed:
+    """Wait until every stored episode is in the vector index, at most ``timeout`` seconds;
+    ``done`` says whether it got there."""
+    try:
+        await service_of(request).engine.wait_indexed(body.timeout)
+    except TimeoutError:
+        return Indexed(done=False)
+    return Indexed(done=True)
+
+
+@router.get("/stats", response_model=Stats)
+async def stats(request: Request) -> Stats:
+    """Counts over every org, so only a key granting every org (``*``) may read them."""
+    if not principal_of(request.scope).all_orgs:
+        raise HTTPException(403, "stats cover every org; they need a key granting '*'")
+    return await service_of(request).engine.stats()

@@ -1,0 +1,66 @@
+"""Runs the real memory server app under uvicorn on 127.0.0.1 (port 0), in the test's own
+event loop, with a real MemoryEngine (SQLite + Chroma in tmp_path, hashing embedder).
+
+Synchronous clients (memmachine-client uses ``requests``) must run in a worker thread
+(``await asyncio.to_thread(...)``): called directly they would block the loop serving them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from memory.engine import MemoryEngine
+from memory.server.app import create_app
+from memory.server.settings import ServerSettings
+
+
+def settings(**values: Any) -> ServerSettings:
+    """Server settings from the arguments only (no .env file, no API keys unless given)."""
+    values.setdefault("api_keys", None)
+    values.setdefault("embedder", "hash")
+    return ServerSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class Running:
+    app: FastAPI
+    url: str
+    engine: MemoryEngine
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port until the block ends; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before starting")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+        sock.close()
+
+
+@asynccontextmanager
+async def running(engine: MemoryEngine, **values: Any) -> AsyncIterator[Running]:
+    app = create_app(engine, settings(**values))
+    async with serve(app) as url:
+        yield Running(app=app, url=url, engine=engine)
