@@ -24,6 +24,17 @@ def pid(platform: str, raw_id: str) -> str:
     return f"{platform}:{raw_id}"
 
 
+def slack_source_id(channel: str, ts: str) -> str:
+    """The source id of a Slack message: the raw channel id and the message ts,
+    ``"C123:1700000000.000100"`` (a ts is unique only within its channel)."""
+    return f"{channel}:{ts}"
+
+
+def discord_source_id(message_id: str) -> str:
+    """The source id of a Discord message: its snowflake, unique across Discord."""
+    return message_id
+
+
 @dataclass(frozen=True)
 class Author:
     id: str  # platform-qualified, e.g. "slack:U1"
@@ -41,6 +52,9 @@ class Place:
     thread_id: str | None = None  # platform-qualified thread (Slack thread_ts, Discord thread)
     is_dm: bool = False
     channel_name: str | None = None
+    #: The bot's own platform-qualified user id in this org, when the adapter knows it
+    #: ("slack:U0BOT"). The core stores the bot's replies under it (else "<platform>:bot").
+    bot_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class MessageEvent:
     place: Place
     author: Author
     text: str
-    source_id: str  # unique within the org on this platform (Slack: "<channel>:<ts>")
+    source_id: str  # unique in the org; slack_source_id() / discord_source_id() build it
     created_at: datetime
     addressed: bool  # mention, DM, reply to the bot, or a thread the bot is in
     link: str | None = None  # permalink / jump URL when already known

@@ -1,0 +1,343 @@
+"""Chat-level memory operations shared by the conversation core and the commands.
+
+This is where the chat rules meet the engine, once: which scope a place reads (its channel,
+never another), how a message becomes an episode, who opted out, what "relevant" means, and
+what forgetting removes (the messages, the facts that cite them, and the bot's answers that
+were given to or quoted from them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from memory import Episode, MemoryEngine, Scope, SourceRef, parse_filter
+from memory.engine import embed_text
+from memory.model import utcnow
+from memory.semantic import SemanticMemory
+
+from .events import MessageEvent, Place
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Per-user settings, stored with ``engine.set_setting(org, project, user, key, value)``.
+MEMORY_KEY = "memory"  # "off" when the user opted out of being stored
+NOTICE_KEY = "memory_off_notice"  # "sent" once the bot told an opted-out user so
+
+PEOPLE = parse_filter("role != 'assistant'")  # what people (and other bots) said
+BOT_REPLIES = parse_filter("role = 'assistant'")
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Found:
+    """A search hit as the chat layer sees it."""
+
+    episode: Episode
+    relevant: bool  # matches the words of the query, or (real embedders) its meaning
+    expanded: bool  # a neighbour added for context, not a match of its own
+
+
+@dataclass
+class Forgotten:
+    """What a forget removed."""
+
+    messages: int = 0
+    facts: int = 0
+    replies: int = 0  # the bot's answers to, or quoting, what was forgotten
+
+    def __iadd__(self, other: Forgotten) -> Forgotten:
+        self.messages += other.messages
+        self.facts += other.facts
+        self.replies += other.replies
+        return self
+
+    def describe(self) -> str:
+        parts = [_plural(self.messages, "message"), _plural(self.facts, "fact")]
+        text = " and ".join(parts)
+        if self.replies:
+            text += f", plus {_plural(self.replies, 'bot answer')} that used them"
+        return text
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class ChannelMemory:
+    def __init__(
+        self, engine: MemoryEngine, settings: Settings, semantic: SemanticMemory | None = None
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.semantic = semantic
+
+    @property
+    def project(self) -> str:
+        return self.settings.project
+
+    # -- where -----------------------------------------------------------------------------
+
+    def scope(self, place: Place, *, thread: bool = False) -> Scope:
+        """The channel of a place (its thread with ``thread``): all a place may read."""
+        return Scope(
+            org_id=place.org_id,
+            project_id=self.project,
+            produced_for=place.channel_id,
+            thread_id=place.thread_id if thread else None,
+        )
+
+    def ref(self, place: Place, source_id: str, platform: str | None = None) -> SourceRef:
+        return SourceRef(
+            org_id=place.org_id,
+            project_id=self.project,
+            platform=platform or place.platform,
+            source_id=source_id,
+        )
+
+    @staticmethod
+    def bot_id(place: Place) -> str:
+        return place.bot_id or f"{place.platform}:bot"
+
+    # -- opting out ------------------------------------------------------------------------
+
+    async def opted_out(self, org_id: str, user: str) -> bool:
+        return await self.engine.get_setting(org_id, self.project, user, MEMORY_KEY) == "off"
+
+    async def set_memory(self, org_id: str, user: str, on: bool) -> None:
+        await self.engine.set_setting(org_id, self.project, user, MEMORY_KEY, None if on else "off")
+        await self.engine.set_setting(org_id, self.project, user, NOTICE_KEY, None)
+        if not on and self.semantic is not None:
+            self.semantic.discard(org_id=org_id, producer=user)
+
+    async def first_notice(self, org_id: str, user: str) -> bool:
+        """True exactly once after a user opted out: the bot tells them, then stays quiet."""
+        if await self.engine.get_setting(org_id, self.project, user, NOTICE_KEY):
+            return False
+        await self.engine.set_setting(org_id, self.project, user, NOTICE_KEY, "sent")
+        return True
+
+    # -- storing ---------------------------------------------------------------------------
+
+    async def store_message(self, event: MessageEvent, role: str) -> Episode:
+        """Store a message as an episode (idempotent by source); returns it with its uid."""
+        place = event.place
+        metadata: dict[str, Any] = dict(event.metadata)
+        metadata.update(display_name=event.author.display_name, is_dm=place.is_dm)
+        if place.channel_name:
+            metadata["channel_name"] = place.channel_name
+        if event.link:
+            metadata["permalink"] = event.link
+        if event.author.is_bot:
+            metadata["is_bot"] = True
+        episode = Episode(
+            org_id=place.org_id,
+            project_id=self.project,
+            producer=event.author.id,
+            produced_for=place.channel_id,
+            role=role,
+            content=event.text,
+            created_at=event.created_at,
+            platform=place.platform,
+            source_id=event.source_id,
+            thread_id=place.thread_id,
+            metadata=metadata,
+        )
+        (uid,) = await self.engine.add([episode])
+        return episode.model_copy(update={"uid": uid})
+
+    async def store_reply(
+        self, place: Place, text: str, source_id: str | None, metadata: dict[str, Any]
+    ) -> Episode:
+        """Store the bot's own reply, produced by the bot, for the channel."""
+        meta: dict[str, Any] = {"display_name": self.settings.bot_name, "is_dm": place.is_dm}
+        if place.channel_name:
+            meta["channel_name"] = place.channel_name
+        meta.update(metadata)
+        episode = Episode(
+            org_id=place.org_id,
+            project_id=self.project,
+            producer=self.bot_id(place),
+            produced_for=place.channel_id,
+            role="assistant",
+            content=text,
+            created_at=utcnow(),
+            platform=place.platform,
+            source_id=source_id,
+            thread_id=place.thread_id,
+            metadata=meta,
+        )
+        (uid,) = await self.engine.add([episode])
+        return episode.model_copy(update={"uid": uid})
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def search(
+        self,
+        query: str,
+        place: Place,
+        *,
+        top_k: int,
+        expand: int = 0,
+        exclude: Iterable[str] = (),
+    ) -> list[Found]:
+        """What people said in this place's channel about ``query``, best first.
+
+        Hybrid search ranks; a hit is *relevant* when it shares words with the query (the
+        keyword index, stemmed) or, with a real embedding model, is close enough in meaning.
+        Vector search always returns the nearest messages, near or not, so this is what lets
+        the bot say "the conversation does not tell" instead of quoting noise."""
+        scope = self.scope(place)
+        skip = set(exclude)
+        hybrid, keyword = await asyncio.gather(
+            self.engine.search(
+                query, scope, PEOPLE, top_k=top_k + len(skip), expand_context=expand
+            ),
+            self.engine.search(query, scope, PEOPLE, top_k=max(50, top_k * 5), mode="keyword"),
+        )
+        words = {h.episode.uid for h in keyword.hits}
+        hits = [
+            h for h in hybrid.hits if h.episode.uid not in skip and h.episode.role != "assistant"
+        ][:top_k]
+        near = await self._near_in_meaning(
+            query, [h.episode for h in hits if h.episode.uid not in words and not h.expanded]
+        )
+        return [
+            Found(h.episode, h.episode.uid in words or h.episode.uid in near, h.expanded)
+            for h in hits
+        ]
+
+    async def _near_in_meaning(self, query: str, episodes: Sequence[Episode]) -> set[str]:
+        embedder = getattr(self.engine, "embedder", None)
+        # The hashing embedder measures shared words, which the keyword index already does.
+        if not episodes or embedder is None or getattr(embedder, "name", "hash") == "hash":
+            return set()
+        try:
+            texts = [query] + [embed_text(e) for e in episodes]
+            vectors = await asyncio.to_thread(embedder.embed, texts)
+            sims = np.asarray(vectors[1:]) @ np.asarray(vectors[0])
+        except Exception:
+            log.exception("relevance check failed; using keyword matches only")
+            return set()
+        limit = self.settings.relevance_threshold
+        return {e.uid for e, s in zip(episodes, sims, strict=True) if float(s) >= limit}
+
+    async def recent(self, place: Place, n: int, exclude: Iterable[str] = ()) -> list[Episode]:
+        """The recent window: the last ``n`` messages of the thread, or of the channel."""
+        if n <= 0:
+            return []
+        skip = set(exclude)
+        rows = await self.engine.recent(
+            self.scope(place, thread=place.thread_id is not None), n + len(skip)
+        )
+        return [e for e in rows if e.uid not in skip][-n:]
+
+    # -- forgetting ------------------------------------------------------------------------
+
+    async def forget_uids(self, org_id: str, uids: Sequence[str]) -> Forgotten:
+        """Forget episodes of this project by uid, the facts that cite only them, and the
+        bot's answers given to them or quoting them."""
+        project = self.project
+        episodes = await self.engine.get(org_id, project, uids)
+        if not episodes:
+            return Forgotten()
+        gone = {e.uid for e in episodes}
+        facts = 0
+        for channel in {e.produced_for for e in episodes}:
+            cited = await self.engine.facts(
+                org_id, project, produced_for=channel, include_superseded=True
+            )
+            facts += sum(1 for f in cited if f.citations and set(f.citations) <= gone)
+        deleted = await self.engine.delete(org_id, project, sorted(gone))
+        if self.semantic is not None:
+            self.semantic.discard(uids=deleted)
+        replies = await self._derived_replies(
+            org_id, {e.produced_for for e in episodes}, gone, producer=None
+        )
+        result = Forgotten(
+            messages=sum(1 for e in episodes if e.role != "assistant"),
+            facts=facts,
+            replies=sum(1 for e in episodes if e.role == "assistant"),
+        )
+        if replies:
+            result += await self.forget_uids(org_id, replies)
+        return result
+
+    async def forget_user(self, org_id: str, user: str) -> Forgotten:
+        """Everything ``user`` said in the org (every project), the facts about them, and the
+        bot's answers to them or quoting them."""
+        report = await self.engine.forget(org_id, producer=user)
+        if self.semantic is not None:
+            self.semantic.discard(org_id=org_id, producer=user)
+        result = Forgotten(messages=report.episodes, facts=report.facts)
+        replies = await self._derived_replies(org_id, None, set(report.uids), producer=user)
+        if replies:
+            result += await self.forget_uids(org_id, replies)
+        return result
+
+    async def forget_channel(self, place: Place) -> Forgotten:
+        """Everything said in a channel (the bot's answers too) and every fact learned there."""
+        org, project, channel = place.org_id, self.project, place.channel_id
+        scope = Scope(org_id=org, project_id=project, produced_for=channel)
+        replies = await self.engine.count(scope, BOT_REPLIES)
+        report = await self.engine.forget(org, project_id=project, produced_for=channel)
+        # Facts that cite no message (``/remember``) were learned here too.
+        left = await self.engine.facts(org, project, produced_for=channel, include_superseded=True)
+        removed = await self.engine.delete_facts(org, project, [f.uid for f in left])
+        if self.semantic is not None:
+            self.semantic.discard(org_id=org, produced_for=channel)
+        return Forgotten(
+            messages=report.episodes - replies, facts=report.facts + removed, replies=replies
+        )
+
+    async def _derived_replies(
+        self, org_id: str, channels: set[str] | None, gone: set[str], producer: str | None
+    ) -> list[str]:
+        """The bot's answers that answered or quoted the forgotten episodes (or ``producer``)."""
+        scopes = (
+            [Scope(org_id=org_id, project_id=self.project, produced_for=c) for c in channels]
+            if channels is not None
+            else [Scope(org_id=org_id, project_id=self.project)]
+        )
+        found: list[str] = []
+        for scope in scopes:
+            page = 0
+            while True:
+                rows = await self.engine.list(scope, BOT_REPLIES, page_size=PAGE, page_num=page)
+                for ep in rows:
+                    meta = ep.metadata
+                    cited = set(meta.get("cited_uids") or ())
+                    hit = meta.get("reply_to_uid") in gone or bool(cited & gone)
+                    if producer is not None:
+                        hit = hit or meta.get("reply_to") == producer
+                        hit = hit or producer in (meta.get("cited_producers") or ())
+                    if hit:
+                        found.append(ep.uid)
+                if len(rows) < PAGE:
+                    break
+                page += 1
+        return found
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        """Forget what is older than CHANNELMIND_RETENTION_DAYS in this project (every org).
+        Returns the number of episodes forgotten; nothing happens without a retention."""
+        days = self.settings.retention_days
+        if not days:
+            return 0
+        cutoff = (now or utcnow()) - timedelta(days=days)
+        older = f"created_at < date('{cutoff.isoformat()}')"
+        total = 0
+        for org, project in await self.engine.list_projects():
+            if project == self.project:
+                report = await self.engine.forget(org, project_id=project, filters=older)
+                total += report.episodes
+        return total

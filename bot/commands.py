@@ -1,0 +1,332 @@
+"""``/recall``, ``/forget``, ``/remember`` and ``/memory``, written once for every platform.
+
+Every answer goes to the person who asked only (``Replier.ephemeral``). What a command may
+touch follows the privacy rules: ``/recall`` reads this channel; ``/forget <message>`` deletes
+only a message the asker wrote; ``/forget channel`` needs a channel admin (the adapter decides
+with the platform's rules; ``CHANNELMIND_ADMINS`` may add people; in a DM the user is its
+owner); every forget reports what it deleted, counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+from memory import Fact, Scope
+from memory.semantic import normalize_feature
+
+from .channel_memory import ChannelMemory, Forgotten
+from .events import CommandEvent, Place, Replier, discord_source_id, pid, slack_source_id
+from .responder import day, escape, link, one_line
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "My memory is unavailable right now, so nothing was changed. Please try again later."
+
+HELP = {
+    "recall": "Usage: /recall <what to look for>, e.g. /recall database decision",
+    "forget": (
+        "Usage: /forget me (everything you said here), /forget <message link or id> (one"
+        " message of yours), /forget channel (channel admins: the whole channel)"
+    ),
+    "remember": "Usage: /remember <a fact about you>, e.g. /remember role: backend developer",
+    "memory": "Usage: /memory (what I keep), /memory off (stop storing you), /memory on",
+}
+
+SLACK_LINK = re.compile(
+    r"https?://[^/\s]+/archives/(?P<channel>[A-Z0-9]+)/p(?P<secs>\d{10})(?P<micros>\d{6})",
+    re.IGNORECASE,
+)
+DISCORD_LINK = re.compile(
+    r"https?://(?:(?:ptb|canary)\.)?discord(?:app)?\.com/channels/"
+    r"(?P<guild>\d+|@me)/(?P<channel>\d+)/(?P<message>\d+)",
+    re.IGNORECASE,
+)
+SLACK_TS = re.compile(r"^\d{10}\.\d{6}$")
+FACT_PAIR = re.compile(r"^(?P<feature>[\w][\w \-]{0,39}?)\s*[:=]\s*(?P<value>\S.*)$", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """A message named by a link or an id: its platform and source id."""
+
+    platform: str
+    source_id: str
+    guild: str | None = None  # the Discord server of a jump URL ("@me" for DMs)
+
+
+def raw_id(qualified: str) -> str:
+    """``"slack:C123"`` -> ``"C123"``."""
+    return qualified.split(":", 1)[1] if ":" in qualified else qualified
+
+
+def parse_message_ref(text: str, place: Place) -> MessageRef | None:
+    """A Slack permalink (``.../archives/C123/p1700000000000100``), a Discord jump URL
+    (``https://discord.com/channels/G/C/M``) or a message id as the platform stores it
+    (``C123:1700000000.000100`` or a bare ts of this channel on Slack; the snowflake on
+    Discord; the id shown by the console)."""
+    text = text.strip().strip("<>").split("|", 1)[0].strip()
+    if not text or any(c.isspace() for c in text):
+        return None
+    if m := SLACK_LINK.search(text):
+        ts = f"{m['secs']}.{m['micros']}"
+        return MessageRef("slack", slack_source_id(m["channel"].upper(), ts))
+    if m := DISCORD_LINK.search(text):
+        return MessageRef("discord", discord_source_id(m["message"]), m["guild"])
+    if text.startswith(("http://", "https://")):
+        return None
+    if place.platform == "slack" and SLACK_TS.match(text):
+        return MessageRef("slack", slack_source_id(raw_id(place.channel_id), text))
+    return MessageRef(place.platform, text)
+
+
+def org_word(platform: str) -> str:
+    return {"slack": "workspace", "discord": "server"}.get(platform, "organization")
+
+
+def here(place: Place) -> str:
+    if place.is_dm:
+        return "this conversation"
+    return f"#{place.channel_name.lstrip('#')}" if place.channel_name else "this channel"
+
+
+class Commands:
+    def __init__(self, channels: ChannelMemory, settings: Settings) -> None:
+        self.channels = channels
+        self.settings = settings
+        self.engine = channels.engine
+
+    async def handle(self, event: CommandEvent, replier: Replier) -> str:
+        """Run a command and answer the asker only. Returns the text sent."""
+        try:
+            text = await self._run(event, replier)
+        except Exception:
+            log.exception("command /%s failed", event.name)
+            text = UNAVAILABLE
+        await replier.ephemeral(text)
+        return text
+
+    async def _run(self, event: CommandEvent, replier: Replier) -> str:
+        arg = event.text.strip()
+        if event.name == "recall":
+            return await self.recall(event, arg, replier)
+        if event.name == "forget":
+            if event.target_source_id:
+                return await self.forget_message(
+                    event, MessageRef(event.place.platform, event.target_source_id)
+                )
+            return await self.forget(event, arg)
+        if event.name == "remember":
+            return await self.remember(event, arg)
+        if event.name == "memory":
+            return await self.memory(event, arg)
+        return HELP.get(event.name, "Unknown command.")
+
+    # -- /recall ---------------------------------------------------------------------------
+
+    async def recall(self, event: CommandEvent, query: str, replier: Replier) -> str:
+        if not query:
+            return HELP["recall"]
+        place = event.place
+        found = await self.channels.search(query, place, top_k=self.settings.recall_top_k)
+        hits = [f.episode for f in found if f.relevant]
+        shown = escape(one_line(query, 80), place.platform)
+        if not hits:
+            return f"I don't remember anything about “{shown}” in {here(place)}."
+        lines = [f"What I remember about “{shown}” in {here(place)}:"]
+        for ep in hits:
+            url = ep.link
+            if url is None and ep.source_id:
+                url = await _permalink(replier, ep.source_id)
+            when = link(url, day(ep.created_at), place.platform)
+            author = escape(ep.display_name, place.platform)
+            excerpt = escape(one_line(ep.content, 200), place.platform)
+            lines.append(f"• {author}, {when}: {excerpt}")
+        return "\n".join(lines)
+
+    # -- /forget ---------------------------------------------------------------------------
+
+    async def forget(self, event: CommandEvent, arg: str) -> str:
+        word = arg.lower()
+        if not arg:
+            return HELP["forget"]
+        if word == "me":
+            return await self.forget_me(event)
+        if word in ("channel", "this channel"):
+            return await self.forget_channel(event)
+        ref = parse_message_ref(arg, event.place)
+        if ref is None:
+            return f"I can't read “{one_line(arg, 80)}” as a message link or id. {HELP['forget']}"
+        return await self.forget_message(event, ref)
+
+    async def forget_me(self, event: CommandEvent) -> str:
+        place = event.place
+        done = await self.channels.forget_user(place.org_id, event.author.id)
+        where = org_word(place.platform)
+        if not (done.messages or done.facts or done.replies):
+            return f"I had nothing from you in this {where}: nothing to forget."
+        return f"Done. I forgot everything you said in this {where}: {done.describe()}."
+
+    async def forget_channel(self, event: CommandEvent) -> str:
+        place = event.place
+        allowed = event.is_channel_admin or place.is_dm or self.settings.is_admin(event.author.id)
+        if not allowed:
+            return (
+                "Only a channel admin can make me forget this whole channel. You can forget"
+                " what you said with /forget me, or one message with /forget <link>."
+            )
+        done = await self.channels.forget_channel(place)
+        return f"Done. I forgot {here(place)}: {_all(done)}."
+
+    async def forget_message(self, event: CommandEvent, ref: MessageRef) -> str:
+        place = event.place
+        if ref.platform != place.platform:
+            return (
+                f"That link is from {ref.platform}; here I can only forget"
+                f" {place.platform} messages."
+            )
+        if (
+            ref.guild is not None
+            and ref.guild != "@me"
+            and pid("discord", ref.guild) != place.org_id
+        ):
+            return "That message is from another server; I can only forget messages of this one."
+        episode = await self.engine.get_by_source(self.channels.ref(place, ref.source_id))
+        if episode is None:
+            return "I have no such message in memory (it may be forgotten already)."
+        answer_to_asker = (
+            episode.role == "assistant" and episode.metadata.get("reply_to") == event.author.id
+        )
+        if episode.producer != event.author.id and not answer_to_asker:
+            return (
+                "That message is not yours, so I can't forget it for you. Its author can,"
+                " with /forget on it, or a channel admin with /forget channel."
+            )
+        done = await self.channels.forget_uids(place.org_id, [episode.uid])
+        return f"Done. I forgot {done.describe()}."
+
+    # -- /remember -------------------------------------------------------------------------
+
+    async def remember(self, event: CommandEvent, text: str) -> str:
+        place = event.place
+        if not text:
+            return HELP["remember"]
+        if await self.channels.opted_out(place.org_id, event.author.id):
+            return "Your memory is off, so I did not keep that. /memory on turns it back on."
+        value = one_line(text, 300)
+        if m := FACT_PAIR.match(value):
+            feature, value = normalize_feature(m["feature"]), m["value"].strip()
+        else:
+            digest = hashlib.sha256(value.lower().encode()).hexdigest()[:8]
+            feature = f"note_{digest}"
+        project = self.settings.project
+        known = await self.engine.facts(
+            place.org_id, project, subject=event.author.id, produced_for=place.channel_id
+        )
+        old = next((f for f in known if f.feature == feature), None)
+        if old is not None and old.value.strip().lower() == value.lower():
+            return f"I already know that, and use it in {here(place)}."
+        uid = await self.engine.add_fact(
+            Fact(
+                org_id=place.org_id,
+                project_id=project,
+                subject=event.author.id,
+                produced_for=place.channel_id,
+                category="explicit",
+                tag="remember",
+                feature=feature,
+                value=value,
+                metadata={"source": "remember", "display_name": event.author.display_name},
+            )
+        )
+        if old is not None:
+            await self.engine.supersede_fact(old.uid, uid)
+        shown = escape(one_line(value, 120), place.platform)
+        return (
+            f"Noted: “{shown}”. I'll use it when you ask me in {here(place)}."
+            " (/forget me removes it.)"
+        )
+
+    # -- /memory ---------------------------------------------------------------------------
+
+    async def memory(self, event: CommandEvent, arg: str) -> str:
+        word = arg.lower()
+        place, user = event.place, event.author.id
+        if word in ("off", "on"):
+            await self.channels.set_memory(place.org_id, user, on=word == "on")
+            if word == "on":
+                return "Memory is on again: I'll remember what you say from now on."
+            kept = await self._messages_of(place.org_id, user)
+            return (
+                f"Memory is off for you: I won't store what you say in this"
+                f" {org_word(place.platform)} from now on. I still keep {_n(kept, 'message')}"
+                " you wrote before; /forget me deletes them."
+            )
+        if arg:
+            return HELP["memory"]
+        return await self.status(event)
+
+    async def status(self, event: CommandEvent) -> str:
+        place, user = event.place, event.author.id
+        project = self.settings.project
+        off = await self.channels.opted_out(place.org_id, user)
+        total = await self._messages_of(place.org_id, user)
+        in_channel = await self.engine.count(
+            Scope(
+                org_id=place.org_id,
+                project_id=project,
+                producer=user,
+                produced_for=place.channel_id,
+            )
+        )
+        facts = await self.engine.facts(
+            place.org_id, project, subject=user, produced_for=place.channel_id
+        )
+        channel = await self.engine.count(self.channels.scope(place))
+        days = self.settings.retention_days
+        retention = f"for {days} days" if days else "until they are deleted"
+        where = org_word(place.platform)
+        return "\n".join(
+            [
+                f"Memory for you in this {where}: {'OFF' if off else 'on'}.",
+                f"• From you: {_n(total, 'message')} in this {where}"
+                f" ({in_channel} in {here(place)}), {_n(len(facts), 'fact')} about you used"
+                f" in {here(place)}.",
+                f"• {here(place).capitalize()}: {_n(channel, 'message')} remembered, used only"
+                f" to answer questions asked in {here(place)}.",
+                f"• Messages are kept {retention}; deleted or edited messages follow.",
+                "• /memory off stops storing you · /forget me deletes what you said ·"
+                " /forget <link> deletes one message · /recall <query> shows what I remember.",
+            ]
+        )
+
+    async def _messages_of(self, org_id: str, user: str) -> int:
+        total = 0
+        projects = {p for _, p in await self.engine.list_projects(org_id)} | {self.settings.project}
+        for project in sorted(projects):
+            total += await self.engine.count(
+                Scope(org_id=org_id, project_id=project, producer=user)
+            )
+        return total
+
+
+async def _permalink(replier: Replier, source_id: str) -> str | None:
+    try:
+        return await replier.permalink(source_id)
+    except Exception:
+        log.warning("no permalink for %s", source_id, exc_info=True)
+        return None
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _all(done: Forgotten) -> str:
+    return (
+        f"{_n(done.messages, 'message')}, {_n(done.replies, 'bot answer')} and"
+        f" {_n(done.facts, 'fact')}"
+    )

@@ -1,0 +1,271 @@
+"""The core: store every message, answer when addressed, follow edits and deletions.
+
+Adapters (Slack, Discord, the console) turn platform events into :mod:`bot.events` and call
+the four ``handle_*`` methods. Nothing here knows a platform's API.
+
+The order of a message's handling is the privacy and reliability model:
+
+1. Store it as an episode first (idempotent by source, so platform retries store nothing
+   twice and are not answered twice), unless its author opted out. A failing memory is
+   logged and the bot still answers.
+2. If the bot is addressed: gather context from this channel only (its relevant past
+   messages, the recent window of the channel or thread, the asker's facts learned here),
+   ask the responder (LLM, or extractive without one or when it fails), reply with links to
+   the cited messages, and store the reply as the bot's episode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from memory import Episode, InvalidInput, MemoryEngine
+from memory.semantic import SemanticMemory
+
+from .channel_memory import ChannelMemory, Forgotten
+from .commands import Commands
+from .events import CommandEvent, DeleteEvent, EditEvent, MessageEvent, Replier
+from .responder import (
+    Answer,
+    AnswerContext,
+    Memory,
+    Responder,
+    answer_metadata,
+    citation,
+    render,
+)
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+OPTED_OUT_NOTICE = (
+    "You turned memory off, so I don't store your messages (I'll only say this once)."
+    " /memory on turns it back on."
+)
+SORRY = "Sorry, something went wrong while I was answering. Please try again."
+MAX_FACTS_IN_PROMPT = 20
+SEEN_EVENTS = 10_000
+
+
+class Conversation:
+    """The core every adapter talks to."""
+
+    def __init__(
+        self,
+        memory: MemoryEngine,
+        responder: Responder,
+        settings: Settings,
+        semantic: SemanticMemory | None = None,
+    ) -> None:
+        self.memory = memory
+        self.responder = responder
+        self.settings = settings
+        self.semantic = semantic if settings.semantic else None
+        self.channels = ChannelMemory(memory, settings, self.semantic)
+        self.commands = Commands(self.channels, settings)
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def handle_message(self, event: MessageEvent, replier: Replier) -> Episode | None:
+        """Store a message and answer it when addressed. Returns the stored episode."""
+        place = event.place
+        key = (place.org_id, place.platform, event.source_id)
+        if key in self._seen:
+            return None  # a retry of an event this process is handling or has handled
+        self._seen[key] = None
+        while len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+
+        own = bool(place.bot_id) and event.author.id == place.bot_id
+        role = "assistant" if own else "user"
+        try:
+            opted_out = await self.channels.opted_out(place.org_id, event.author.id)
+        except Exception:
+            log.exception("memory: cannot read the opt-out of %s; not storing", event.author.id)
+            opted_out, unknown = True, True
+        else:
+            unknown = False
+
+        stored: Episode | None = None
+        if not opted_out and event.text.strip():
+            try:
+                if await self.memory.get_by_source(self.channels.ref(place, event.source_id)):
+                    return None  # stored before: a platform retry, already handled
+                stored = await self.channels.store_message(event, role)
+            except InvalidInput as exc:
+                log.warning("message %s not stored: %s", event.source_id, exc)
+            except Exception:
+                log.exception("memory: storing message %s failed", event.source_id)
+        if stored is not None and self.semantic is not None and role == "user":
+            if not event.author.is_bot:
+                try:
+                    await self.semantic.observe(stored)
+                except Exception:
+                    log.exception("semantic memory: observe failed")
+
+        if not event.addressed or event.author.is_bot or not event.text.strip():
+            return stored
+        if opted_out and not unknown:
+            try:
+                if await self.channels.first_notice(place.org_id, event.author.id):
+                    await replier.ephemeral(OPTED_OUT_NOTICE)
+            except Exception:
+                log.exception("could not tell %s that memory is off", event.author.id)
+        await self._answer(event, replier, stored, store_reply=not opted_out)
+        return stored
+
+    async def _answer(
+        self, event: MessageEvent, replier: Replier, asked: Episode | None, *, store_reply: bool
+    ) -> None:
+        place = event.place
+        async with replier.working():
+            try:
+                ctx = await self.gather(event, asked)
+                answer = await self.responder.respond(ctx)
+                text = await self._render(answer, replier, place.platform)
+            except Exception:
+                log.exception("answering %s failed", event.source_id)
+                answer, text = Answer(SORRY, (), "nothing"), SORRY
+            try:
+                source_id = await replier.reply(text)
+            except Exception:
+                log.exception("posting the reply to %s failed", event.source_id)
+                return
+        if not store_reply:
+            return
+        try:
+            meta = answer_metadata(answer, event.author.id, asked.uid if asked else None)
+            await self.channels.store_reply(place, answer.text, source_id, meta)
+        except Exception:
+            log.exception("memory: storing the bot's reply failed")
+
+    async def gather(self, event: MessageEvent, asked: Episode | None = None) -> AnswerContext:
+        """The context of an answer, under the privacy rules: this channel's relevant past
+        messages, the recent window of the channel (or thread), the asker's facts learned
+        in this channel. Each part that fails is left out and flagged, never fatal."""
+        place = event.place
+        ctx = AnswerContext(
+            question=event.text,
+            asker=event.author.display_name,
+            place=place,
+            stored=asked is not None,
+        )
+        exclude = [asked.uid] if asked is not None else []
+        found = []
+        try:
+            found = await self.channels.search(
+                event.text, place, top_k=self.settings.context_top_k, expand=1, exclude=exclude
+            )
+        except Exception:
+            log.exception("memory: search failed")
+            ctx.memory_error = True
+        recent: list[Episode] = []
+        try:
+            recent = await self.channels.recent(
+                place,
+                self.settings.recent_messages,
+                exclude=exclude + [f.episode.uid for f in found],
+            )
+        except Exception:
+            log.exception("memory: reading the recent window failed")
+            ctx.memory_error = True
+        try:
+            facts = await self.memory.facts(
+                place.org_id,
+                self.settings.project,
+                subject=event.author.id,
+                produced_for=place.channel_id,
+            )
+            ctx.facts = facts[:MAX_FACTS_IN_PROMPT]
+        except Exception:
+            log.exception("memory: reading facts failed")
+        rank = {f.episode.uid: i for i, f in enumerate(found)}
+        by_time = sorted(found, key=lambda f: f.episode.created_at)
+        ctx.memories = [
+            Memory(n, f.episode, relevant=f.relevant, rank=rank[f.episode.uid])
+            for n, f in enumerate(by_time, 1)
+        ]
+        start = len(ctx.memories) + 1
+        ctx.recent = [Memory(n, ep, relevant=False) for n, ep in enumerate(recent, start)]
+        return ctx
+
+    async def _render(self, answer: Answer, replier: Replier, platform: str) -> str:
+        citations = []
+        for m in answer.cited:
+            link = m.episode.link
+            if link is None and m.episode.source_id:
+                try:
+                    link = await replier.permalink(m.episode.source_id)
+                except Exception:
+                    log.warning("no permalink for %s", m.episode.source_id, exc_info=True)
+            citations.append(citation(m, link))
+        return render(answer.text, citations, platform, sources=answer.kind == "llm")
+
+    # -- edits, deletions, commands --------------------------------------------------------
+
+    async def handle_edit(self, event: EditEvent) -> Episode | None:
+        """Follow an edit: the episode takes the new text, facts learned from the old text
+        only are dropped and the message is queued for extraction again."""
+        if not event.text.strip():
+            return None
+        place = event.place
+        try:
+            edited = await self.memory.edit(self.channels.ref(place, event.source_id), event.text)
+        except Exception:
+            log.exception("memory: editing %s failed", event.source_id)
+            return None
+        if edited is None:
+            return None
+        await self._relearn(edited)
+        return edited
+
+    async def _relearn(self, edited: Episode) -> None:
+        try:
+            facts = await self.memory.facts(
+                edited.org_id,
+                edited.project_id,
+                subject=edited.producer,
+                produced_for=edited.produced_for,
+                include_superseded=True,
+            )
+            stale = [f.uid for f in facts if f.citations == [edited.uid]]
+            if stale:
+                await self.memory.delete_facts(edited.org_id, edited.project_id, stale)
+            if self.semantic is not None and edited.role == "user":
+                await self.semantic.observe(edited)
+        except Exception:
+            log.exception("semantic memory: re-learning an edited message failed")
+
+    async def handle_delete(self, event: DeleteEvent) -> Forgotten:
+        """Forget deleted messages, the facts that cite only them, and the bot's answers
+        given to them or quoting them."""
+        place = event.place
+        uids = []
+        for source_id in event.source_ids:
+            try:
+                found = await self.memory.get_by_source(self.channels.ref(place, source_id))
+            except Exception:
+                log.exception("memory: looking up deleted message %s failed", source_id)
+                continue
+            if found is not None:
+                uids.append(found.uid)
+        if not uids:
+            return Forgotten()
+        return await self.channels.forget_uids(place.org_id, uids)
+
+    async def handle_command(self, event: CommandEvent, replier: Replier) -> str:
+        """``/recall``, ``/forget``, ``/remember``, ``/memory``; answered ephemerally.
+        Returns the text sent."""
+        return await self.commands.handle(event, replier)
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    async def purge_expired(self) -> int:
+        """Apply CHANNELMIND_RETENTION_DAYS (call it daily; the console runs it at start)."""
+        return await self.channels.purge_expired()
+
+    async def close(self) -> None:
+        if self.semantic is not None:
+            await self.semantic.close()
+        await self.responder.close()
