@@ -59,7 +59,7 @@ PLATFORM = "discord"
 MAX_MESSAGE = 2000  # Discord's limit for a message's content
 DAY = 24 * 60 * 60.0
 NO_PINGS = discord.AllowedMentions.none()
-ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 SORRY = "Sorry, something went wrong. Please try again."
 KEEP_LINKS = 10_000  # jump URLs remembered for citations
 KEEP_CHANNELS = 10_000  # channel -> (parent channel, name) resolutions
@@ -180,14 +180,12 @@ class MessageReplier:
         reference = self.message.to_reference(fail_if_not_exists=False)
         first: discord.Message | None = None
         for piece in split_message(text):
-            sent = await channel.send(
-                piece,
-                reference=reference if first is None else discord.utils.MISSING,
-                mention_author=False,
-                allowed_mentions=NO_PINGS,
-            )
-            if first is None:
-                first = sent
+            if first is None:  # the first piece replies to the message; the rest follow it
+                first = await channel.send(
+                    piece, reference=reference, mention_author=False, allowed_mentions=NO_PINGS
+                )
+            else:
+                await channel.send(piece, allowed_mentions=NO_PINGS)
         if first is None:
             return None
         source_id = discord_source_id(str(first.id))
@@ -398,12 +396,12 @@ class DiscordAdapter:
         current = asyncio.current_task()
         busy = {t for t in self._handling if t is not current and not t.done()}
         if busy:
-            await asyncio.wait(busy, timeout=10)
+            await asyncio.wait(busy, timeout=8)
         if self._client is not None:
             await self._client.close()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, timeout=10)
+                await asyncio.wait_for(self._task, timeout=5)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             self._task = None
@@ -610,7 +608,7 @@ class DiscordAdapter:
         me = self.client.user
         if self._closing or me is None or message.author.id == me.id:
             return  # Discord echoes the bot's own messages; the core stored them already
-        if message.type not in ANSWERED_TYPES:
+        if message.type not in CHAT_TYPES:
             return  # joins, pins, thread notices...
         with self._handling_event(message.id):
             try:
