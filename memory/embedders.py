@@ -100,7 +100,10 @@ class LocalEmbedder:
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self._path = path
         self.batch_size = batch_size
-        dim = self._model.get_sentence_embedding_dimension()
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        dim = get_dim()
         self.dim = int(dim) if dim else 384
 
     @property

@@ -199,14 +199,7 @@ class MemoryEngine:
         """Drop one batch of tombstoned vectors or embed one batch of pending rows.
         Returns False when there was nothing to do."""
         index = self._vectors()
-        stones = await self.store.tombstones(self.index_batch * 4)
-        if stones:
-            groups: dict[tuple[str, str, str], builtins.list[str]] = {}
-            for _, uid, org, proj, chan in stones:
-                groups.setdefault((org, proj, chan), []).append(uid)
-            for (org, proj, chan), uids in groups.items():
-                await asyncio.to_thread(index.delete, org, proj, chan, uids)
-            await self.store.clear_tombstones([s[0] for s in stones])
+        if await self._drop_tombstoned(self.index_batch * 4):
             return True
         pending = await self.store.pending(self.index_batch)
         if not pending:
@@ -218,6 +211,16 @@ class MemoryEngine:
         ]
         await asyncio.to_thread(index.upsert, items, vectors)
         await self.store.mark_indexed((e.uid, e.content) for e in pending)
+        # A row deleted while it was being embedded may have had its tombstone drained before
+        # the upsert above, which then re-created its vector: drop the vectors of such rows.
+        by_project: dict[tuple[str, str], builtins.list[VectorItem]] = {}
+        for item in items:
+            by_project.setdefault((item.org_id, item.project_id), []).append(item)
+        for (org, proj), group in by_project.items():
+            alive = {e.uid for e in await self.store.get(org, proj, [i.uid for i in group])}
+            for item in group:
+                if item.uid not in alive:
+                    await asyncio.to_thread(index.delete, org, proj, item.produced_for, [item.uid])
         return True
 
     async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
@@ -381,14 +384,23 @@ class MemoryEngine:
         await self.store.checkpoint()
 
     async def _drain_tombstones(self) -> None:
+        while await self._drop_tombstoned(1000):
+            pass
+
+    async def _drop_tombstoned(self, limit: int) -> bool:
+        """Delete one batch of tombstoned vectors from Chroma, grouped by channel so that each
+        collection gets one call. Returns False when there were none."""
+        stones = await self.store.tombstones(limit)
+        if not stones:
+            return False
         index = self._vectors()
-        while True:
-            stones = await self.store.tombstones(1000)
-            if not stones:
-                return
-            for _, uid, org, proj, chan in stones:
-                await asyncio.to_thread(index.delete, org, proj, chan, [uid])
-            await self.store.clear_tombstones([s[0] for s in stones])
+        groups: dict[tuple[str, str, str], builtins.list[str]] = {}
+        for _, uid, org, proj, chan in stones:
+            groups.setdefault((org, proj, chan), []).append(uid)
+        for (org, proj, chan), uids in groups.items():
+            await asyncio.to_thread(index.delete, org, proj, chan, uids)
+        await self.store.clear_tombstones([s[0] for s in stones])
+        return True
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -526,10 +526,7 @@ class SQLiteStore:
         """Fold the WAL into the main file and truncate it, so forgotten text is not left in
         the log."""
         async with self._write_lock:
-            # Run on the reader connection: its queries run one at a time on its own thread,
-            # so none of ours is in progress now, and TRUNCATE does not sit in the busy
-            # handler (holding the write lock) while a stream of reads keeps the WAL in use.
-            await self.reader.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- index bookkeeping -----------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""Shared fixtures for the memory engine's tests: real SQLite and real Chroma in temp folders,
+the hashing embedder (fast, deterministic) unless a module asks for the real model."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memory.engine import MemoryEngine
+from memory.model import Episode
+
+ORG = "T0ORG"
+PROJECT = "channelmind"
+ALICE = "slack:UALICE"
+BOB = "slack:UBOB"
+GENERAL = "slack:CGENERAL"
+RANDOM = "slack:CRANDOM"
+#: A fixed "now" for tests that need ordered timestamps (recent enough for recency to matter
+#: equally to every row, far enough from the real clock not to depend on it).
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+_source_ids = count(1)
+
+
+def episode(content: str, **fields: Any) -> Episode:
+    """A valid chat message with sensible defaults; any field can be overridden."""
+    values: dict[str, Any] = {
+        "org_id": ORG,
+        "project_id": PROJECT,
+        "producer": ALICE,
+        "produced_for": GENERAL,
+        "platform": "slack",
+        "source_id": f"1700000000.{next(_source_ids):06d}",
+        "content": content,
+    }
+    values.update(fields)
+    return Episode(**values)
+
+
+def at(minutes: float) -> datetime:
+    """``T0`` plus some minutes: a readable way to order messages in time."""
+    return T0 + timedelta(minutes=minutes)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their own data folder, embedder and Chroma; the environment must not."""
+    for name in ("CHANNELMIND_CHROMA_URL", "CHANNELMIND_EMBEDDER", "CHANNELMIND_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def engine(data_dir: Path) -> AsyncIterator[MemoryEngine]:
+    """An engine on a fresh folder with the hashing embedder and the background indexer."""
+    eng = await MemoryEngine.open(data_dir, "hash")
+    try:
+        yield eng
+    finally:
+        await eng.close()
+
+
+@pytest.fixture
+def make_episode() -> Callable[..., Episode]:
+    return episode
+
+
+@contextmanager
+def raw_db(data_dir: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection on the engine's database file (outside the engine)."""
+    with closing(sqlite3.connect(data_dir / "memory.sqlite3")) as conn:
+        yield conn

@@ -1,0 +1,150 @@
+"""The engine against a real Chroma server (``chroma run``), the way it scales past one
+process: configuration, not a rewrite."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import chromadb
+import httpx
+import pytest
+
+from memory.engine import MemoryEngine
+from memory.model import Fact, Scope
+from memory.vector_index import channel_collection, project_collection
+from tests.conftest import BOB, GENERAL, ORG, PROJECT, episode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def chroma_executable() -> str:
+    beside = Path(sys.executable).parent / "chroma"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("chroma")
+    if found is None:
+        pytest.fail("the chroma executable is not installed next to the interpreter")
+    return found
+
+
+@pytest.fixture
+def chroma_url(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    store = tmp_path / "chroma-server"
+    log = (tmp_path / "chroma.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            chroma_executable(),
+            "run",
+            "--path",
+            str(store),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={"ANONYMIZED_TELEMETRY": "False", "PATH": str(Path(sys.executable).parent)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"chroma run exited with {proc.returncode}: "
+                    f"{(tmp_path / 'chroma.log').read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the Chroma server did not answer its heartbeat within 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+async def test_engine_on_a_chroma_server(chroma_url: str, data_dir: Path) -> None:
+    engine = await MemoryEngine.open(data_dir, "hash", chroma_url=chroma_url)
+    try:
+        scope = Scope(org_id=ORG, project_id=PROJECT)
+        uids = await engine.add(
+            [
+                episode("the nightly backup runs at three"),
+                episode("the espresso machine needs descaling", producer=BOB),
+                episode("alice keeps the backup keys", produced_for="slack:COPS"),
+            ]
+        )
+        await engine.add_fact(
+            Fact(
+                org_id=ORG,
+                project_id=PROJECT,
+                subject=BOB,
+                feature="chore",
+                value="descaling",
+                citations=[uids[1]],
+            )
+        )
+        await engine.wait_indexed()
+        assert (await engine.stats()).vectors == 3
+
+        found = await engine.search("nightly backup", scope, mode="vector")
+        assert found.hits[0].episode.uid == uids[0]
+        channel = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
+        in_channel = await engine.search("backup", channel)
+        assert in_channel.hits[0].episode.uid == uids[0]
+        assert uids[2] not in [h.episode.uid for h in in_channel.hits]  # another channel
+
+        # The vectors live on the server, not in a local folder.
+        assert not (data_dir / "chroma").exists()
+        host, port = chroma_url.removeprefix("http://").split(":")
+        client = chromadb.HttpClient(
+            host=host, port=int(port), settings=chromadb.Settings(anonymized_telemetry=False)
+        )
+        remote = client.get_collection(project_collection(ORG, PROJECT))
+        assert set(remote.get(include=[])["ids"]) == set(uids)
+
+        report = await engine.forget(ORG, producer=BOB)
+        assert report.uids == [uids[1]]
+        assert report.facts == 1
+        assert set(remote.get(include=[])["ids"]) == {uids[0], uids[2]}
+        general = client.get_collection(channel_collection(ORG, PROJECT, GENERAL))
+        assert set(general.get(include=[])["ids"]) == {uids[0]}
+        assert engine.index is not None
+        assert all(uids[1] not in ids for ids in engine.index.all_ids().values())
+        assert (await engine.search("espresso descaling", scope, mode="vector")).hits[
+            0
+        ].episode.uid != uids[1]
+        assert (await engine.stats()).vectors == 2
+    finally:
+        await engine.close()
+
+    # A reopen against the same server finds the index consistent and leaves it so.
+    engine = await MemoryEngine.open(data_dir, "hash", chroma_url=chroma_url)
+    try:
+        await engine.wait_indexed()
+        assert (await engine.stats()).vectors == 2
+        assert await engine.reconcile() == {"dropped_vectors": 0, "requeued_rows": 0}
+    finally:
+        await engine.close()
