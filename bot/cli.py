@@ -114,6 +114,15 @@ def cmd_mcp_stdio(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the bot ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.runner import main as run_bot
+
+    return run_bot(args)
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -159,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ms = sub.add_parser("mcp-stdio", help="the memory's MCP tools over stdio")
     ms.set_defaults(func=cmd_mcp_stdio)
+
+    rn = sub.add_parser("run", help="the bot on Slack and/or Discord, with the memory server")
+    rn.add_argument("--host", help="where the memory server (and Slack's HTTP mode) listens")
+    rn.add_argument("--port", type=int, help="default CHANNELMIND_PORT or 8080")
+    rn.set_defaults(func=cmd_run)
 
     from bot.cli_chat import add_commands as add_chat_commands  # chat recall forget export config
 

@@ -301,6 +301,8 @@ class SlackReplier:
                 await self._post(notice)
         except SlackApiError as notice_exc:
             log.error("slack: could not tell the asker either: %s", _error_of(notice_exc))
+        except Exception as notice_exc:
+            log.error("slack: could not tell the asker either: %r", notice_exc)
 
     async def ephemeral(self, text: str) -> None:
         for piece in split_text(text):
@@ -316,6 +318,9 @@ class SlackReplier:
                 await self.client.chat_postEphemeral(**kwargs)
             except SlackApiError as exc:
                 log.error("slack: an ephemeral message was not delivered: %s", _error_of(exc))
+                return
+            except Exception as exc:
+                log.error("slack: an ephemeral message was not delivered: %r", exc)
                 return
 
     async def _respond(self, text: str) -> bool:
@@ -384,8 +389,8 @@ class SlackAdapter:
         self.app = AsyncApp(
             client=app_client,
             signing_secret=self._signing_secret,
-            authorize=self._authorize,
-            logger=logging.getLogger("slack_bolt.channelmind"),
+            authorize=self._authorizer(),
+            logger=_bolt_logger(),
         )
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
@@ -513,17 +518,21 @@ class SlackAdapter:
         # matches is never acked in Socket Mode, and Slack would resend it).
         app.event(re.compile(".*"))(self._on_other_event)
 
-    async def _authorize(
-        self, enterprise_id: str | None, team_id: str | None
-    ) -> AuthorizeResult:
-        await self._identify()
-        return AuthorizeResult(
-            enterprise_id=enterprise_id,
-            team_id=team_id or self.team_id,
-            bot_token=self._token,
-            bot_user_id=self.bot_user_id,
-            bot_id=self.bot_id,
-        )
+    def _authorizer(self) -> Callable[..., Awaitable[AuthorizeResult]]:
+        """bolt's ``authorize``: this bot's token and ids (bolt reads the function's argument
+        names, so this is a plain function, not a method)."""
+
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            await self._identify()
+            return AuthorizeResult(
+                enterprise_id=enterprise_id,
+                team_id=team_id or self.team_id,
+                bot_token=self._token,
+                bot_user_id=self.bot_user_id,
+                bot_id=self.bot_id,
+            )
+
+        return authorize
 
     @asynccontextmanager
     async def _track(self, what: str) -> AsyncIterator[None]:
@@ -626,8 +635,9 @@ class SlackAdapter:
         channel, ts = event.get("channel"), event.get("ts")
         if not isinstance(channel, str) or not isinstance(ts, str):
             return
-        if not self._said.add_new((channel, ts)):
-            return  # the message / app_mention twin, or a redelivery
+        if not self._said.add_new((channel, ts)):  # the app_mention twin, or a redelivery
+            log.debug("slack: message %s:%s taken in already", channel, ts)
+            return
         user = event.get("user")
         bot = event.get("bot_id")
         if (self.bot_user_id and user == self.bot_user_id) or (self.bot_id and bot == self.bot_id):
@@ -637,13 +647,15 @@ class SlackAdapter:
         author = await self._author(event, is_bot)
         channel_type = event.get("channel_type") or ("im" if channel.startswith("D") else "")
         is_dm = channel_type == "im"
-        thread_ts = event.get("thread_ts")
-        in_thread = isinstance(thread_ts, str) and thread_ts != ts
-        place = self._place(org, channel, thread_ts=thread_ts if in_thread else None, is_dm=is_dm)
+        given = event.get("thread_ts")
+        thread_ts = given if isinstance(given, str) and given != ts else None
+        place = self._place(org, channel, thread_ts=thread_ts, is_dm=is_dm)
         raw = str(event.get("text") or "")
         mentioned = self.mentions_bot(raw)
         addressed = not is_bot and (
-            mentioned or is_dm or (in_thread and await self._bot_in_thread(place, thread_ts))
+            mentioned
+            or is_dm
+            or (thread_ts is not None and await self._bot_in_thread(place, thread_ts))
         )
         text = await self.readable(raw) + _files(event)
         message = MessageEvent(
@@ -656,7 +668,7 @@ class SlackAdapter:
             metadata={"mentions_bot": True} if mentioned else {},
         )
         # Answers go in the message's thread, or start one on it (DMs: inline, like a chat).
-        reply_in = thread_ts if in_thread else (None if is_dm else ts)
+        reply_in = thread_ts or (None if is_dm else ts)
         replier = SlackReplier(
             self,
             channel,
@@ -851,6 +863,9 @@ class SlackAdapter:
         except SlackApiError as exc:
             log.warning("slack: users.info %s failed: %s", user_id, _error_of(exc))
             return SlackUser(user_id, user_id)
+        except Exception as exc:  # the network: the message is stored all the same
+            log.warning("slack: users.info %s failed: %r", user_id, exc)
+            return SlackUser(user_id, user_id)
         profile = info.get("profile") or {}
         name = (
             profile.get("display_name")
@@ -883,6 +898,9 @@ class SlackAdapter:
         except SlackApiError as exc:
             log.info("slack: no permalink for %s (%s)", source_id, _error_of(exc))
             return None
+        except Exception as exc:
+            log.info("slack: no permalink for %s (%r)", source_id, exc)
+            return None
         link = response.get("permalink")
         if not isinstance(link, str) or not link:
             return None
@@ -911,6 +929,21 @@ class SlackAdapter:
             return f"{label} ({target})" if label and label != target else target
 
         return html.unescape(_MARKUP.sub(one, text)) if "<" in text else html.unescape(text)
+
+
+class _QuietBolt(logging.Filter):
+    """bolt warns that SLACK_BOT_TOKEN is unused whenever it is in the environment and a
+    client is given, which is how this adapter works; that warning only confuses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("As you gave `client` as well")
+
+
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("slack_bolt.channelmind")
+    if not any(isinstance(f, _QuietBolt) for f in logger.filters):
+        logger.addFilter(_QuietBolt())
+    return logger
 
 
 _MARKUP = re.compile(r"<([^<>]+)>")
@@ -993,7 +1026,11 @@ class _SlackEndpoint:
             replayed = True
             return {"type": "http.request", "body": data, "more_body": False}
 
-        response = await self.handler.handle(Request(scope, replay))
+        try:
+            response = await self.handler.handle(Request(scope, replay))
+        except Exception:
+            log.exception("slack: handling a request to %s failed", self.path)
+            response = JSONResponse({"error": "internal error"}, 500)
         await response(scope, receive, send)
         if response.status_code == 200:
             self.acks.sent(_form_trigger_id(data))

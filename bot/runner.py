@@ -1,0 +1,289 @@
+"""``channelmind run``: the bot on Slack and/or Discord, with the memory server beside it.
+
+One process: the memory (the embedded engine, or a remote memory server when
+``CHANNELMIND_MEMORY_URL`` is set), the core built as ``channelmind chat`` builds it, the
+memory server app (REST, MCP, metrics) under uvicorn on ``CHANNELMIND_HOST``/``PORT``, the
+Slack adapter when ``SLACK_BOT_TOKEN`` is set (Socket Mode with ``SLACK_APP_TOKEN``, else HTTP
+mode at ``POST /slack/events`` on the same server) and the Discord adapter when
+``DISCORD_TOKEN`` is set. SIGINT/SIGTERM stop everything cleanly. Tokens are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from memory import MemoryEngine
+
+    from .conversation import Conversation
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+GUIDANCE = """\
+channelmind run: no chat platform token is set, so there is nothing to connect to.
+
+Slack (create the app from manifest.yml and install it to your workspace), then either
+  Socket Mode:  SLACK_BOT_TOKEN=xoxb-...  and  SLACK_APP_TOKEN=xapp-...
+  HTTP mode:    SLACK_BOT_TOKEN=xoxb-...  and  SLACK_SIGNING_SECRET=...
+                (Slack posts events to https://<your host>/slack/events)
+Discord:        DISCORD_TOKEN=...
+
+Set them in the environment or in a .env file. To try the bot without any platform,
+run `channelmind chat`."""
+
+SLACK_MODE_MISSING = """\
+channelmind run: SLACK_BOT_TOKEN is set, but neither SLACK_APP_TOKEN (Socket Mode) nor
+SLACK_SIGNING_SECRET (HTTP mode) is. Set one of them (see manifest.yml and the README)."""
+
+STOP_TIMEOUT = 15.0
+
+
+class RunError(RuntimeError):
+    """The bot cannot run with these settings; printed as one line, exit status 2."""
+
+
+def _set(secret: Any) -> bool:
+    return secret is not None and bool(secret.get_secret_value())
+
+
+def check(settings: Settings) -> str | None:
+    """What is missing before anything starts, or None."""
+    slack, discord = _set(settings.slack_bot_token), _set(settings.discord_token)
+    if not slack and not discord:
+        return GUIDANCE
+    if slack and not _set(settings.slack_app_token) and not _set(settings.slack_signing_secret):
+        return SLACK_MODE_MISSING
+    return None
+
+
+class _Server:
+    """uvicorn on a socket bound here (so that a busy port is an ordinary error), with
+    signals left to the runner."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Generator[None, None, None]:
+                yield  # the runner handles SIGINT/SIGTERM
+
+        self.socket = _bind(host, port)
+        config = uvicorn.Config(app, log_level="info", lifespan="on")
+        self.server = Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.socket.getsockname()[1])
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve(sockets=[self.socket])
+        except SystemExit as exc:  # uvicorn exits on a failed startup
+            raise RunError(f"the web server did not start (status {exc.code})") from None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._serve(), name="uvicorn")
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()  # raises the startup failure
+                raise RunError("the web server stopped while starting")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self.task is None:
+            self.socket.close()
+            return
+        self.server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), STOP_TIMEOUT)
+        except TimeoutError:
+            self.server.force_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 5)
+        except Exception:
+            log.exception("the web server failed")
+        finally:
+            self.socket.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as exc:
+        raise RunError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class Runner:
+    """Everything ``channelmind run`` starts, in order, and stops in reverse."""
+
+    def __init__(self, settings: Settings, host: str | None = None, port: int | None = None):
+        self.settings = settings
+        self.host = host or settings.host
+        self.port = settings.port if port is None else port
+        self.memory: Any = None
+        self.conversation: Conversation | None = None
+        self.app: FastAPI | None = None
+        self.server: _Server | None = None
+        self.slack: Any = None
+        self.discord: Any = None
+
+    @property
+    def bound_port(self) -> int | None:
+        return self.server.port if self.server is not None else None
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        from memory.server.app import ServeRefused, check_bind
+        from memory.server.auth import ApiKeyError, ApiKeys
+
+        from .cli_chat import build_conversation
+
+        settings = self.settings
+        remote = bool(settings.memory_url)
+        http_mode = _set(settings.slack_bot_token) and not _set(settings.slack_app_token)
+        if not remote:
+            try:
+                check_bind(self.host, ApiKeys.parse(settings.api_keys_text()))
+            except (ServeRefused, ApiKeyError) as exc:
+                raise RunError(str(exc)) from None
+
+        self.memory = await self._open_memory(remote)
+        self.conversation = build_conversation(settings, cast("MemoryEngine", self.memory))
+
+        if not remote:
+            from memory.server.app import create_app
+
+            self.app = create_app(engine=self.memory, settings=settings)
+        elif http_mode:  # the memory lives elsewhere; serve only Slack's endpoint
+            from fastapi import FastAPI
+
+            self.app = FastAPI(title="ChannelMind bot", openapi_url=None)
+
+        if _set(settings.slack_bot_token):
+            from .slack_adapter import SlackAdapter, SlackStartError
+
+            self.slack = SlackAdapter(self.conversation, settings)
+            try:
+                await self.slack.start()
+            except SlackStartError as exc:
+                raise RunError(f"Slack: {exc}") from None
+            if http_mode:
+                assert self.app is not None
+                self.slack.mount(self.app)
+
+        if self.app is not None:
+            self.server = _Server(self.app, self.host, self.port)
+            await self.server.start()
+            log.info("listening on http://%s:%d", self.host, self.server.port)
+
+        if _set(settings.discord_token):
+            try:  # imported only when Discord is wanted
+                from .discord_adapter import DiscordAdapter
+            except ImportError as exc:
+                raise RunError(f"Discord: the adapter cannot be loaded: {exc}") from None
+
+            discord = DiscordAdapter(self.conversation, settings)
+            try:
+                await discord.start()  # logs in, then connects in the background
+            except Exception as exc:
+                if self.slack is None:
+                    raise RunError(f"Discord: {exc}") from None
+                log.error("discord: not started (%s); Slack runs on", exc)
+            else:
+                self.discord = discord
+
+    async def _open_memory(self, remote: bool) -> Any:
+        if remote:
+            from memory.client import MemoryClient
+
+            assert self.settings.memory_url
+            key = os.environ.get("CHANNELMIND_MEMORY_API_KEY") or None
+            log.info("memory: the server at %s", self.settings.memory_url)
+            return MemoryClient(self.settings.memory_url, key)
+        from memory import MemoryEngine
+
+        return await MemoryEngine.open(settings=self.settings)
+
+    async def stop(self) -> None:
+        """Adapters first (no new events), then the web server, the core, the memory."""
+        for name in ("slack", "discord"):
+            adapter = getattr(self, name)
+            if adapter is None:
+                continue
+            try:
+                await asyncio.wait_for(adapter.close(), STOP_TIMEOUT)
+            except Exception:
+                log.exception("%s: closing failed", name)
+            setattr(self, name, None)
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        if self.conversation is not None:
+            with contextlib.suppress(Exception):
+                await self.conversation.close()
+            self.conversation = None
+        if self.memory is not None:
+            with contextlib.suppress(Exception):
+                await self.memory.close()
+            self.memory = None
+
+
+async def run(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+    runner = Runner(settings, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.start()
+        parts = [p for p, on in (("Slack", runner.slack), ("Discord", runner.discord)) if on]
+        log.info("channelmind is running on %s; Ctrl-C stops it", " and ".join(parts))
+        await stop.wait()
+    finally:
+        await runner.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from .settings import Settings
+
+    settings = Settings()
+    missing = check(settings)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(run(settings, getattr(args, "host", None), getattr(args, "port", None)))
+    except RunError as exc:
+        print(f"channelmind run: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,168 @@
+"""``channelmind run``: guidance without tokens, and the whole bot (memory, memory server,
+Slack adapter) against the fake Slack, in HTTP mode and in Socket Mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.cli import main
+from bot.runner import Runner, run
+from bot.settings import Settings
+from memory import MemoryEngine, SourceRef
+from tests.chat_helpers import settings as core_settings
+from tests.fakes.slack_server import FakeSlack, message_event, sign_request
+
+SECRET = "runner-signing-secret"
+ALICE = "U0ALICE01"
+GENERAL = "C0GENERAL"
+PLATFORM_ENV = (
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_API_URL",
+    "SLACK_CLIENT_ID",
+    "SLACK_CLIENT_SECRET",
+    "SLACK_VERIFICATION_TOKEN",
+    "DISCORD_TOKEN",
+    "CHANNELMIND_MEMORY_URL",
+    "CHANNELMIND_HOST",
+    "CHANNELMIND_API_KEYS",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in PLATFORM_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env file here
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as server:
+        server.add_user(ALICE, "alice", display_name="Alice")
+        server.add_channel(GENERAL, "general")
+        yield server
+
+
+def run_settings(fake: FakeSlack, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "slack_bot_token": "xoxb-fake",
+        "slack_api_url": fake.api_url,
+        "data_dir": tmp_path / "data",
+        "embedder": "hash",
+        "host": "127.0.0.1",
+        "port": 0,
+    }
+    values.update(overrides)
+    return core_settings(**values)
+
+
+def test_no_token_prints_what_to_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 2
+    out = capsys.readouterr()
+    text = out.err + out.out
+    for needed in (
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "DISCORD_TOKEN",
+        "channelmind chat",
+        "manifest.yml",
+    ):
+        assert needed in text
+
+
+def test_slack_needs_socket_mode_or_a_signing_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-very-secret-value")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "SLACK_APP_TOKEN" in err and "SLACK_SIGNING_SECRET" in err
+    assert "xoxb-very-secret-value" not in err
+
+
+def test_an_open_memory_server_stays_on_loopback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-very-secret-value")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-very-secret-value")
+    monkeypatch.setenv("CHANNELMIND_DATA_DIR", str(tmp_path / "data"))
+    assert main(["run", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to listen" in err and "CHANNELMIND_API_KEYS" in err
+    assert "secret-value" not in err
+
+
+async def test_http_mode_serves_slack_events_beside_the_memory_server(
+    fake: FakeSlack, tmp_path: Path
+) -> None:
+    settings = run_settings(fake, tmp_path, slack_signing_secret=SECRET)
+    runner = Runner(settings)
+    await runner.start()
+    try:
+        assert runner.slack is not None and not runner.slack.socket_mode
+        base = f"http://127.0.0.1:{runner.bound_port}"
+        event = message_event(ALICE, "<@U0FAKEBOT> hello over http", GENERAL)
+        body = json.dumps(fake.event_payload(event)).encode()
+        json_type = {"Content-Type": "application/json"}
+        engine: MemoryEngine = runner.memory
+        ref = SourceRef(
+            org_id=f"slack:{fake.team_id}",
+            project_id=settings.project,
+            platform="slack",
+            source_id=f"{GENERAL}:{event['ts']}",
+        )
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/api/v2/health")).status_code == 200
+            forged = {**json_type, **sign_request(body, "wrong-secret")}
+            assert (
+                await http.post("/slack/events", content=body, headers=forged)
+            ).status_code == 401
+            assert await engine.get_by_source(ref) is None
+
+            signed = {**json_type, **sign_request(body, SECRET)}
+            assert (
+                await http.post("/slack/events", content=body, headers=signed)
+            ).status_code == 200
+            (post,) = await fake.wait_for_call("chat.postMessage", timeout=10)
+            assert post.params["thread_ts"] == event["ts"]
+            deadline = time.monotonic() + 10
+            while await engine.get_by_source(ref) is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+    finally:
+        await runner.stop()
+    assert runner.memory is None and runner.server is None
+
+
+async def test_socket_mode_run_stops_cleanly_on_sigterm(fake: FakeSlack, tmp_path: Path) -> None:
+    settings = run_settings(fake, tmp_path, slack_app_token="xapp-1-fake")
+    task = asyncio.create_task(run(settings))
+    await fake.wait_connected(timeout=20)
+    envelope_id = await fake.send_event(
+        message_event(ALICE, "hello in a dm", "D0ALICE01", channel_type="im")
+    )
+    await fake.wait_ack(envelope_id)
+    await fake.wait_for_call("chat.postMessage", timeout=10)
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 30) == 0
+    assert fake._open_socket() is None  # disconnected
+    # The memory was closed: it opens again at once, with what was said.
+    engine = await MemoryEngine.open(tmp_path / "data", "hash")
+    try:
+        assert (await engine.stats()).episodes == 2  # the message and the answer
+    finally:
+        await engine.close()
