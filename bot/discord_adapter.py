@@ -52,6 +52,7 @@ from .events import (
     pid,
 )
 from .settings import Settings
+from .text import split_text, utf16_units
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +72,8 @@ _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
 
 
 def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
-    """``text`` in pieces Discord accepts (``limit`` UTF-16 units, which is never less than
-    characters), cut at line breaks where possible, else at spaces, else anywhere."""
-    pieces: list[str] = []
-    rest = text.strip("\n")
-    while _units(rest) > limit:
-        window = rest[:limit]
-        while (excess := _units(window) - limit) > 0:
-            window = window[: len(window) - max(1, excess // 2)]
-        half = len(window) // 2
-        cut, skip = window.rfind("\n"), 1
-        if cut < half:
-            cut = max(window.rfind(" "), window.rfind("\t"))
-        if cut < half:
-            cut, skip = len(window), 0
-        piece = window[:cut].rstrip()
-        if piece:
-            pieces.append(piece)
-        rest = rest[cut + skip :].lstrip("\n")
-    if rest.strip():
-        pieces.append(rest)
-    return pieces
-
-
-def _units(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    """``text`` in pieces Discord accepts: ``limit`` UTF-16 units each."""
+    return split_text(text, limit, utf16_units)
 
 
 def dm_org(dm_channel_id: int) -> str:

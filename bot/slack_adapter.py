@@ -64,6 +64,7 @@ from .events import (
     pid,
     slack_source_id,
 )
+from .text import split_text as text_pieces
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -141,21 +142,8 @@ class SlackUser:
 
 
 def split_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
-    """``text`` in pieces of at most ``limit`` characters, cut at line breaks when possible,
-    else at spaces (so that ``<url|[n]>`` links stay whole), else anywhere."""
-    pieces: list[str] = []
-    rest = text.strip("\n")
-    while len(rest) > limit:
-        cut = rest.rfind("\n", 0, limit + 1)
-        if cut <= 0:
-            cut = rest.rfind(" ", 0, limit + 1)
-        if cut <= 0:
-            cut = limit
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip("\n ")
-    if rest or not pieces:
-        pieces.append(rest)
-    return [p for p in pieces if p] or [""]
+    """``text`` in pieces of at most ``limit`` characters (bot.text.split_text's rules)."""
+    return text_pieces(text, limit)
 
 
 def ts_time(ts: str) -> datetime:
@@ -264,6 +252,8 @@ class SlackReplier:
 
     async def reply(self, text: str) -> str | None:
         pieces = split_text(text)
+        if not pieces:
+            return None
         try:
             first = await self._post(pieces[0])
         except SlackApiError as exc:
