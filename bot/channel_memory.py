@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
-
-from memory import Episode, MemoryEngine, Scope, SourceRef, parse_filter
+from memory import Episode, Scope, SourceRef, parse_filter
 from memory.engine import embed_text
+from memory.interface import Memory, similarities
 from memory.model import utcnow
 from memory.semantic import SemanticMemory
 
@@ -73,7 +72,7 @@ def _plural(n: int, word: str) -> str:
 
 class ChannelMemory:
     def __init__(
-        self, engine: MemoryEngine, settings: Settings, semantic: SemanticMemory | None = None
+        self, engine: Memory, settings: Settings, semantic: SemanticMemory | None = None
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -206,8 +205,10 @@ class ChannelMemory:
         hits = [
             h for h in hybrid.hits if h.episode.uid not in skip and h.episode.role != "assistant"
         ][:top_k]
+        # Neighbours are judged too: the engine marks a match "expanded" when it is also the
+        # neighbour of a better hit, and a neighbour near in meaning is relevant anyway.
         near = await self._near_in_meaning(
-            query, [h.episode for h in hits if h.episode.uid not in words and not h.expanded]
+            query, [h.episode for h in hits if h.episode.uid not in words]
         )
         return [
             Found(h.episode, h.episode.uid in words or h.episode.uid in near, h.expanded)
@@ -215,19 +216,20 @@ class ChannelMemory:
         ]
 
     async def _near_in_meaning(self, query: str, episodes: Sequence[Episode]) -> set[str]:
-        embedder = getattr(self.engine, "embedder", None)
-        # The hashing embedder measures shared words, which the keyword index already does.
-        if not episodes or embedder is None or getattr(embedder, "name", "hash") == "hash":
+        """The episodes close to the query in meaning, by the memory's embedder (the server's,
+        for a remote memory). The hashing embedder measures shared words, which the keyword
+        index already does, so it judges nothing here."""
+        if not episodes:
             return set()
         try:
-            texts = [query] + [embed_text(e) for e in episodes]
-            vectors = await asyncio.to_thread(embedder.embed, texts)
-            sims = np.asarray(vectors[1:]) @ np.asarray(vectors[0])
+            sims = await similarities(self.engine, query, [embed_text(e) for e in episodes])
         except Exception:
             log.exception("relevance check failed; using keyword matches only")
             return set()
+        if sims is None:
+            return set()
         limit = self.settings.relevance_threshold
-        return {e.uid for e, s in zip(episodes, sims, strict=True) if float(s) >= limit}
+        return {e.uid for e, s in zip(episodes, sims, strict=True) if s >= limit}
 
     async def recent(self, place: Place, n: int, exclude: Iterable[str] = ()) -> list[Episode]:
         """The recent window: the last ``n`` messages of the thread, or of the channel."""

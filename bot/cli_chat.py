@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from memory import MemoryEngine
+    from memory.interface import Memory
 
     from .conversation import Conversation
     from .settings import Settings
@@ -77,9 +78,10 @@ def _run(coro: Any) -> int:
 # -- chat -------------------------------------------------------------------------------------
 
 
-def build_conversation(settings: Settings, engine: MemoryEngine) -> Conversation:
-    """The core with its responder and, when an LLM is configured and CHANNELMIND_SEMANTIC
-    is on, semantic memory (sharing the responder's OpenAI-compatible client)."""
+def build_conversation(settings: Settings, engine: Memory) -> Conversation:
+    """The core on a memory (the embedded engine, or a MemoryClient of a memory server) with
+    its responder and, when an LLM is configured and CHANNELMIND_SEMANTIC is on, semantic
+    memory (sharing the responder's OpenAI-compatible client)."""
     from memory.semantic import SemanticMemory
 
     from .conversation import Conversation

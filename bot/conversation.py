@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from memory import Episode, InvalidInput, MemoryEngine
+from memory import Episode, InvalidInput, interface
 from memory.semantic import SemanticMemory
 
 from .channel_memory import ChannelMemory, Forgotten
@@ -52,7 +52,7 @@ class Conversation:
 
     def __init__(
         self,
-        memory: MemoryEngine,
+        memory: interface.Memory,
         responder: Responder,
         settings: Settings,
         semantic: SemanticMemory | None = None,

@@ -19,12 +19,12 @@ import signal
 import socket
 import sys
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from memory import MemoryEngine
+    from memory.interface import Memory
 
     from .conversation import Conversation
     from .settings import Settings
@@ -137,7 +137,7 @@ class Runner:
         self.settings = settings
         self.host = host or settings.host
         self.port = settings.port if port is None else port
-        self.memory: Any = None
+        self.memory: Memory | None = None
         self.conversation: Conversation | None = None
         self.app: FastAPI | None = None
         self.server: _Server | None = None
@@ -170,13 +170,15 @@ class Runner:
             except (ServeRefused, ApiKeyError) as exc:
                 raise RunError(str(exc)) from None
 
-        self.memory = await self._open_memory(remote)
-        self.conversation = build_conversation(settings, cast("MemoryEngine", self.memory))
+        self.memory = memory = await self._open_memory(remote)
+        self.conversation = build_conversation(settings, memory)
 
         if not remote:
+            from memory import MemoryEngine
             from memory.server.app import create_app
 
-            self.app = create_app(engine=self.memory, settings=settings)
+            assert isinstance(memory, MemoryEngine)
+            self.app = create_app(engine=memory, settings=settings)
         elif http_mode:  # the memory lives elsewhere; serve only Slack's endpoint
             from fastapi import FastAPI
 
@@ -215,7 +217,7 @@ class Runner:
             else:
                 self.discord = discord
 
-    async def _open_memory(self, remote: bool) -> Any:
+    async def _open_memory(self, remote: bool) -> Memory:
         if remote:
             from memory.client import MemoryClient
 

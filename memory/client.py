@@ -3,6 +3,8 @@
 A bot pointed at a shared memory server (``CHANNELMIND_MEMORY_URL``) uses this instead of an
 embedded engine: the same method names, arguments and return types (Episode, Fact,
 SearchResult, Stats...), over the server's ``/api/cm`` routes (and ``/api/v2/projects/list``).
+Both satisfy :class:`memory.interface.Memory`, the protocol the bot is typed with; relevance by
+meaning uses the server's embedder (:meth:`MemoryClient.similarities`), as the engine's own.
 Filters may be strings or parsed :data:`memory.filters.Filter` trees; trees are sent as text.
 
 Errors: a 422 raises :class:`memory.model.InvalidInput` (``FilterError`` for a bad filter), as
@@ -266,6 +268,13 @@ class MemoryClient:
             raise MemoryServerError(response.status_code, _message(response))
         if not response.json().get("done"):
             raise TimeoutError(f"the memory server did not finish indexing in {wait} s")
+
+    async def similarities(self, query: str, texts: Sequence[str]) -> builtins.list[float] | None:
+        """:func:`memory.embedders.similarities` under the server's embedder (None for the
+        hashing one); :func:`memory.interface.similarities` uses it to judge relevance."""
+        body = {"query": query, "texts": list(texts)}
+        scores = (await self._post("/api/cm/similarity", body))["scores"]
+        return None if scores is None else [float(s) for s in scores]
 
     # -- facts -----------------------------------------------------------------------------
 

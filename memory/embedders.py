@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -157,6 +158,18 @@ class OpenAIEmbedder:
             ordered = sorted(response.data, key=lambda d: d.index)
             rows.extend(list(d.embedding) for d in ordered)
         return _normalise(np.asarray(rows, dtype=np.float32))
+
+
+def similarities(embedder: Embedder, query: str, texts: Sequence[str]) -> list[float] | None:
+    """Cosine similarity of each text to ``query`` under ``embedder``, or None for the hashing
+    embedder: it measures shared words (what keyword search does already), not meaning."""
+    if getattr(embedder, "name", "hash") == "hash":
+        return None
+    if not texts:
+        return []
+    vectors = embedder.embed([query, *texts])
+    sims = np.asarray(vectors[1:]) @ np.asarray(vectors[0])
+    return [float(s) for s in sims]
 
 
 def make_embedder(

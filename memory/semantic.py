@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
     from openai.types.shared_params import ResponseFormatJSONSchema
 
-    from .engine import MemoryEngine
+    from .interface import Memory
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +174,12 @@ class SemanticStats:
 
 
 class SemanticMemory:
-    """Batched fact extraction over one :class:`~memory.engine.MemoryEngine`."""
+    """Batched fact extraction over one memory (:class:`~memory.interface.Memory`: the
+    engine, or a client of a memory server)."""
 
     def __init__(
         self,
-        engine: MemoryEngine,
+        engine: Memory,
         llm: LLMCall | openai.AsyncOpenAI,
         *,
         model: str = "gpt-4o-mini",

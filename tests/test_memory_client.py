@@ -83,6 +83,8 @@ async def test_write_read_search_edit_delete(client: MemoryClient, server: Runni
 
     assert await client.delete(ORG, PROJECT, [uids[0], "not-a-uid"]) == [uids[0]]
     assert await server.engine.get(ORG, PROJECT, [uids[0]]) == []
+    # The hashing embedder tells shared words, not meaning: no similarities, as the engine's.
+    assert await client.similarities("release", ["the release is on Friday"]) is None
 
 
 async def test_forget_facts_settings_projects(client: MemoryClient, server: Running) -> None:

@@ -73,7 +73,7 @@ async def test_tools_are_listed_with_memmachine_parameters(server: Running) -> N
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {"add_memory", "search_memory", "delete_memory", "recall_channel"}
     params = {name: set(t.inputSchema["properties"]) for name, t in tools.items()}
-    assert params["add_memory"] == {"content", "org_id", "proj_id", "user_id"}
+    assert params["add_memory"] == {"content", "org_id", "proj_id", "user_id", "channel_id"}
     assert params["search_memory"] == {"query", "org_id", "proj_id", "user_id", "top_k"}
     assert params["delete_memory"] == {
         "org_id",

@@ -1,7 +1,9 @@
 """MCP tools over the memory (official ``mcp`` SDK 1.x, FastMCP).
 
 The tools and their parameters are MemMachine's (``add_memory``, ``search_memory``,
-``delete_memory``) plus ``recall_channel`` for a chat channel's memory. Served over streamable
+``delete_memory``) plus ``recall_channel`` for a chat channel's memory, and ``add_memory``
+takes an optional ``channel_id`` (MemMachine stores every MCP memory for ``"unknown"``) so that
+an agent can leave a memory in a chat channel, where the bot uses it. Served over streamable
 HTTP at ``/mcp/`` by the memory server, and over stdio by ``channelmind mcp-stdio``.
 
 Identity follows MemMachine: the ``user-id`` / ``org-id`` / ``proj-id`` HTTP headers beat the
@@ -153,18 +155,22 @@ def build_mcp(
         return ident
 
     @mcp.tool(
-        description="Store a memory (the full context worth remembering) for the current user."
+        description="Store a memory (the full context worth remembering) for the current user;"
+        " with channel_id (e.g. 'slack:C123', org_id its Slack team or Discord guild), for that"
+        " chat channel, where the bot will use it."
     )
     async def add_memory(
         content: str,
         org_id: str = "",
         proj_id: str = "",
         user_id: str = "",
+        channel_id: str = "",
         ctx: Context | None = None,  # type: ignore[type-arg]
     ) -> dict[str, Any]:
         ident = identify(ctx, org_id=org_id, proj_id=proj_id, user_id=user_id)
         if not isinstance(ident, Identity):
             return ident
+        produced_for = channel_id.strip() or "unknown"
 
         async def work(ident: Identity) -> dict[str, Any]:
             spec = AddMemoriesSpec(
@@ -174,7 +180,7 @@ def build_mcp(
                     MemoryMessage(
                         content=content,
                         producer=ident.user_id,
-                        produced_for="unknown",
+                        produced_for=produced_for,
                         role="user",
                         metadata={"user_id": ident.user_id},
                     )

@@ -7,12 +7,14 @@ models (Episode, Fact, Scope, SearchResult, Stats...).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from memory.embedders import similarities
 from memory.engine import ForgetReport, SourceRef
 from memory.model import Episode, Fact, Scope, SearchResult, Stats, TimeRange
 
@@ -105,6 +107,16 @@ class SupersedeBody(_Body):
     uid: str
     by: str
     when: datetime | None = None
+
+
+class SimilarityBody(_Body):
+    query: str = Field(max_length=100_000)
+    texts: list[str] = Field(max_length=1000)
+
+
+class Similarities(BaseModel):
+    embedder: str
+    scores: list[float] | None  # None: the hashing embedder, which does not measure meaning
 
 
 class WaitBody(_Body):
@@ -295,6 +307,16 @@ async def set_setting(body: SetSettingBody, request: Request) -> Response:
         body.org_id, body.project_id, body.subject, body.key, body.value
     )
     return Response(status_code=204)
+
+
+@router.post("/similarity", response_model=Similarities)
+async def similarity(body: SimilarityBody, request: Request) -> Similarities:
+    """Cosine similarity of each text to the query under the server's embedder, so that a bot
+    on this server judges relevance by meaning as an embedded one does. It reads no stored
+    record, so any valid key may ask."""
+    embedder = service_of(request).engine.embedder
+    scores = await asyncio.to_thread(similarities, embedder, body.query, body.texts)
+    return Similarities(embedder=embedder.name, scores=scores)
 
 
 @router.post("/index/wait", response_model=Indexed)
