@@ -536,15 +536,18 @@ class MemoryEngine:
         around = await self.store.neighbours([c.row_id for c in ranked], n, n)
         out: builtins.list[Hit] = []
         seen: set[str] = set()
+        matched = {c.episode.uid: c.score for c in ranked}
         for c in ranked:
             before, after = around.get(c.row_id, ([], []))
-            group = [(ep, True) for _, ep in reversed(before)] + [(c.episode, False)]
-            group += [(ep, True) for _, ep in after]
-            for ep, expanded in group:
+            group = [ep for _, ep in reversed(before)] + [c.episode] + [ep for _, ep in after]
+            for ep in group:
                 if ep.uid in seen:
                     continue
                 seen.add(ep.uid)
-                out.append(self._hit(ep, c.score * (0.9 if expanded else 1.0), expanded))
+                if ep.uid in matched:  # a match in its own right, even if also a neighbour
+                    out.append(self._hit(ep, matched[ep.uid]))
+                else:
+                    out.append(self._hit(ep, c.score * 0.9, expanded=True))
             if len(out) >= top_k:
                 break
         return out[:top_k]
