@@ -76,7 +76,7 @@ class MemoryEngine:
         embedder: Embedder,
         chroma_url: str | None = None,
         *,
-        index_batch: int = 256,
+        index_batch: int = 512,
         ranking: Ranking | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)

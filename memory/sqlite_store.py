@@ -531,8 +531,15 @@ class SQLiteStore:
     # -- index bookkeeping -----------------------------------------------------------------
 
     async def pending(self, limit: int) -> list[Episode]:
+        """Rows waiting for their vectors, channel by channel.
+
+        Every vector goes to its channel's collection, and Chroma's cost is per call more than
+        per vector: a batch in arrival order spreads over as many collections as there are
+        active channels (200 tiny upserts for 256 rows in the scale benchmark, 60 rows/s).
+        Taking whole channels keeps a batch to a few collections."""
         async with self.reader.execute(
-            f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE indexed = 0 ORDER BY id LIMIT ?",
+            f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE indexed = 0"
+            " ORDER BY org_id, project_id, produced_for, id LIMIT ?",
             (limit,),
         ) as cur:
             return [row_to_episode(r) for r in await cur.fetchall()]
