@@ -182,12 +182,9 @@ class VectorIndex:
             where = conditions[0]
         elif conditions:
             where = {"$and": conditions}
-        count = collection.count()
-        if count == 0:
-            return []
         result = collection.query(
             query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
-            n_results=min(k, count),
+            n_results=k,  # Chroma returns fewer when the collection is smaller
             where=where,
             include=["distances"],
         )
