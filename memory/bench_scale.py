@@ -400,6 +400,7 @@ COLUMNS = [
     ("chan p95", "channel_search_ms_p95", "{:.1f}"),
     ("all p50", "search_ms_p50", "{:.1f}"),
     ("all p95", "search_ms_p95", "{:.1f}"),
+    ("1st p95", "channel_first_ms_p95", "{:.1f}"),
     ("disk MB", "disk_mb", "{:,.1f}"),
     ("RSS MB", "rss_mb", "{:,.0f}"),
 ]
@@ -417,7 +418,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         first = rows[0]
         lines.append(
             f"({first['channels']} channels, embedder {first['embedder']}, "
-            f"{first['queries']} queries per scope, hybrid search; latencies in ms)"
+            f"{first['queries']} queries per scope, hybrid search; latencies in ms; '1st' is a"
+            " channel's first query, which loads its vectors; RSS is the peak so far)"
         )
     return "\n".join(lines)
 
@@ -450,6 +452,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ):
         thr.plot(sizes, [r[key] for r in rows], style, label=label)
     thr.set_xscale("log")
+    thr.set_yscale("log")
     thr.set_xlabel("episodes")
     thr.set_ylabel("episodes per second")
     thr.set_title(f"Throughput ({rows[0]['embedder']})" if rows else "Throughput")
