@@ -146,8 +146,12 @@ async def check_recovered(data_dir: Path, ledger: Ledger) -> None:
             assert [h.episode.uid for h in hits.hits] == [uid], ledger.words[uid]
         by_uid = {e.uid: e for e in got}
         for uid in random.Random(7).sample(present, 25):
+            # HNSW is approximate and these synthetic messages are near-duplicates of each
+            # other ("message 39 of batch 3 says ..."): the exact one is among the first few,
+            # not always first (seen once in CI). That every row has its vector is checked
+            # exactly below.
             hits = await engine.search(by_uid[uid].content, scope, top_k=3, mode="vector")
-            assert hits.hits and hits.hits[0].episode.uid == uid
+            assert uid in [h.episode.uid for h in hits.hits]
 
         # Vectors: exactly the rows, in the project collection and in each channel's.
         rows = {e.uid: e for e in await engine.list(scope, page_size=10_000)}
