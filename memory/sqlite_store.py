@@ -593,18 +593,10 @@ class SQLiteStore:
         return int(row[0]) if row and row[0] is not None else 0
 
     async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
-        out: list[Episode] = []
-        for start in range(0, len(uids), 500):
-            chunk = list(uids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            async with self.reader.execute(
-                f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.org_id = ?"
-                f" AND e.project_id = ? AND e.uid IN ({marks})",
-                [org_id, project_id, *chunk],
-            ) as cur:
-                out.extend(row_to_episode(r) for r in await cur.fetchall())
-        order = {u: i for i, u in enumerate(uids)}
-        return sorted(out, key=lambda e: order.get(e.uid, 0))
+        """Episodes of one org and project by uid, in the order asked."""
+        scope = Scope.model_construct(org_id=org_id, project_id=project_id)
+        found = await self.get_scoped(scope, None, None, uids)
+        return [found[u][1] for u in dict.fromkeys(uids) if u in found]
 
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
