@@ -12,7 +12,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -243,7 +242,7 @@ class MemoryEngine:
         """Cheap check on open: when Chroma does not hold exactly the indexed rows (a crash,
         a restored backup, a lost Chroma folder), compare ids and repair."""
         index = self._vectors()
-        indexed = await self.store._scalar("SELECT count(*) FROM episodes WHERE indexed = 1")
+        indexed = await self.store.count_indexed()
         vectors = await asyncio.to_thread(index.count)
         if vectors != indexed or await self.store.tombstones(1):
             await self.reconcile()
@@ -262,10 +261,7 @@ class MemoryEngine:
             if name.startswith("cmp_"):
                 seen |= ids
         missing = rows - seen
-        async with self.store._write_lock:
-            await self.store.writer.executemany(
-                "UPDATE episodes SET indexed = 0 WHERE uid = ?", [(u,) for u in missing]
-            )
+        await self.store.requeue(missing)
         self._wake.set()
         return {"dropped_vectors": dropped, "requeued_rows": len(missing)}
 
@@ -275,8 +271,7 @@ class MemoryEngine:
 
         index = self._vectors()
         await asyncio.to_thread(index.reset)
-        async with self.store._write_lock:
-            await self.store.writer.execute("DELETE FROM vector_tombstones")
+        await self.store.clear_all_tombstones()
         await self.store.mark_all_pending()
         await self.store.set_meta("embedder", self.embedder.fingerprint)
         total = await self.store.count_pending()
@@ -358,15 +353,11 @@ class MemoryEngine:
                 thread_id=thread_id,
             )
             matching = await self.store.uids_matching(scope, filt, None)
-            facts_before = await self.store._scalar(
-                "SELECT count(*) FROM facts WHERE org_id = ? AND project_id = ?", (org_id, proj)
-            )
+            facts_before = await self.store.count_facts(org_id, proj)
             uids += await self.store.delete(matching)
             if producer is not None and facts_about_producer and filt is None:
                 await self.store.delete_facts_about(org_id, proj, producer, produced_for)
-            facts_after = await self.store._scalar(
-                "SELECT count(*) FROM facts WHERE org_id = ? AND project_id = ?", (org_id, proj)
-            )
+            facts_after = await self.store.count_facts(org_id, proj)
             facts += facts_before - facts_after
         await self._after_forget(bool(uids or facts))
         return ForgetReport(episodes=len(uids), facts=facts, uids=uids)
@@ -629,7 +620,3 @@ class MemoryEngine:
             else 0
         )
         return Stats(**counts, vectors=vectors, embedder=self.embedder.fingerprint, disk_bytes=disk)
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CHANNELMIND_DATA_DIR", "./data"))

@@ -578,6 +578,25 @@ class SQLiteStore:
                 "DELETE FROM vector_tombstones WHERE rowid = ?", [(r,) for r in rowids]
             )
 
+    async def count_indexed(self) -> int:
+        return await self._scalar("SELECT count(*) FROM episodes WHERE indexed = 1")
+
+    async def requeue(self, uids: Iterable[str]) -> None:
+        """Mark rows as waiting for their vectors again."""
+        async with self._write_lock:
+            await self.writer.executemany(
+                "UPDATE episodes SET indexed = 0 WHERE uid = ?", [(u,) for u in uids]
+            )
+
+    async def clear_all_tombstones(self) -> None:
+        async with self._write_lock:
+            await self.writer.execute("DELETE FROM vector_tombstones")
+
+    async def count_facts(self, org_id: str, project_id: str) -> int:
+        return await self._scalar(
+            "SELECT count(*) FROM facts WHERE org_id = ? AND project_id = ?", (org_id, project_id)
+        )
+
     async def count_pending(self) -> int:
         return await self._scalar("SELECT count(*) FROM episodes WHERE indexed = 0")
 
