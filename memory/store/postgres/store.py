@@ -1,0 +1,959 @@
+"""PostgreSQL, the source of truth past one machine: :class:`PostgresStore` implements
+:class:`memory.store.base.Store` with asyncpg.
+
+Why asyncpg (rather than psycopg 3's async API): its pool is built in, its binary protocol and
+statement cache make the hot paths (batched inserts through ``unnest``, keyword search) cheap,
+and ``copy_records_to_table`` is there for ``migrate``. Measured here on 20k-row batched
+inserts and point reads, both drivers were within the noise of each other; asyncpg needs no
+second package for pooling. (Behind pgbouncer in transaction mode, pass
+``statement_cache_size=0``.)
+
+Every write goes through :meth:`PostgresStore._write`, the one transaction helper: one
+transaction, rolled back on any exception, retried when PostgreSQL reports a deadlock or a
+serialization failure (two workers adding overlapping batches in different orders).
+
+Forgetting: rows are gone for every reader in every process when the transaction commits.
+:meth:`purge` (which the engine calls after a forget) then VACUUMs the tables a forget touches,
+so that dead tuples are pruned and their space is reusable. What it cannot do while serving
+is documented in README "Running at scale" (see :data:`PURGE_LIMITS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from memory.filters import Filter
+from memory.model import Episode, Fact, InvalidInput, Scope, TimeRange
+from memory.sqlite_store import (
+    channel_tag,
+    fts_tags,
+    keyword_terms,
+    producer_tag,
+    project_tag,
+    thread_tag,
+)
+
+from ..base import (
+    Added,
+    Adjacent,
+    Claim,
+    Context,
+    Counts,
+    Deleted,
+    KeywordHit,
+    Project,
+    ProjectRef,
+    Row,
+    StoreUnavailable,
+    Tombstone,
+)
+from .filters import Params, to_pg_sql
+from .schema import FTS_CONFIG, MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: A claim handed out this many times without being completed or released (its worker died
+#: each time) is set aside instead of handed out again.
+MAX_ATTEMPTS = 5
+#: Tables a forget writes to; :meth:`PostgresStore.purge` vacuums them.
+PURGED_TABLES = ("episodes", "fact_citations", "facts", "vector_tombstones")
+PURGE_LIMITS = (
+    "VACUUM prunes dead tuples but does not zero the freed space in a page, GIN keeps a "
+    "forgotten word as an index key until the index is rebuilt, and the WAL holds the text "
+    "until its segments are recycled and overwritten: a maintenance window runs "
+    "`VACUUM (FULL) episodes` and `REINDEX TABLE episodes` to rewrite the files."
+)
+#: bm25's parameters (SQLite FTS5's defaults).
+BM25_K1 = 1.2
+BM25_B = 0.75
+Ranking = Literal["bm25", "ts_rank_cd"]
+
+COLUMNS = (
+    "id, uid, org_id, project_id, producer, produced_for, role, content, created_at, platform,"
+    " source_id, thread_id, episode_type, metadata"
+)
+_RETRY = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+def cols(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in COLUMNS.split(","))
+
+
+def to_epoch(value: datetime) -> float:
+    return value.timestamp()
+
+
+def from_epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def row_episode(r: asyncpg.Record, offset: int = 0) -> Episode:
+    """An Episode from a record whose columns start with :data:`COLUMNS` at ``offset``."""
+    v = list(r.values())[offset : offset + 14]
+    return Episode.model_construct(
+        uid=v[1],
+        org_id=v[2],
+        project_id=v[3],
+        producer=v[4],
+        produced_for=v[5],
+        role=v[6],
+        content=v[7],
+        created_at=from_epoch(v[8]),
+        platform=v[9],
+        source_id=None if v[10] == v[1] else v[10],
+        thread_id=v[11],
+        episode_type=v[12],
+        metadata=json.loads(v[13]),
+    )
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def dump_json(value: dict[str, Any], what: str) -> str:
+    """JSON text PostgreSQL's jsonb accepts: no NUL characters, no NaN or infinities."""
+    if _has_nul(value):
+        raise InvalidInput(f"{what} contains a NUL character")
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} holds a number JSON cannot carry ({exc})") from None
+
+
+def narrowest_tag(scope: Scope) -> str:
+    """The scope token a keyword search must match: thread, channel, producer or project."""
+    if scope.thread_id is not None and scope.produced_for is not None:
+        return thread_tag(scope.org_id, scope.project_id, scope.produced_for, scope.thread_id)
+    if scope.produced_for is not None:
+        return channel_tag(scope.org_id, scope.project_id, scope.produced_for)
+    if scope.producer is not None:
+        return producer_tag(scope.org_id, scope.project_id, scope.producer)
+    return project_tag(scope.org_id, scope.project_id)
+
+
+def scope_where(
+    scope: Scope, time: TimeRange | None, filt: Filter | None, p: Params, alias: str = "e"
+) -> str:
+    """The WHERE clause that keeps a query inside its scope, time range and filter."""
+    clauses = [f"{alias}.org_id = {p(scope.org_id)}", f"{alias}.project_id = {p(scope.project_id)}"]
+    for column in ("producer", "produced_for", "thread_id"):
+        value = getattr(scope, column)
+        if value is not None:
+            clauses.append(f"{alias}.{column} = {p(value)}")
+    if time and time.since:
+        clauses.append(f"{alias}.created_at >= {p(to_epoch(time.since), 'float8')}")
+    if time and time.until:
+        clauses.append(f"{alias}.created_at <= {p(to_epoch(time.until), 'float8')}")
+    if filt is not None:
+        sql, _ = to_pg_sql(filt, alias, p)
+        clauses.append(sql)
+    return " AND ".join(clauses)
+
+
+def redact(url: str) -> str:
+    """host:port/database of a connection URL, without user or password."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+
+
+class PostgresStore:
+    """The memory's records in one PostgreSQL database (``postgresql://...``)."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 10, ranking: Ranking = "bm25", **connect: Any
+    ) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.ranking: Ranking = ranking
+        self._connect = connect
+        self._pool: asyncpg.Pool | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        where = redact(self.url)
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.pool_size, timeout=15, **self._connect
+            )
+        except (TimeoutError, OSError) as exc:
+            reason = "timed out"
+            if isinstance(exc, OSError):
+                reason = exc.strerror or type(exc).__name__
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL at {where} ({reason}); start it or fix"
+                " CHANNELMIND_DATABASE_URL"
+            ) from None
+        except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {where} refused the login ({exc.sqlstate}); check the user and"
+                " password in CHANNELMIND_DATABASE_URL"
+            ) from None
+        except asyncpg.exceptions.InvalidCatalogNameError:
+            raise StoreUnavailable(
+                f"PostgreSQL at {where} has no such database; create it (createdb) or fix"
+                " CHANNELMIND_DATABASE_URL"
+            ) from None
+        except asyncpg.PostgresError as exc:
+            raise StoreUnavailable(f"PostgreSQL at {where} refused to connect: {exc}") from None
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS cm_schema (version integer NOT NULL)")
+            current = await conn.fetchval("SELECT max(version) FROM cm_schema") or 0
+            if current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the database at {redact(self.url)} has schema version {current}, newer"
+                    f" than this ChannelMind ({SCHEMA_VERSION}); upgrade ChannelMind"
+                )
+            for version in sorted(v for v in MIGRATIONS if v > current):
+                async with conn.transaction():
+                    for statement in MIGRATIONS[version]:
+                        try:
+                            await conn.execute(statement)
+                        except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+                            raise StoreUnavailable(
+                                f"PostgreSQL at {redact(self.url)} does not let this user set"
+                                f" up the schema ({exc}); grant it CREATE on the database"
+                            ) from None
+                    await conn.execute("INSERT INTO cm_schema VALUES ($1)", version)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction; retry it on deadlock or serialization failure."""
+        for attempt in range(5):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await work(conn)
+            except _RETRY:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def get_meta(self, key: str) -> str | None:
+        value = await self.pool.fetchval("SELECT value FROM cm_meta WHERE key = $1", key)
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO cm_meta VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2",
+            key,
+            value,
+        )
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def add(self, episodes: Sequence[Episode]) -> list[Added]:
+        if not episodes:
+            return []
+        uids = [ep.uid or str(uuid.uuid4()) for ep in episodes]
+        for uid in uids:
+            if "\x00" in uid:
+                raise InvalidInput("uid contains a NUL character")
+        columns: list[list[Any]] = [
+            uids,
+            [e.org_id for e in episodes],
+            [e.project_id for e in episodes],
+            [e.producer for e in episodes],
+            [e.produced_for for e in episodes],
+            [e.role for e in episodes],
+            [e.content for e in episodes],
+            [to_epoch(e.created_at) for e in episodes],
+            [e.platform for e in episodes],
+            [e.source_id or uid for e, uid in zip(episodes, uids, strict=True)],
+            [e.thread_id for e in episodes],
+            [e.episode_type for e in episodes],
+            [dump_json(e.metadata, "metadata") for e in episodes],
+            [fts_tags(e) for e in episodes],
+        ]
+        types = ["text"] * 7 + ["float8"] + ["text"] * 6
+
+        async def insert(conn: asyncpg.Connection) -> list[Added]:
+            inserted = await conn.fetch(
+                "INSERT INTO episodes (uid, org_id, project_id, producer, produced_for, role,"
+                " content, created_at, platform, source_id, thread_id, episode_type, metadata,"
+                " scope_tags) SELECT uid, org_id, project_id, producer, produced_for, role,"
+                " content, created_at, platform, source_id, thread_id, episode_type,"
+                " metadata::jsonb, string_to_array(tags, ' ') FROM unnest("
+                + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+                + ") WITH ORDINALITY AS i(uid, org_id, project_id, producer, produced_for, role,"
+                " content, created_at, platform, source_id, thread_id, episode_type, metadata,"
+                " tags, ord) ORDER BY ord ON CONFLICT DO NOTHING RETURNING uid",
+                *columns,
+            )
+            await conn.execute(
+                "INSERT INTO projects (org_id, project_id, description, config, created_at)"
+                " SELECT DISTINCT ON (o, p) o, p, '', '{}', c FROM unnest($1::text[],"
+                " $2::text[], $3::float8[]) WITH ORDINALITY AS u(o, p, c, ord)"
+                " ORDER BY o, p, ord ON CONFLICT DO NOTHING",
+                columns[1],
+                columns[2],
+                columns[7],
+            )
+            new = {r["uid"] for r in inserted}
+            seen: set[str] = set()
+            results: list[Added | None] = []
+            missing: list[int] = []
+            for i, uid in enumerate(uids):
+                if uid in new and uid not in seen:
+                    seen.add(uid)
+                    results.append(Added(uid, True))
+                else:
+                    results.append(None)
+                    missing.append(i)
+            if missing:
+                found = await conn.fetch(
+                    "SELECT i.ord, e.uid FROM unnest($1::text[], $2::text[], $3::text[],"
+                    " $4::text[]) WITH ORDINALITY AS i(o, p, pl, s, ord) JOIN episodes e ON"
+                    " e.org_id = i.o AND e.project_id = i.p AND e.platform = i.pl AND"
+                    " e.source_id = i.s",
+                    *([columns[c][i] for i in missing] for c in (1, 2, 8, 9)),
+                )
+                by_ord = {int(r["ord"]): r["uid"] for r in found}
+                for n, i in enumerate(missing, start=1):
+                    if n not in by_ord:
+                        raise InvalidInput(
+                            f"episode {uids[i]!r} was not stored: its uid belongs to another"
+                            " episode"
+                        )
+                    results[i] = Added(by_ord[n], False)
+            return [r for r in results if r is not None]
+
+        return await self._write(insert)
+
+    async def edit(
+        self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime
+    ) -> bool:
+        status = await self.pool.execute(
+            "UPDATE episodes SET content = $1, edited_at = $2, index_state = 0,"
+            " version = version + 1, attempts = 0"
+            " WHERE org_id = $3 AND project_id = $4 AND uid = $5",
+            content,
+            to_epoch(edited_at),
+            org_id,
+            project_id,
+            uid,
+        )
+        return _rowcount(status) > 0
+
+    async def _delete_where(self, conn: asyncpg.Connection, where: str, args: list[Any]) -> Deleted:
+        """Delete episodes, tombstone their vectors, drop facts citing only them."""
+        gone = await conn.fetch(
+            f"WITH gone AS (DELETE FROM episodes e WHERE {where}"
+            " RETURNING e.uid, e.org_id, e.project_id, e.produced_for)"
+            " INSERT INTO vector_tombstones (uid, org_id, project_id, produced_for)"
+            " SELECT uid, org_id, project_id, produced_for FROM gone"
+            " RETURNING uid, produced_for",
+            *args,
+        )
+        uids = [r["uid"] for r in gone]
+        if not uids:
+            return Deleted()
+        cited = await conn.fetch(
+            "DELETE FROM fact_citations WHERE episode_uid = ANY($1::text[]) RETURNING fact_uid",
+            uids,
+        )
+        facts = 0
+        if cited:
+            status = await conn.execute(
+                "DELETE FROM facts f WHERE f.uid = ANY($1::text[]) AND NOT EXISTS"
+                " (SELECT 1 FROM fact_citations c WHERE c.fact_uid = f.uid)",
+                list({r["fact_uid"] for r in cited}),
+            )
+            facts = _rowcount(status)
+        channels = sorted({r["produced_for"] for r in gone})
+        return Deleted(uids=uids, facts=facts, channels=channels)
+
+    async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> Deleted:
+        if not uids:
+            return Deleted()
+        return await self._write(
+            lambda conn: self._delete_where(
+                conn,
+                "e.org_id = $1 AND e.project_id = $2 AND e.uid = ANY($3::text[])",
+                [org_id, project_id, list(uids)],
+            )
+        )
+
+    async def forget(self, scope: Scope, filt: Filter | None = None) -> Deleted:
+        p = Params()
+        where = scope_where(scope, None, filt, p)
+        return await self._write(lambda conn: self._delete_where(conn, where, p.values))
+
+    async def purge(self) -> None:
+        """VACUUM the tables a forget writes to (prunes dead tuples and their index entries;
+        see :data:`PURGE_LIMITS` for what stays until a rewrite)."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                f"VACUUM (INDEX_CLEANUP ON) {', '.join(PURGED_TABLES)}", timeout=None
+            )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
+        if not uids:
+            return []
+        rows = await self.pool.fetch(
+            f"SELECT {COLUMNS} FROM episodes WHERE uid = ANY($1::text[]) AND org_id = $2"
+            " AND project_id = $3",
+            list(uids),
+            org_id,
+            project_id,
+        )
+        found = {r["uid"]: row_episode(r) for r in rows}
+        return [found[u] for u in dict.fromkeys(uids) if u in found]
+
+    async def get_scoped(
+        self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
+    ) -> dict[str, Row]:
+        if not uids:
+            return {}
+        p = Params([list(uids)])
+        where = scope_where(scope, time, filt, p)
+        rows = await self.pool.fetch(
+            f"SELECT {cols('e')} FROM episodes e WHERE e.uid = ANY($1::text[]) AND {where}",
+            *p.values,
+        )
+        return {r["uid"]: Row(int(r["id"]), row_episode(r)) for r in rows}
+
+    async def find_source(
+        self, org_id: str, project_id: str, platform: str, source_id: str
+    ) -> Episode | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {COLUMNS} FROM episodes WHERE org_id = $1 AND project_id = $2"
+            " AND platform = $3 AND source_id = $4",
+            org_id,
+            project_id,
+            platform,
+            source_id,
+        )
+        return None if row is None else row_episode(row)
+
+    async def list_episodes(
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        limit: int,
+        offset: int,
+        newest_first: bool = False,
+    ) -> list[Episode]:
+        p = Params()
+        where = scope_where(scope, time, filt, p)
+        order = "DESC" if newest_first else "ASC"
+        rows = await self.pool.fetch(
+            f"SELECT {cols('e')} FROM episodes e WHERE {where}"
+            f" ORDER BY e.created_at {order}, e.id {order}"
+            f" LIMIT {p(limit, 'bigint')} OFFSET {p(offset, 'bigint')}",
+            *p.values,
+        )
+        return [row_episode(r) for r in rows]
+
+    async def count(self, scope: Scope, filt: Filter | None = None) -> int:
+        p = Params()
+        where = scope_where(scope, None, filt, p)
+        return int(
+            await self.pool.fetchval(f"SELECT count(*) FROM episodes e WHERE {where}", *p.values)
+        )
+
+    async def keyword_search(
+        self, scope: Scope, filt: Filter | None, time: TimeRange | None, text: str, limit: int
+    ) -> list[KeywordHit]:
+        terms = ["'" + t + "'" for t in keyword_terms(text)]  # \w+ words: nothing to escape
+        if not terms:
+            return []
+        p = Params()
+        words = p(" | ".join(terms))
+        tag = p("'" + narrowest_tag(scope) + "'")
+        where = scope_where(scope, time, filt, p)
+        match = f"e.tsv @@ (to_tsquery('{FTS_CONFIG}', {words}) && {tag}::tsquery)"
+        if self.ranking == "ts_rank_cd":
+            sql = (
+                f"SELECT {cols('e')}, ts_rank_cd(e.tsv, to_tsquery('{FTS_CONFIG}', {words}))"
+                f" AS score FROM episodes e WHERE {match} AND {where}"
+                f" ORDER BY score DESC, e.id DESC LIMIT {p(limit, 'bigint')}"
+            )
+        else:
+            sql = self._bm25_sql(match, where, p(terms, "text[]"), p(limit, "bigint"))
+        rows = await self.pool.fetch(sql, *p.values)
+        return [KeywordHit(int(r["id"]), row_episode(r), float(r["score"])) for r in rows]
+
+    @staticmethod
+    def _bm25_sql(match: str, where: str, terms: str, limit: str) -> str:
+        """bm25 over the rows that match: idf from how many of them hold each term (so a
+        term's rarity is judged inside the scope) against the table's size, a document's
+        length in distinct words, term presence as its frequency (chat rarely repeats)."""
+        return (
+            "WITH hits AS MATERIALIZED ("
+            " SELECT e.id, e.tsv, greatest(length(e.tsv) - cardinality(e.scope_tags), 1) AS dl"
+            f" FROM episodes e WHERE {match} AND {where}),"
+            f" terms AS (SELECT i, to_tsquery('{FTS_CONFIG}', t) AS q"
+            f"  FROM unnest({terms}) WITH ORDINALITY AS u(t, i)),"
+            " matched AS (SELECT h.id, h.dl, t.i FROM hits h JOIN terms t ON h.tsv @@ t.q),"
+            " df AS (SELECT i, count(*)::float8 AS n FROM matched GROUP BY i),"
+            " total AS (SELECT greatest((SELECT reltuples FROM pg_class"
+            "  WHERE oid = 'episodes'::regclass), (SELECT count(*) FROM hits), 1)::float8 AS n,"
+            "  (SELECT avg(dl) FROM hits)::float8 AS avgdl),"
+            " scored AS (SELECT m.id, sum(ln((total.n - df.n + 0.5) / (df.n + 0.5) + 1)"
+            f"  * {BM25_K1 + 1} / (1 + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * m.dl / total.avgdl)))"
+            "  AS score FROM matched m JOIN df USING (i) CROSS JOIN total GROUP BY m.id)"
+            f" SELECT {cols('e')}, s.score FROM scored s JOIN episodes e ON e.id = s.id"
+            f" ORDER BY s.score DESC, e.id DESC LIMIT {limit}"
+        )
+
+    async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:
+        if not keys:
+            return {}
+        same = (
+            "n.org_id = c.org_id AND n.project_id = c.project_id"
+            " AND n.produced_for = c.produced_for"
+        )
+        rows = await self.pool.fetch(
+            "SELECT c.id,"
+            f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) <"
+            " (c.created_at, c.id) ORDER BY n.created_at DESC, n.id DESC LIMIT 1) AS before,"
+            f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) >"
+            " (c.created_at, c.id) ORDER BY n.created_at ASC, n.id ASC LIMIT 1) AS after"
+            " FROM episodes c WHERE c.id = ANY($1::bigint[])",
+            list(keys),
+        )
+        return {int(r["id"]): Adjacent(r["before"], r["after"]) for r in rows}
+
+    async def neighbours(self, keys: Sequence[int], before: int, after: int) -> dict[int, Context]:
+        out = {int(k): Context() for k in keys}
+        same = (
+            "n.org_id = c.org_id AND n.project_id = c.project_id"
+            " AND n.produced_for = c.produced_for"
+            " AND (c.thread_id IS NULL OR n.thread_id = c.thread_id)"
+        )
+        for count, cmp, order, side in (
+            (before, "<", "DESC", "before"),
+            (after, ">", "ASC", "after"),
+        ):
+            if not count or not keys:
+                continue
+            rows = await self.pool.fetch(
+                f"SELECT c.id AS anchor, {cols('n')} FROM episodes c CROSS JOIN LATERAL"
+                f" (SELECT * FROM episodes n WHERE {same} AND (n.created_at, n.id) {cmp}"
+                f" (c.created_at, c.id) ORDER BY n.created_at {order}, n.id {order} LIMIT $2) n"
+                " WHERE c.id = ANY($1::bigint[])"
+                f" ORDER BY c.id, n.created_at {order}, n.id {order}",
+                list(keys),
+                count,
+            )
+            for r in rows:
+                context = out.get(int(r["anchor"]))
+                if context is not None:
+                    getattr(context, side).append(Row(int(r["id"]), row_episode(r, 1)))
+        return out
+
+    async def channels(self, org_id: str, project_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT produced_for FROM episodes WHERE org_id = $1 AND project_id = $2",
+            org_id,
+            project_id,
+        )
+        return [r[0] for r in rows]
+
+    async def all_uids(self) -> set[str]:
+        return {r[0] for r in await self.pool.fetch("SELECT uid FROM episodes")}
+
+    # -- the embedding queue ---------------------------------------------------------------
+
+    async def claim(self, limit: int, lease_s: float) -> Claim | None:
+        token = str(uuid.uuid4())
+
+        async def take(conn: asyncpg.Connection) -> Claim | None:
+            now = "extract(epoch FROM clock_timestamp())"
+            rows = await conn.fetch(
+                "WITH picked AS (SELECT id FROM episodes WHERE index_state = 0"
+                f" AND (lease_until IS NULL OR lease_until < {now})"
+                " ORDER BY org_id, project_id, produced_for, id LIMIT $1"
+                " FOR UPDATE SKIP LOCKED)"
+                f" UPDATE episodes e SET lease_token = $2::uuid, lease_until = {now} + $3,"
+                " attempts = e.attempts + 1 FROM picked WHERE e.id = picked.id"
+                f" RETURNING {cols('e')}, e.version, e.attempts, e.lease_until",
+                limit,
+                token,
+                lease_s,
+            )
+            poisoned = [r["uid"] for r in rows if r["attempts"] > MAX_ATTEMPTS]
+            if poisoned:
+                log.warning(
+                    "%d rows failed to embed %d times; set aside", len(poisoned), MAX_ATTEMPTS
+                )
+                await conn.execute(
+                    "UPDATE episodes SET index_state = 2, lease_token = NULL, lease_until = NULL"
+                    " WHERE uid = ANY($1::text[])",
+                    poisoned,
+                )
+            kept = sorted(
+                (r for r in rows if r["attempts"] <= MAX_ATTEMPTS),
+                key=lambda r: (r["org_id"], r["project_id"], r["produced_for"], r["id"]),
+            )
+            if not kept:
+                return None
+            return Claim(
+                token=token,
+                episodes=tuple(row_episode(r) for r in kept),
+                lease_until=from_epoch(kept[0]["lease_until"]),
+                stamps={r["uid"]: int(r["version"]) for r in kept},
+            )
+
+        return await self._write(take)
+
+    async def complete(self, claim: Claim, uids: Sequence[str] | None = None) -> None:
+        done = list(claim.stamps) if uids is None else [u for u in uids if u in claim.stamps]
+
+        async def finish(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE episodes e SET index_state = 1, attempts = 0 FROM unnest($2::text[],"
+                " $3::int[]) AS d(uid, version) WHERE e.uid = d.uid AND e.version = d.version"
+                " AND e.lease_token = $1::uuid",
+                claim.token,
+                done,
+                [claim.stamps[u] for u in done],
+            )
+            await conn.execute(
+                "UPDATE episodes SET lease_token = NULL, lease_until = NULL"
+                " WHERE lease_token = $1::uuid",
+                claim.token,
+            )
+
+        await self._write(finish)
+
+    async def release(self, claim: Claim) -> None:
+        # Not the row's fault (the index or the embedder is down): the attempt does not count.
+        await self.pool.execute(
+            "UPDATE episodes SET lease_token = NULL, lease_until = NULL,"
+            " attempts = greatest(attempts - 1, 0) WHERE lease_token = $1::uuid",
+            claim.token,
+        )
+
+    async def set_aside(self, claim: Claim, uids: Sequence[str]) -> None:
+        await self.pool.execute(
+            "UPDATE episodes SET index_state = 2, lease_token = NULL, lease_until = NULL"
+            " WHERE lease_token = $1::uuid AND uid = ANY($2::text[])",
+            claim.token,
+            list(uids),
+        )
+
+    async def requeue(self, uids: Sequence[str] | None = None) -> None:
+        if uids is None:
+            await self.pool.execute("UPDATE episodes SET index_state = 0, attempts = 0")
+        elif uids:
+            await self.pool.execute(
+                "UPDATE episodes SET index_state = 0, attempts = 0 WHERE uid = ANY($1::text[])",
+                list(uids),
+            )
+
+    async def count_pending(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM episodes WHERE index_state = 0"))
+
+    async def count_indexed(self) -> int:
+        return int(await self.pool.fetchval("SELECT count(*) FROM episodes WHERE index_state = 1"))
+
+    async def tombstones(self, limit: int) -> list[Tombstone]:
+        rows = await self.pool.fetch(
+            "SELECT id, uid, org_id, project_id, produced_for FROM vector_tombstones"
+            " ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [Tombstone(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def clear_tombstones(self, ids: Sequence[int] | None = None) -> None:
+        if ids is None:
+            await self.pool.execute("DELETE FROM vector_tombstones")
+        elif ids:
+            await self.pool.execute(
+                "DELETE FROM vector_tombstones WHERE id = ANY($1::bigint[])", list(ids)
+            )
+
+    # -- facts -----------------------------------------------------------------------------
+
+    async def add_fact(self, fact: Fact) -> str:
+        uid = fact.uid or str(uuid.uuid4())
+        metadata = dump_json(fact.metadata, "fact metadata")
+
+        async def insert(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO facts (uid, org_id, project_id, subject, produced_for, category,"
+                " tag, feature, value, created_at, superseded_at, superseded_by, metadata)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)",
+                uid,
+                fact.org_id,
+                fact.project_id,
+                fact.subject,
+                fact.produced_for,
+                fact.category,
+                fact.tag,
+                fact.feature,
+                fact.value,
+                to_epoch(fact.created_at),
+                to_epoch(fact.superseded_at) if fact.superseded_at else None,
+                fact.superseded_by,
+                metadata,
+            )
+            await conn.execute(
+                "INSERT INTO fact_citations SELECT $1, c, min(ord) FROM unnest($2::text[])"
+                " WITH ORDINALITY AS u(c, ord) GROUP BY c ON CONFLICT DO NOTHING",
+                uid,
+                list(fact.citations),
+            )
+
+        try:
+            await self._write(insert)
+        except asyncpg.exceptions.UniqueViolationError:
+            raise InvalidInput(f"a fact with uid {uid!r} exists already") from None
+        except asyncpg.exceptions.CharacterNotInRepertoireError:
+            raise InvalidInput("the fact contains a NUL character") from None
+        return uid
+
+    async def supersede_fact(
+        self, org_id: str, project_id: str, uid: str, by: str, when: datetime
+    ) -> bool:
+        status = await self.pool.execute(
+            "UPDATE facts SET superseded_at = $1, superseded_by = $2"
+            " WHERE org_id = $3 AND project_id = $4 AND uid = $5",
+            to_epoch(when),
+            by,
+            org_id,
+            project_id,
+            uid,
+        )
+        return _rowcount(status) > 0
+
+    async def facts(
+        self,
+        org_id: str,
+        project_id: str,
+        *,
+        subject: str | None = None,
+        produced_for: str | None = None,
+        include_superseded: bool = False,
+        uids: Sequence[str] | None = None,
+        limit: int = 1000,
+    ) -> list[Fact]:
+        if uids is not None and not uids:
+            return []
+        p = Params([org_id, project_id])
+        clauses = ["f.org_id = $1", "f.project_id = $2"]
+        if subject is not None:
+            clauses.append(f"f.subject = {p(subject)}")
+        if produced_for is not None:
+            clauses.append(f"f.produced_for = {p(produced_for)}")
+        if not include_superseded:
+            clauses.append("f.superseded_at IS NULL")
+        if uids is not None:
+            clauses.append(f"f.uid = ANY({p(list(uids), 'text[]')})")
+        rows = await self.pool.fetch(
+            "SELECT f.uid, f.org_id, f.project_id, f.subject, f.produced_for, f.category, f.tag,"
+            " f.feature, f.value, f.created_at, f.superseded_at, f.superseded_by, f.metadata,"
+            " ARRAY(SELECT c.episode_uid FROM fact_citations c WHERE c.fact_uid = f.uid"
+            "  ORDER BY c.position) AS citations"
+            f" FROM facts f WHERE {' AND '.join(clauses)}"
+            f" ORDER BY f.created_at DESC, f.id DESC LIMIT {p(limit, 'bigint')}",
+            *p.values,
+        )
+        return [
+            Fact.model_construct(
+                uid=r[0],
+                org_id=r[1],
+                project_id=r[2],
+                subject=r[3],
+                produced_for=r[4],
+                category=r[5],
+                tag=r[6],
+                feature=r[7],
+                value=r[8],
+                created_at=from_epoch(r[9]),
+                superseded_at=from_epoch(r[10]) if r[10] is not None else None,
+                superseded_by=r[11],
+                metadata=json.loads(r[12]),
+                citations=list(r[13]),
+            )
+            for r in rows
+        ]
+
+    async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
+        if not uids:
+            return 0
+        status = await self.pool.execute(
+            "DELETE FROM facts WHERE org_id = $1 AND project_id = $2 AND uid = ANY($3::text[])",
+            org_id,
+            project_id,
+            list(uids),
+        )
+        return _rowcount(status)
+
+    async def delete_facts_about(
+        self, org_id: str, project_id: str, subject: str | None, produced_for: str | None
+    ) -> int:
+        p = Params([org_id, project_id])
+        clauses = ["org_id = $1", "project_id = $2"]
+        if subject is not None:
+            clauses.append(f"subject = {p(subject)}")
+        if produced_for is not None:
+            clauses.append(f"produced_for = {p(produced_for)}")
+        status = await self.pool.execute(
+            f"DELETE FROM facts WHERE {' AND '.join(clauses)}", *p.values
+        )
+        return _rowcount(status)
+
+    async def count_facts(self, org_id: str, project_id: str) -> int:
+        return int(
+            await self.pool.fetchval(
+                "SELECT count(*) FROM facts WHERE org_id = $1 AND project_id = $2",
+                org_id,
+                project_id,
+            )
+        )
+
+    # -- projects and settings -------------------------------------------------------------
+
+    async def create_project(
+        self, org_id: str, project_id: str, description: str, config: dict[str, Any]
+    ) -> bool:
+        status = await self.pool.execute(
+            "INSERT INTO projects VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING",
+            org_id,
+            project_id,
+            description,
+            dump_json(config, "project config"),
+            datetime.now(UTC).timestamp(),
+        )
+        return _rowcount(status) > 0
+
+    async def get_project(self, org_id: str, project_id: str) -> Project | None:
+        r = await self.pool.fetchrow(
+            "SELECT description, config, created_at FROM projects"
+            " WHERE org_id = $1 AND project_id = $2",
+            org_id,
+            project_id,
+        )
+        if r is None:
+            return None
+        return Project(org_id, project_id, r[0], json.loads(r[1]), from_epoch(r[2]))
+
+    async def projects(self, org_id: str | None = None) -> list[ProjectRef]:
+        if org_id is None:
+            rows = await self.pool.fetch(
+                "SELECT org_id, project_id FROM projects ORDER BY org_id, project_id"
+            )
+        else:
+            rows = await self.pool.fetch(
+                "SELECT org_id, project_id FROM projects WHERE org_id = $1 ORDER BY project_id",
+                org_id,
+            )
+        return [ProjectRef(r[0], r[1]) for r in rows]
+
+    async def delete_project(self, org_id: str, project_id: str) -> Deleted:
+        async def drop(conn: asyncpg.Connection) -> Deleted:
+            gone = await self._delete_where(
+                conn, "e.org_id = $1 AND e.project_id = $2", [org_id, project_id]
+            )
+            status = await conn.execute(
+                "DELETE FROM facts WHERE org_id = $1 AND project_id = $2", org_id, project_id
+            )
+            for table in ("settings", "projects"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE org_id = $1 AND project_id = $2",
+                    org_id,
+                    project_id,
+                )
+            return Deleted(gone.uids, gone.facts + _rowcount(status), gone.channels)
+
+        return await self._write(drop)
+
+    async def get_setting(self, org_id: str, project_id: str, subject: str, key: str) -> str | None:
+        value = await self.pool.fetchval(
+            "SELECT value FROM settings WHERE org_id = $1 AND project_id = $2 AND subject = $3"
+            " AND key = $4",
+            org_id,
+            project_id,
+            subject,
+            key,
+        )
+        return None if value is None else str(value)
+
+    async def set_setting(
+        self, org_id: str, project_id: str, subject: str, key: str, value: str | None
+    ) -> None:
+        if value is None:
+            await self.pool.execute(
+                "DELETE FROM settings WHERE org_id = $1 AND project_id = $2 AND subject = $3"
+                " AND key = $4",
+                org_id,
+                project_id,
+                subject,
+                key,
+            )
+        else:
+            await self.pool.execute(
+                "INSERT INTO settings VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (org_id, project_id, subject, key) DO UPDATE SET value = $5",
+                org_id,
+                project_id,
+                subject,
+                key,
+                value,
+            )
+
+    async def counts(self) -> Counts:
+        r = await self.pool.fetchrow(
+            "SELECT count(*), count(*) FILTER (WHERE index_state = 0),"
+            " count(*) FILTER (WHERE index_state = 2), count(DISTINCT org_id),"
+            " count(DISTINCT (org_id, project_id)),"
+            " count(DISTINCT (org_id, project_id, produced_for)),"
+            " (SELECT count(*) FROM facts WHERE superseded_at IS NULL) FROM episodes"
+        )
+        return Counts(
+            episodes=r[0],
+            pending_index=r[1],
+            set_aside=r[2],
+            facts=r[6],
+            orgs=r[3],
+            projects=r[4],
+            channels=r[5],
+        )
+
+
+def _rowcount(status: str) -> int:
+    """Rows affected, from a command status such as ``DELETE 3`` or ``INSERT 0 1``."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

@@ -1,0 +1,99 @@
+"""What is particular to the PostgreSQL store: opening (migrations, operator mistakes),
+forgetting's VACUUM, and the full-text index narrowed by scope."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from memory.model import Scope
+from memory.store.base import StoreUnavailable
+from memory.store.postgres import PostgresStore
+from memory.store.postgres.cluster import free_port
+from memory.store.postgres.schema import SCHEMA_VERSION
+from memory.store.postgres.store import narrowest_tag
+from tests.conftest import GENERAL, ORG, PROJECT, episode
+
+CHANNEL = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
+
+
+async def test_several_processes_open_and_migrate_at_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, pool_size=2) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            versions = await conn.fetch("SELECT version FROM cm_schema")
+        finally:
+            await conn.close()
+        assert [r[0] for r in versions] == list(range(1, SCHEMA_VERSION + 1))
+        await stores[0].add([episode("hello")])
+        assert await stores[3].count(CHANNEL) == 1
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.pool.execute("INSERT INTO cm_schema VALUES ($1)", SCHEMA_VERSION + 1)
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="newer than this ChannelMind"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_operator_mistakes_get_one_line_without_secrets(pg_url: str) -> None:
+    port = free_port()
+    with pytest.raises(StoreUnavailable) as refused:
+        await PostgresStore(f"postgresql://cm:hunter2@127.0.0.1:{port}/x").open()
+    message = str(refused.value)
+    assert f"127.0.0.1:{port}/x" in message and "CHANNELMIND_DATABASE_URL" in message
+    assert "hunter2" not in message and "\n" not in message
+    missing = pg_url.rsplit("/", 1)[0] + "/no_such_db"
+    with pytest.raises(StoreUnavailable, match="no such database"):
+        await PostgresStore(missing).open()
+
+
+async def test_purge_vacuums_away_the_dead_tuples_of_a_forget(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await store.add([episode(f"forget me {i}") for i in range(50)] + [episode("keep")])
+        await store.forget(CHANNEL)
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        dead = "SELECT dead_tuple_count FROM pgstattuple($1)"
+        assert await conn.fetchval(dead, "episodes") > 0
+        await store.purge()
+        for table in ("episodes", "vector_tombstones", "facts", "fact_citations"):
+            assert await conn.fetchval(dead, table) == 0, table
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def test_a_channel_search_is_one_gin_index_search(pg_url: str) -> None:
+    """The channel's scope token is part of the full-text query, so the GIN index returns
+    only that channel's matches (no separate filter over the project's matches)."""
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await store.add([episode(f"deploy {i}", produced_for=f"slack:C{i % 50}")
+                         for i in range(2000)])  # fmt: skip
+        await store.pool.execute("ANALYZE episodes")
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("SET enable_seqscan = off")
+            plan = await conn.fetchval(
+                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM episodes e WHERE e.tsv @@"
+                " (to_tsquery('channelmind', 'deploy') && $1::tsquery)",
+                f"'{narrowest_tag(CHANNEL.model_copy(update={'produced_for': 'slack:C7'}))}'",
+            )
+        finally:
+            await conn.close()
+        assert "ep_fts" in plan
+        assert '"Actual Rows": 40' in plan
+    finally:
+        await store.close()
