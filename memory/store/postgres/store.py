@@ -83,6 +83,44 @@ COLUMNS = (
     " source_id, thread_id, episode_type, metadata"
 )
 _RETRY = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+#: What PostgreSQL says about text it cannot hold (a NUL character, in text or in jsonb).
+_UNSTORABLE = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+_NUL_MESSAGE = "text contains a NUL character, which the PostgreSQL store cannot hold"
+
+
+class _Queries:
+    """The pool's query methods, with text PostgreSQL cannot hold reported as bad input
+    (a 4xx at the API) rather than a server error."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return list(await self._pool.fetch(sql, *args))
+        except _UNSTORABLE:
+            raise InvalidInput(_NUL_MESSAGE) from None
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        try:
+            return await self._pool.fetchrow(sql, *args)
+        except _UNSTORABLE:
+            raise InvalidInput(_NUL_MESSAGE) from None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        try:
+            return await self._pool.fetchval(sql, *args)
+        except _UNSTORABLE:
+            raise InvalidInput(_NUL_MESSAGE) from None
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        try:
+            return str(await self._pool.execute(sql, *args))
+        except _UNSTORABLE:
+            raise InvalidInput(_NUL_MESSAGE) from None
 
 
 def cols(alias: str) -> str:
@@ -178,11 +216,21 @@ class PostgresStore:
     """The memory's records in one PostgreSQL database (``postgresql://...``)."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, ranking: Ranking = "bm25", **connect: Any
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        ranking: Ranking = "bm25",
+        scope_tokens: bool = True,
+        **connect: Any,
     ) -> None:
+        """``ranking`` and ``scope_tokens=False`` (the scope as a plain WHERE beside the
+        full-text match) exist to measure the alternatives (``python -m
+        memory.store.bench``); the defaults are the measured choice."""
         self.url = url
         self.pool_size = pool_size
         self.ranking: Ranking = ranking
+        self.scope_tokens = scope_tokens
         self._connect = connect
         self._pool: asyncpg.Pool | None = None
 
@@ -253,6 +301,10 @@ class PostgresStore:
             raise RuntimeError("the store is not open")
         return self._pool
 
+    @property
+    def db(self) -> _Queries:
+        return _Queries(self.pool)
+
     async def _write(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``work`` in one transaction; retry it on deadlock or serialization failure."""
         for attempt in range(5):
@@ -263,14 +315,16 @@ class PostgresStore:
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
+            except _UNSTORABLE:
+                raise InvalidInput(_NUL_MESSAGE) from None
         raise AssertionError("unreachable")
 
     async def get_meta(self, key: str) -> str | None:
-        value = await self.pool.fetchval("SELECT value FROM cm_meta WHERE key = $1", key)
+        value = await self.db.fetchval("SELECT value FROM cm_meta WHERE key = $1", key)
         return None if value is None else str(value)
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self.pool.execute(
+        await self.db.execute(
             "INSERT INTO cm_meta VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2",
             key,
             value,
@@ -282,9 +336,6 @@ class PostgresStore:
         if not episodes:
             return []
         uids = [ep.uid or str(uuid.uuid4()) for ep in episodes]
-        for uid in uids:
-            if "\x00" in uid:
-                raise InvalidInput("uid contains a NUL character")
         columns: list[list[Any]] = [
             uids,
             [e.org_id for e in episodes],
@@ -359,7 +410,7 @@ class PostgresStore:
     async def edit(
         self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime
     ) -> bool:
-        status = await self.pool.execute(
+        status = await self.db.execute(
             "UPDATE episodes SET content = $1, edited_at = $2, index_state = 0,"
             " version = version + 1, attempts = 0"
             " WHERE org_id = $3 AND project_id = $4 AND uid = $5",
@@ -428,7 +479,7 @@ class PostgresStore:
     async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
         if not uids:
             return []
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             f"SELECT {COLUMNS} FROM episodes WHERE uid = ANY($1::text[]) AND org_id = $2"
             " AND project_id = $3",
             list(uids),
@@ -445,7 +496,7 @@ class PostgresStore:
             return {}
         p = Params([list(uids)])
         where = scope_where(scope, time, filt, p)
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             f"SELECT {cols('e')} FROM episodes e WHERE e.uid = ANY($1::text[]) AND {where}",
             *p.values,
         )
@@ -454,7 +505,7 @@ class PostgresStore:
     async def find_source(
         self, org_id: str, project_id: str, platform: str, source_id: str
     ) -> Episode | None:
-        row = await self.pool.fetchrow(
+        row = await self.db.fetchrow(
             f"SELECT {COLUMNS} FROM episodes WHERE org_id = $1 AND project_id = $2"
             " AND platform = $3 AND source_id = $4",
             org_id,
@@ -476,7 +527,7 @@ class PostgresStore:
         p = Params()
         where = scope_where(scope, time, filt, p)
         order = "DESC" if newest_first else "ASC"
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             f"SELECT {cols('e')} FROM episodes e WHERE {where}"
             f" ORDER BY e.created_at {order}, e.id {order}"
             f" LIMIT {p(limit, 'bigint')} OFFSET {p(offset, 'bigint')}",
@@ -488,7 +539,7 @@ class PostgresStore:
         p = Params()
         where = scope_where(scope, None, filt, p)
         return int(
-            await self.pool.fetchval(f"SELECT count(*) FROM episodes e WHERE {where}", *p.values)
+            await self.db.fetchval(f"SELECT count(*) FROM episodes e WHERE {where}", *p.values)
         )
 
     async def keyword_search(
@@ -499,9 +550,11 @@ class PostgresStore:
             return []
         p = Params()
         words = p(" | ".join(terms))
-        tag = p("'" + narrowest_tag(scope) + "'")
+        match = f"e.tsv @@ to_tsquery('{FTS_CONFIG}', {words})"
+        if self.scope_tokens:
+            tag = p("'" + narrowest_tag(scope) + "'")
+            match = f"e.tsv @@ (to_tsquery('{FTS_CONFIG}', {words}) && {tag}::tsquery)"
         where = scope_where(scope, time, filt, p)
-        match = f"e.tsv @@ (to_tsquery('{FTS_CONFIG}', {words}) && {tag}::tsquery)"
         if self.ranking == "ts_rank_cd":
             sql = (
                 f"SELECT {cols('e')}, ts_rank_cd(e.tsv, to_tsquery('{FTS_CONFIG}', {words}))"
@@ -510,7 +563,7 @@ class PostgresStore:
             )
         else:
             sql = self._bm25_sql(match, where, p(terms, "text[]"), p(limit, "bigint"))
-        rows = await self.pool.fetch(sql, *p.values)
+        rows = await self.db.fetch(sql, *p.values)
         return [KeywordHit(int(r["id"]), row_episode(r), float(r["score"])) for r in rows]
 
     @staticmethod
@@ -543,7 +596,7 @@ class PostgresStore:
             "n.org_id = c.org_id AND n.project_id = c.project_id"
             " AND n.produced_for = c.produced_for"
         )
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             "SELECT c.id,"
             f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) <"
             " (c.created_at, c.id) ORDER BY n.created_at DESC, n.id DESC LIMIT 1) AS before,"
@@ -567,7 +620,7 @@ class PostgresStore:
         ):
             if not count or not keys:
                 continue
-            rows = await self.pool.fetch(
+            rows = await self.db.fetch(
                 f"SELECT c.id AS anchor, {cols('n')} FROM episodes c CROSS JOIN LATERAL"
                 f" (SELECT * FROM episodes n WHERE {same} AND (n.created_at, n.id) {cmp}"
                 f" (c.created_at, c.id) ORDER BY n.created_at {order}, n.id {order} LIMIT $2) n"
@@ -583,7 +636,7 @@ class PostgresStore:
         return out
 
     async def channels(self, org_id: str, project_id: str) -> list[str]:
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             "SELECT DISTINCT produced_for FROM episodes WHERE org_id = $1 AND project_id = $2",
             org_id,
             project_id,
@@ -591,7 +644,7 @@ class PostgresStore:
         return [r[0] for r in rows]
 
     async def all_uids(self) -> set[str]:
-        return {r[0] for r in await self.pool.fetch("SELECT uid FROM episodes")}
+        return {r[0] for r in await self.db.fetch("SELECT uid FROM episodes")}
 
     # -- the embedding queue ---------------------------------------------------------------
 
@@ -659,14 +712,14 @@ class PostgresStore:
 
     async def release(self, claim: Claim) -> None:
         # Not the row's fault (the index or the embedder is down): the attempt does not count.
-        await self.pool.execute(
+        await self.db.execute(
             "UPDATE episodes SET lease_token = NULL, lease_until = NULL,"
             " attempts = greatest(attempts - 1, 0) WHERE lease_token = $1::uuid",
             claim.token,
         )
 
     async def set_aside(self, claim: Claim, uids: Sequence[str]) -> None:
-        await self.pool.execute(
+        await self.db.execute(
             "UPDATE episodes SET index_state = 2, lease_token = NULL, lease_until = NULL"
             " WHERE lease_token = $1::uuid AND uid = ANY($2::text[])",
             claim.token,
@@ -675,21 +728,21 @@ class PostgresStore:
 
     async def requeue(self, uids: Sequence[str] | None = None) -> None:
         if uids is None:
-            await self.pool.execute("UPDATE episodes SET index_state = 0, attempts = 0")
+            await self.db.execute("UPDATE episodes SET index_state = 0, attempts = 0")
         elif uids:
-            await self.pool.execute(
+            await self.db.execute(
                 "UPDATE episodes SET index_state = 0, attempts = 0 WHERE uid = ANY($1::text[])",
                 list(uids),
             )
 
     async def count_pending(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM episodes WHERE index_state = 0"))
+        return int(await self.db.fetchval("SELECT count(*) FROM episodes WHERE index_state = 0"))
 
     async def count_indexed(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM episodes WHERE index_state = 1"))
+        return int(await self.db.fetchval("SELECT count(*) FROM episodes WHERE index_state = 1"))
 
     async def tombstones(self, limit: int) -> list[Tombstone]:
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             "SELECT id, uid, org_id, project_id, produced_for FROM vector_tombstones"
             " ORDER BY id LIMIT $1",
             limit,
@@ -698,9 +751,9 @@ class PostgresStore:
 
     async def clear_tombstones(self, ids: Sequence[int] | None = None) -> None:
         if ids is None:
-            await self.pool.execute("DELETE FROM vector_tombstones")
+            await self.db.execute("DELETE FROM vector_tombstones")
         elif ids:
-            await self.pool.execute(
+            await self.db.execute(
                 "DELETE FROM vector_tombstones WHERE id = ANY($1::bigint[])", list(ids)
             )
 
@@ -740,14 +793,12 @@ class PostgresStore:
             await self._write(insert)
         except asyncpg.exceptions.UniqueViolationError:
             raise InvalidInput(f"a fact with uid {uid!r} exists already") from None
-        except asyncpg.exceptions.CharacterNotInRepertoireError:
-            raise InvalidInput("the fact contains a NUL character") from None
         return uid
 
     async def supersede_fact(
         self, org_id: str, project_id: str, uid: str, by: str, when: datetime
     ) -> bool:
-        status = await self.pool.execute(
+        status = await self.db.execute(
             "UPDATE facts SET superseded_at = $1, superseded_by = $2"
             " WHERE org_id = $3 AND project_id = $4 AND uid = $5",
             to_epoch(when),
@@ -781,7 +832,7 @@ class PostgresStore:
             clauses.append("f.superseded_at IS NULL")
         if uids is not None:
             clauses.append(f"f.uid = ANY({p(list(uids), 'text[]')})")
-        rows = await self.pool.fetch(
+        rows = await self.db.fetch(
             "SELECT f.uid, f.org_id, f.project_id, f.subject, f.produced_for, f.category, f.tag,"
             " f.feature, f.value, f.created_at, f.superseded_at, f.superseded_by, f.metadata,"
             " ARRAY(SELECT c.episode_uid FROM fact_citations c WHERE c.fact_uid = f.uid"
@@ -813,7 +864,7 @@ class PostgresStore:
     async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
         if not uids:
             return 0
-        status = await self.pool.execute(
+        status = await self.db.execute(
             "DELETE FROM facts WHERE org_id = $1 AND project_id = $2 AND uid = ANY($3::text[])",
             org_id,
             project_id,
@@ -830,14 +881,14 @@ class PostgresStore:
             clauses.append(f"subject = {p(subject)}")
         if produced_for is not None:
             clauses.append(f"produced_for = {p(produced_for)}")
-        status = await self.pool.execute(
+        status = await self.db.execute(
             f"DELETE FROM facts WHERE {' AND '.join(clauses)}", *p.values
         )
         return _rowcount(status)
 
     async def count_facts(self, org_id: str, project_id: str) -> int:
         return int(
-            await self.pool.fetchval(
+            await self.db.fetchval(
                 "SELECT count(*) FROM facts WHERE org_id = $1 AND project_id = $2",
                 org_id,
                 project_id,
@@ -849,7 +900,7 @@ class PostgresStore:
     async def create_project(
         self, org_id: str, project_id: str, description: str, config: dict[str, Any]
     ) -> bool:
-        status = await self.pool.execute(
+        status = await self.db.execute(
             "INSERT INTO projects VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT DO NOTHING",
             org_id,
             project_id,
@@ -860,7 +911,7 @@ class PostgresStore:
         return _rowcount(status) > 0
 
     async def get_project(self, org_id: str, project_id: str) -> Project | None:
-        r = await self.pool.fetchrow(
+        r = await self.db.fetchrow(
             "SELECT description, config, created_at FROM projects"
             " WHERE org_id = $1 AND project_id = $2",
             org_id,
@@ -872,11 +923,11 @@ class PostgresStore:
 
     async def projects(self, org_id: str | None = None) -> list[ProjectRef]:
         if org_id is None:
-            rows = await self.pool.fetch(
+            rows = await self.db.fetch(
                 "SELECT org_id, project_id FROM projects ORDER BY org_id, project_id"
             )
         else:
-            rows = await self.pool.fetch(
+            rows = await self.db.fetch(
                 "SELECT org_id, project_id FROM projects WHERE org_id = $1 ORDER BY project_id",
                 org_id,
             )
@@ -901,7 +952,7 @@ class PostgresStore:
         return await self._write(drop)
 
     async def get_setting(self, org_id: str, project_id: str, subject: str, key: str) -> str | None:
-        value = await self.pool.fetchval(
+        value = await self.db.fetchval(
             "SELECT value FROM settings WHERE org_id = $1 AND project_id = $2 AND subject = $3"
             " AND key = $4",
             org_id,
@@ -915,7 +966,7 @@ class PostgresStore:
         self, org_id: str, project_id: str, subject: str, key: str, value: str | None
     ) -> None:
         if value is None:
-            await self.pool.execute(
+            await self.db.execute(
                 "DELETE FROM settings WHERE org_id = $1 AND project_id = $2 AND subject = $3"
                 " AND key = $4",
                 org_id,
@@ -924,7 +975,7 @@ class PostgresStore:
                 key,
             )
         else:
-            await self.pool.execute(
+            await self.db.execute(
                 "INSERT INTO settings VALUES ($1, $2, $3, $4, $5)"
                 " ON CONFLICT (org_id, project_id, subject, key) DO UPDATE SET value = $5",
                 org_id,
@@ -935,13 +986,14 @@ class PostgresStore:
             )
 
     async def counts(self) -> Counts:
-        r = await self.pool.fetchrow(
+        r = await self.db.fetchrow(
             "SELECT count(*), count(*) FILTER (WHERE index_state = 0),"
             " count(*) FILTER (WHERE index_state = 2), count(DISTINCT org_id),"
             " count(DISTINCT (org_id, project_id)),"
             " count(DISTINCT (org_id, project_id, produced_for)),"
             " (SELECT count(*) FROM facts WHERE superseded_at IS NULL) FROM episodes"
         )
+        assert r is not None  # an aggregate always returns a row
         return Counts(
             episodes=r[0],
             pending_index=r[1],

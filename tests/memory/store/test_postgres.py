@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from memory.model import Scope
+from memory.model import InvalidInput, Scope
 from memory.store.base import StoreUnavailable
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import free_port
@@ -54,6 +54,24 @@ async def test_operator_mistakes_get_one_line_without_secrets(pg_url: str) -> No
     missing = pg_url.rsplit("/", 1)[0] + "/no_such_db"
     with pytest.raises(StoreUnavailable, match="no such database"):
         await PostgresStore(missing).open()
+
+
+async def test_text_postgresql_cannot_hold_is_bad_input_not_a_crash(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        [added] = await store.add([episode("fine")])
+        for attempt in (
+            store.add([episode("x", uid="u\x00")]),
+            store.get(ORG, PROJECT, ["u\x00"]),
+            store.edit(ORG, PROJECT, added.uid, "nul \x00 inside", episode("x").created_at),
+            store.set_setting(ORG, PROJECT, "s", "k", "v\x00"),
+        ):
+            with pytest.raises(InvalidInput, match="NUL"):
+                await attempt
+        assert [e.content for e in await store.get(ORG, PROJECT, [added.uid])] == ["fine"]
+    finally:
+        await store.close()
 
 
 async def test_purge_vacuums_away_the_dead_tuples_of_a_forget(pg_url: str) -> None:
