@@ -187,14 +187,19 @@ async def locomo(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
                     for conv in conversations:
                         await side.add(conv.episodes)
                 recalls: dict[int, list[float]] = {5: [], 10: []}
+                by_conversation: dict[str, list[float]] = {}
                 for conv in conversations:
                     for q in conv.questions:
                         found = await side.search(q.scope, q.text)
                         for k, values in recalls.items():
                             ids = {ep.metadata.get("dia_id") for ep, _ in found[:k]}
                             values.append(len(q.evidence & ids) / len(q.evidence))
+                        by_conversation.setdefault(conv.sample_id, []).append(recalls[10][-1])
                 row = {"store": side.name, "questions": len(recalls[10])}
                 row |= {f"recall@{k}": round(statistics.fmean(v), 3) for k, v in recalls.items()}
+                row["recall@10_by_conversation"] = {
+                    sid: round(statistics.fmean(v), 3) for sid, v in by_conversation.items()
+                }
                 results.append(row)
                 print(json.dumps(row), flush=True)
             finally:
