@@ -33,13 +33,15 @@ import asyncpg
 
 from memory.filters import Filter
 from memory.model import Episode, Fact, InvalidInput, Scope, TimeRange
-from memory.sqlite_store import (
+from memory.sqlite_store import (  # one rule for scope tokens, query words and times
     channel_tag,
+    from_epoch,
     fts_tags,
     keyword_terms,
     producer_tag,
     project_tag,
     thread_tag,
+    to_epoch,
 )
 
 from ..base import (
@@ -82,6 +84,8 @@ COLUMNS = (
     "id, uid, org_id, project_id, producer, produced_for, role, content, created_at, platform,"
     " source_id, thread_id, episode_type, metadata"
 )
+FACT_FIELDS = ("uid", "org_id", "project_id", "subject", "produced_for", "category", "tag",
+               "feature", "value")  # fmt: skip
 _RETRY = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 #: What PostgreSQL says about text it cannot hold (a NUL character, in text or in jsonb).
 _UNSTORABLE = (
@@ -125,14 +129,6 @@ class _Queries:
 
 def cols(alias: str) -> str:
     return ", ".join(f"{alias}.{c.strip()}" for c in COLUMNS.split(","))
-
-
-def to_epoch(value: datetime) -> float:
-    return value.timestamp()
-
-
-def from_epoch(value: float) -> datetime:
-    return datetime.fromtimestamp(value, UTC)
 
 
 def row_episode(r: asyncpg.Record, offset: int = 0) -> Episode:
@@ -777,14 +773,7 @@ class PostgresStore:
                 " tag, feature, value, created_at, superseded_at, superseded_by, metadata)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)",
                 uid,
-                fact.org_id,
-                fact.project_id,
-                fact.subject,
-                fact.produced_for,
-                fact.category,
-                fact.tag,
-                fact.feature,
-                fact.value,
+                *(getattr(fact, name) for name in FACT_FIELDS[1:]),
                 to_epoch(fact.created_at),
                 to_epoch(fact.superseded_at) if fact.superseded_at else None,
                 fact.superseded_by,
@@ -851,17 +840,9 @@ class PostgresStore:
         )
         return [
             Fact.model_construct(
-                uid=r[0],
-                org_id=r[1],
-                project_id=r[2],
-                subject=r[3],
-                produced_for=r[4],
-                category=r[5],
-                tag=r[6],
-                feature=r[7],
-                value=r[8],
+                **dict(zip(FACT_FIELDS, r[:9], strict=True)),
                 created_at=from_epoch(r[9]),
-                superseded_at=from_epoch(r[10]) if r[10] is not None else None,
+                superseded_at=None if r[10] is None else from_epoch(r[10]),
                 superseded_by=r[11],
                 metadata=json.loads(r[12]),
                 citations=list(r[13]),
