@@ -20,6 +20,7 @@ from memory.engine import embed_text
 from memory.interface import Memory, similarities
 from memory.model import utcnow
 from memory.semantic import SemanticMemory
+from memory.text import plural
 
 from .events import MessageEvent, Place
 from .settings import Settings
@@ -59,15 +60,11 @@ class Forgotten:
         return self
 
     def describe(self) -> str:
-        parts = [_plural(self.messages, "message"), _plural(self.facts, "fact")]
+        parts = [plural(self.messages, "message"), plural(self.facts, "fact")]
         text = " and ".join(parts)
         if self.replies:
-            text += f", plus {_plural(self.replies, 'bot answer')} that used them"
+            text += f", plus {plural(self.replies, 'bot answer')} that used them"
         return text
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 class ChannelMemory:

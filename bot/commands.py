@@ -15,11 +15,12 @@ import re
 from dataclasses import dataclass
 
 from memory import Fact, Scope
-from memory.semantic import normalize_feature
+from memory.semantic import current_fact, normalize_feature, supersede
+from memory.text import one_line, plural
 
 from .channel_memory import ChannelMemory, Forgotten
 from .events import CommandEvent, Place, Replier, discord_source_id, pid, slack_source_id
-from .responder import day, escape, link, one_line
+from .responder import day, escape, link
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -226,24 +227,19 @@ class Commands:
         known = await self.engine.facts(
             place.org_id, project, subject=event.author.id, produced_for=place.channel_id
         )
-        old = next((f for f in known if f.feature == feature), None)
-        if old is not None and old.value.strip().lower() == value.lower():
-            return f"I already know that, and use it in {here(place)}."
-        uid = await self.engine.add_fact(
-            Fact(
-                org_id=place.org_id,
-                project_id=project,
-                subject=event.author.id,
-                produced_for=place.channel_id,
-                category="explicit",
-                tag="remember",
-                feature=feature,
-                value=value,
-                metadata={"source": "remember", "display_name": event.author.display_name},
-            )
+        fact = Fact(
+            org_id=place.org_id,
+            project_id=project,
+            subject=event.author.id,
+            produced_for=place.channel_id,
+            category="explicit",
+            tag="remember",
+            feature=feature,
+            value=value,
+            metadata={"source": "remember", "display_name": event.author.display_name},
         )
-        if old is not None:
-            await self.engine.supersede_fact(old.uid, uid)
+        if await supersede(self.engine, fact, current_fact(known, feature)) is None:
+            return f"I already know that, and use it in {here(place)}."
         shown = escape(one_line(value, 120), place.platform)
         return (
             f"Noted: “{shown}”. I'll use it when you ask me in {here(place)}."
@@ -262,7 +258,7 @@ class Commands:
             kept = await self._messages_of(place.org_id, user)
             return (
                 f"Memory is off for you: I won't store what you say in this"
-                f" {org_word(place.platform)} from now on. I still keep {_n(kept, 'message')}"
+                f" {org_word(place.platform)} from now on. I still keep {plural(kept, 'message')}"
                 " you wrote before; /forget me deletes them."
             )
         if arg:
@@ -292,10 +288,10 @@ class Commands:
         return "\n".join(
             [
                 f"Memory for you in this {where}: {'OFF' if off else 'on'}.",
-                f"• From you: {_n(total, 'message')} in this {where}"
-                f" ({in_channel} in {here(place)}), {_n(len(facts), 'fact')} about you used"
+                f"• From you: {plural(total, 'message')} in this {where}"
+                f" ({in_channel} in {here(place)}), {plural(len(facts), 'fact')} about you used"
                 f" in {here(place)}.",
-                f"• {here(place).capitalize()}: {_n(channel, 'message')} remembered, used only"
+                f"• {here(place).capitalize()}: {plural(channel, 'message')} remembered, used only"
                 f" to answer questions asked in {here(place)}.",
                 f"• Messages are kept {retention}; deleted or edited messages follow.",
                 "• /memory off stops storing you · /forget me deletes what you said ·"
@@ -321,12 +317,8 @@ async def _permalink(replier: Replier, source_id: str) -> str | None:
         return None
 
 
-def _n(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _all(done: Forgotten) -> str:
     return (
-        f"{_n(done.messages, 'message')}, {_n(done.replies, 'bot answer')} and"
-        f" {_n(done.facts, 'fact')}"
+        f"{plural(done.messages, 'message')}, {plural(done.replies, 'bot answer')} and"
+        f" {plural(done.facts, 'fact')}"
     )

@@ -17,9 +17,9 @@ The order of a message's handling is the privacy and reliability model:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 from memory import Episode, InvalidInput, interface
+from memory.lru import LruSet
 from memory.semantic import SemanticMemory
 
 from .channel_memory import ChannelMemory, Forgotten
@@ -63,7 +63,7 @@ class Conversation:
         self.semantic = semantic if settings.semantic else None
         self.channels = ChannelMemory(memory, settings, self.semantic)
         self.commands = Commands(self.channels, settings)
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._seen: LruSet[tuple[str, str, str]] = LruSet(SEEN_EVENTS)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -71,11 +71,8 @@ class Conversation:
         """Store a message and answer it when addressed. Returns the stored episode."""
         place = event.place
         key = (place.org_id, place.platform, event.source_id)
-        if key in self._seen:
+        if not self._seen.add(key):
             return None  # a retry of an event this process is handling or has handled
-        self._seen[key] = None
-        while len(self._seen) > SEEN_EVENTS:
-            self._seen.popitem(last=False)
 
         own = bool(place.bot_id) and event.author.id == place.bot_id
         role = "assistant" if own else "user"

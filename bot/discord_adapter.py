@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
@@ -37,6 +36,8 @@ import discord.gateway
 import discord.http
 import yarl
 from discord import app_commands
+
+from memory.lru import Lru
 
 from .conversation import Conversation
 from .events import (
@@ -262,8 +263,8 @@ class DiscordAdapter:
         self._saved_endpoints: tuple[str, yarl.URL] | None = None
         self._handling: set[asyncio.Task[Any]] = set()
         self._pending: dict[int, asyncio.Event] = {}  # message id -> handled
-        self._links: OrderedDict[str, str] = OrderedDict()
-        self._channels: OrderedDict[int, tuple[int, str | None]] = OrderedDict()
+        self._links: Lru[str, str] = Lru(KEEP_LINKS)
+        self._channels: Lru[int, tuple[int, str | None]] = Lru(KEEP_CHANNELS)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -431,10 +432,7 @@ class DiscordAdapter:
         return pid(PLATFORM, str(user.id)) if user is not None else None
 
     def _remember_channel(self, channel_id: int, parent_id: int, name: str | None) -> None:
-        self._channels[channel_id] = (parent_id, name)
-        self._channels.move_to_end(channel_id)
-        while len(self._channels) > KEEP_CHANNELS:
-            self._channels.popitem(last=False)
+        self._channels.put(channel_id, (parent_id, name))
 
     async def _resolve_channel(
         self, channel: object, channel_id: int, *, fetch: bool
@@ -559,10 +557,7 @@ class DiscordAdapter:
         return resolved.author.id == me.id
 
     def remember_link(self, source_id: str, url: str) -> None:
-        self._links[source_id] = url
-        self._links.move_to_end(source_id)
-        while len(self._links) > KEEP_LINKS:
-            self._links.popitem(last=False)
+        self._links.put(source_id, url)
 
     async def permalink(self, place: Place, source_id: str) -> str | None:
         """The jump URL of a stored message: known, stored, or built from its channel."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from memory import Episode, Fact
 from memory.model import utcnow
+from memory.text import one_line
 
 from .events import Citation, Place
 
@@ -103,11 +104,6 @@ def when(ep: Episode) -> str:
 
 def day(value: datetime) -> str:
     return value.strftime("%Y-%m-%d")
-
-
-def one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def strip_citations(text: str) -> str:

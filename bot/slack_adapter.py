@@ -31,7 +31,6 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +49,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
+
+from memory.lru import Lru, LruSet
 
 from .channel_memory import BOT_REPLIES
 from .events import (
@@ -106,33 +107,6 @@ class SlackStartError(RuntimeError):
     never contains a token."""
 
 
-class _Lru:
-    """A bounded, insertion-ordered set/map."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.items: OrderedDict[Any, Any] = OrderedDict()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.items
-
-    def get(self, key: Any) -> Any:
-        return self.items.get(key)
-
-    def put(self, key: Any, value: Any = True) -> None:
-        self.items[key] = value
-        self.items.move_to_end(key)
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-
-    def add_new(self, key: Any) -> bool:
-        """Add ``key``; False when it was there already."""
-        if key in self.items:
-            return False
-        self.put(key)
-        return True
-
-
 @dataclass(frozen=True)
 class SlackUser:
     id: str
@@ -171,14 +145,13 @@ class _AckSignals:
     endpoint) signals a trigger id once the ack is sent, and the command waits for it."""
 
     def __init__(self) -> None:
-        self._events: OrderedDict[str, asyncio.Event] = OrderedDict()
+        self._events: Lru[str, asyncio.Event] = Lru(1000)
 
     def _event(self, key: str) -> asyncio.Event:
         event = self._events.get(key)
         if event is None:
-            event = self._events[key] = asyncio.Event()
-            while len(self._events) > 1000:
-                self._events.popitem(last=False)
+            event = asyncio.Event()
+            self._events.put(key, event)
         return event
 
     def sent(self, key: str | None) -> None:
@@ -193,7 +166,7 @@ class _AckSignals:
         except TimeoutError:
             log.debug("no ack signal for %s; answering anyway", key)
         finally:
-            self._events.pop(key, None)
+            self._events.pop(key)
 
 
 def _trigger_id(payload: Any) -> str | None:
@@ -386,11 +359,12 @@ class SlackAdapter:
         self.bot_id: str | None = None
         self.team_id: str | None = None
         self._auth_lock = asyncio.Lock()
-        self._events = _Lru(SEEN)  # event ids handled (Slack's retries repeat them)
-        self._said = _Lru(SEEN)  # (channel, ts) of messages taken in (message + app_mention)
-        self._threads = _Lru(CACHED)  # (channel, thread_ts) the bot is part of
-        self._permalinks = _Lru(CACHED)
-        self._users: dict[str, tuple[float, SlackUser]] = {}
+        self._events: LruSet[str] = LruSet(SEEN)  # event ids handled (Slack's retries repeat them)
+        #: (channel, ts) of messages taken in (message + app_mention)
+        self._said: LruSet[tuple[str, str]] = LruSet(SEEN)
+        self._threads: LruSet[tuple[str, str]] = LruSet(CACHED)  # (channel, thread_ts) joined
+        self._permalinks: Lru[str, str] = Lru(CACHED)
+        self._users: Lru[str, tuple[float, SlackUser]] = Lru(CACHED)  # id -> (expiry, user)
         self._acks = _AckSignals()
         self._socket: _SocketModeHandler | None = None
         self._purge: asyncio.Task[None] | None = None
@@ -545,7 +519,7 @@ class SlackAdapter:
         event_id = body.get("event_id")
         if not event_id:
             return True
-        if self._events.add_new(event_id):
+        if self._events.add(event_id):
             return True
         log.info("slack: event %s delivered again; already handled", event_id)
         return False
@@ -625,7 +599,7 @@ class SlackAdapter:
         channel, ts = event.get("channel"), event.get("ts")
         if not isinstance(channel, str) or not isinstance(ts, str):
             return
-        if not self._said.add_new((channel, ts)):  # the app_mention twin, or a redelivery
+        if not self._said.add((channel, ts)):  # the app_mention twin, or a redelivery
             log.debug("slack: message %s:%s taken in already", channel, ts)
             return
         user = event.get("user")
@@ -680,7 +654,7 @@ class SlackAdapter:
         return Author(pid(PLATFORM, raw), _bot_name(event) or raw, is_bot=True)
 
     def remember_thread(self, channel: str, thread_ts: str) -> None:
-        self._threads.put((channel, thread_ts))
+        self._threads.add((channel, thread_ts))
 
     async def _bot_in_thread(self, place: Place, thread_ts: str) -> bool:
         """The bot posted in this thread, or its first message mentions or is the bot's."""
@@ -870,9 +844,7 @@ class SlackAdapter:
             is_admin=bool(info.get("is_admin") or info.get("is_owner")),
             is_bot=bool(info.get("is_bot")),
         )
-        if len(self._users) > CACHED:
-            self._users.clear()
-        self._users[user_id] = (now + USER_TTL, found)
+        self._users.put(user_id, (now + USER_TTL, found))
         return found
 
     async def permalink(self, source_id: str) -> str | None:
@@ -882,7 +854,7 @@ class SlackAdapter:
             return None
         cached = self._permalinks.get(source_id)
         if cached is not None:
-            return str(cached)
+            return cached
         try:
             response = await self.client.chat_getPermalink(channel=channel, message_ts=ts)
         except SlackApiError as exc:

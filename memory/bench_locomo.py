@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .bench_scale import percentile
 from .embedders import Embedder
 from .engine import MemoryEngine, SearchMode
 from .model import Episode, Scope
@@ -103,14 +104,6 @@ def load(path: Path) -> list[Conversation]:
                 questions.append(Question(scope, qa["question"], int(qa["category"]), evidence))
         out.append(Conversation(sid, episodes, questions))
     return out
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    idx = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[idx]
 
 
 async def score(

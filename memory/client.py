@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +26,7 @@ from pydantic import TypeAdapter
 
 from .engine import ForgetReport, SourceRef
 from .filters import And, Comparison, Filter, FilterError, InList, IsNull, Not, Or, Value
+from .lru import Lru
 from .model import Episode, Fact, InvalidInput, Scope, SearchResult, Stats, TimeRange
 
 _EPISODES = TypeAdapter(list[Episode])
@@ -109,7 +109,7 @@ class MemoryClient:
         )
         # Where facts live, learned from facts() and add_fact(), so that supersede_fact keeps
         # the engine's signature (uid only) while the server still checks the org.
-        self._fact_homes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._fact_homes: Lru[str, tuple[str, str]] = Lru(_KNOWN_FACTS)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -144,10 +144,7 @@ class MemoryClient:
 
     def _remember_facts(self, facts: Sequence[Fact]) -> None:
         for fact in facts:
-            self._fact_homes[fact.uid] = (fact.org_id, fact.project_id)
-            self._fact_homes.move_to_end(fact.uid)
-        while len(self._fact_homes) > _KNOWN_FACTS:
-            self._fact_homes.popitem(last=False)
+            self._fact_homes.put(fact.uid, (fact.org_id, fact.project_id))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -387,14 +384,3 @@ def _message(response: httpx.Response) -> str:
         # internal_error is the engine's own message, without the envelope's prefix
         return str(detail.get("internal_error") or detail.get("message") or detail)
     return str(detail)
-
-
-def client_from_env() -> MemoryClient | None:
-    """A client for ``CHANNELMIND_MEMORY_URL`` (key: ``CHANNELMIND_MEMORY_API_KEY``), or None
-    when no memory server is configured."""
-    import os
-
-    url = os.environ.get("CHANNELMIND_MEMORY_URL", "").strip()
-    if not url:
-        return None
-    return MemoryClient(url, os.environ.get("CHANNELMIND_MEMORY_API_KEY") or None)

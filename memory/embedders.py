@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -19,9 +18,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-Vectors = npt.NDArray[np.float32]
+from .text import words as text_words
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+Vectors = npt.NDArray[np.float32]
 
 
 class Embedder(Protocol):
@@ -60,7 +59,7 @@ class HashEmbedder:
         return f"hash:{self.dim}:v1"
 
     def _features(self, text: str) -> list[str]:
-        words = [w.lower() for w in _WORD.findall(text)]
+        words = text_words(text)
         return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
     def embed(self, texts: list[str]) -> Vectors:

@@ -19,6 +19,10 @@ SAFE_ID = re.compile(r"^[\w:-]+$", re.UNICODE)
 MAX_CONTENT_CHARS = 1_000_000
 MAX_ID_CHARS = 256
 ROLES = ("user", "assistant", "system")
+#: Metadata keys any entry point may set: the author's name as people read it, and a link back
+#: to the message where it was said.
+NAME_KEY = "display_name"
+LINK_KEY = "permalink"
 
 
 class InvalidInput(ValueError):
@@ -125,13 +129,13 @@ class Episode(BaseModel):
     @property
     def display_name(self) -> str:
         """The name the LLM should see for the producer (metadata wins over the raw id)."""
-        name = self.metadata.get("display_name") or self.metadata.get("author_name")
+        name = self.metadata.get(NAME_KEY)
         return str(name) if name else self.producer
 
     @property
     def link(self) -> str | None:
         """A link back to the source message, when the platform gave one."""
-        value = self.metadata.get("permalink") or self.metadata.get("jump_url")
+        value = self.metadata.get(LINK_KEY)
         return str(value) if value else None
 
 

@@ -18,14 +18,12 @@ locomo`): keyword only 0.56, vector only 0.50, normalised fusion 0.61, + neighbo
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from .model import Episode
-
-_WORD = re.compile(r"\w+", re.UNICODE)
+from .text import words
 
 
 @dataclass
@@ -92,12 +90,12 @@ class Ranking:
         """Favour messages by the people a question names ("what did Alice say about...")."""
         if self.weights.author <= 0:
             return
-        words = {w for w in _WORD.findall(query.lower()) if len(w) > 1}
-        if not words:
+        query_words = {w for w in words(query) if len(w) > 1}
+        if not query_words:
             return
         for c in candidates.values():
-            names = {w for w in _WORD.findall(c.episode.display_name.lower()) if len(w) > 1}
-            if names & words:
+            names = {w for w in words(c.episode.display_name) if len(w) > 1}
+            if names & query_words:
                 c.score += self.weights.author
 
     def recency(self, candidates: Mapping[int, Candidate], now: datetime) -> None:

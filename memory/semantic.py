@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from .model import Episode, Fact, utcnow
+from .text import one_line
 
 if TYPE_CHECKING:
     import openai
@@ -61,9 +62,15 @@ class ExtractedFact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     category: Category
-    feature: str = Field(min_length=1, max_length=200)
+    feature: str = Field(
+        min_length=1,
+        max_length=200,
+        description="short snake_case name of what the fact is about",
+    )
     value: str = Field(min_length=1, max_length=2000)
-    sources: list[int] = Field(min_length=1, max_length=50)
+    sources: list[int] = Field(
+        min_length=1, max_length=50, description="numbers of the messages the fact comes from"
+    )
 
 
 class Extraction(BaseModel):
@@ -72,37 +79,27 @@ class Extraction(BaseModel):
     facts: list[ExtractedFact] = Field(max_length=50)
 
 
-EXTRACTION_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "facts": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "category": {
-                        "type": "string",
-                        "enum": ["preference", "role", "skill", "decision", "other"],
-                    },
-                    "feature": {
-                        "type": "string",
-                        "description": "short snake_case name of what the fact is about",
-                    },
-                    "value": {"type": "string"},
-                    "sources": {
-                        "type": "array",
-                        "items": {"type": "integer"},
-                        "description": "numbers of the messages the fact comes from",
-                    },
-                },
-                "required": ["category", "feature", "value", "sources"],
-                "additionalProperties": False,
-            },
-        }
-    },
-    "required": ["facts"],
-    "additionalProperties": False,
-}
+def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema in the form strict structured output takes: references inlined,
+    no titles and no length limits (pydantic checks those when the answer is validated)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return clean(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: clean(v) for k, v in node.items() if k not in _NOT_STRICT}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return cast("dict[str, Any]", clean(schema))
+
+
+_NOT_STRICT = frozenset({"title", "minLength", "maxLength", "minItems", "maxItems"})
+#: What the LLM is asked to answer, derived from :class:`Extraction`.
+EXTRACTION_SCHEMA = strict_schema(Extraction)
 
 RESPONSE_FORMAT: dict[str, Any] = {
     "type": "json_schema",
@@ -130,13 +127,32 @@ def normalize_feature(text: str) -> str:
     return slug[:MAX_FEATURE_CHARS] or "fact"
 
 
-def _same_value(a: str, b: str) -> bool:
+def same_value(a: str, b: str) -> bool:
+    """The fact-value rule: two values state the same fact when they match ignoring case and
+    runs of whitespace."""
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def current_fact(known: Sequence[Fact], feature: str) -> Fact | None:
+    """The newest of ``known`` (current facts, newest first as ``facts()`` returns them)
+    about ``feature``."""
+    return next((f for f in known if f.feature == feature), None)
+
+
+async def supersede(memory: Memory, fact: Fact, old: Fact | None) -> str | None:
+    """Store ``fact`` as the current value of its feature: nothing when ``old`` (the current
+    fact about it) says the same; otherwise it is added and ``old`` is superseded by it. A
+    fact citing messages is dropped again when all of them were forgotten while it was being
+    written. Returns the new fact's uid, or None when nothing was stored."""
+    if old is not None and same_value(old.value, fact.value):
+        return None
+    uid = await memory.add_fact(fact)
+    if fact.citations and not await memory.get(fact.org_id, fact.project_id, fact.citations):
+        await memory.delete_facts(fact.org_id, fact.project_id, [uid])
+        return None
+    if old is not None:
+        await memory.supersede_fact(old.uid, uid, utcnow())
+    return uid
 
 
 def openai_llm(
@@ -179,7 +195,7 @@ class SemanticMemory:
 
     def __init__(
         self,
-        engine: Memory,
+        memory: Memory,
         llm: LLMCall | openai.AsyncOpenAI,
         *,
         model: str = "gpt-4o-mini",
@@ -190,7 +206,7 @@ class SemanticMemory:
         timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.engine = engine
+        self.memory = memory
         self.llm: LLMCall = llm if callable(llm) else openai_llm(llm, model, timeout=timeout)
         self.model = model
         self.batch_messages = max(1, batch_messages)
@@ -347,11 +363,11 @@ class SemanticMemory:
         lines = [f"Person: {who}"]
         if known:
             lines.append("Known facts about them (feature: value):")
-            lines += [f"- {f.feature}: {_one_line(f.value, MAX_VALUE_CHARS)}" for f in known]
+            lines += [f"- {f.feature}: {one_line(f.value, MAX_VALUE_CHARS)}" for f in known]
         lines.append("Messages they wrote (numbered, oldest first):")
         for n, ep in enumerate(episodes, 1):
             when = ep.created_at.strftime("%Y-%m-%d %H:%M")
-            lines.append(f"[{n}] {when}: {_one_line(ep.content, MAX_MESSAGE_CHARS)}")
+            lines.append(f"[{n}] {when}: {one_line(ep.content, MAX_MESSAGE_CHARS)}")
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": "\n".join(lines)},
@@ -360,7 +376,7 @@ class SemanticMemory:
     async def _extract(self, key: BatchKey, batch: list[Episode]) -> int:
         org, project, producer, channel = key
         try:
-            known = await self.engine.facts(org, project, subject=producer, produced_for=channel)
+            known = await self.memory.facts(org, project, subject=producer, produced_for=channel)
         except Exception:
             log.exception("semantic memory: reading known facts failed")
             known = []
@@ -397,17 +413,12 @@ class SemanticMemory:
         # Episodes forgotten while the LLM was thinking must not come back as citations.
         alive = {
             e.uid
-            for e in await self.engine.get(org, project, [u for _, c in latest.values() for u in c])
+            for e in await self.memory.get(org, project, [u for _, c in latest.values() for u in c])
         }
-        by_feature = {f.feature: f for f in known}
         added = 0
         for feature, (item, cited) in latest.items():
             cited = [u for u in cited if u in alive]
             if not cited:
-                continue
-            value = _one_line(item.value, MAX_VALUE_CHARS)
-            old = by_feature.get(feature)
-            if old is not None and _same_value(old.value, value):
                 continue
             fact = Fact(
                 org_id=org,
@@ -417,19 +428,15 @@ class SemanticMemory:
                 category=item.category,
                 tag="extracted",
                 feature=feature,
-                value=value,
+                value=one_line(item.value, MAX_VALUE_CHARS),
                 citations=cited,
                 metadata={"source": "llm", "model": self.model},
             )
-            uid = await self.engine.add_fact(fact)
-            if not await self.engine.get(org, project, cited):
-                # Every cited episode was deleted in the meantime: the fact goes with them.
-                await self.engine.delete_facts(org, project, [uid])
+            old = current_fact(known, feature)
+            if await supersede(self.memory, fact, old) is None:
                 continue
             added += 1
             self.stats.facts_added += 1
             if old is not None:
-                await self.engine.supersede_fact(old.uid, uid, utcnow())
                 self.stats.superseded += 1
-            by_feature[feature] = fact.model_copy(update={"uid": uid})
         return added

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Generator, Iterable, Sequence
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import aiosqlite
 
 from .filters import Filter, to_sql
 from .model import Episode, Fact, InvalidInput, Scope, TimeRange
+from .text import terms
 
 SCHEMA_VERSION = 2
 
@@ -126,21 +126,7 @@ EPISODE_COLUMNS = (
     " source_id, thread_id, episode_type, metadata, indexed"
 )
 
-# Words too common to help a keyword search; dropping them is what keeps OR queries over
-# chat text fast (FTS5 would otherwise walk the posting list of every "the" and "you").
-STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it
-    its itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself
-    yourselves s t don im ive id youre thats whats dont cant lets get got also really ok okay
-    yeah yes hey hi oh""".split()
-)
 ECOLS = ", ".join("e." + c.strip() for c in EPISODE_COLUMNS.split(","))
-_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
 def _tag(kind: str, *parts: str) -> str:
@@ -178,11 +164,7 @@ def fts_tags(ep: Episode) -> str:
 
 def keyword_terms(text: str, limit: int = 32) -> list[str]:
     """The query words worth searching for: lower-cased, deduplicated, stopwords dropped."""
-    seen: dict[str, None] = {}
-    for word in _TOKEN.findall(text.lower()):
-        if word not in STOPWORDS and len(word) > 1 and word not in seen:
-            seen[word] = None
-    return list(seen)[:limit]
+    return terms(text)[:limit]
 
 
 def to_epoch(value: datetime) -> float:

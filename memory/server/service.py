@@ -8,7 +8,6 @@ turns them into its own format.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 from memory.engine import MemoryEngine
 from memory.filters import Filter, parse_filter
 from memory.model import Episode, Fact, InvalidInput, Scope
+from memory.text import terms
 
 from .metrics import Metrics
 from .specs import (
@@ -165,18 +165,6 @@ def feature_out(fact: Fact) -> SemanticFeature:
     )
 
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-_STOP = frozenset(
-    "a an and are as at be by do does did for from has have how i in is it me my of on or our"
-    " she he so that the their them they this to was we were what when where which who why"
-    " will with you your".split()
-)
-
-
-def _terms(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
-
-
 def _overlap(query: set[str], words: set[str]) -> int:
     """Query terms found in ``words``, allowing a shared 5-letter stem (crude, but it matches
     ``live`` / ``lives`` / ``living``-style variants without a stemmer)."""
@@ -186,10 +174,11 @@ def _overlap(query: set[str], words: set[str]) -> int:
 
 def rank_facts(query: str, facts: Sequence[Fact], top_k: int) -> list[Fact]:
     """Facts ranked by keyword overlap with the query (newest first among equals)."""
-    wanted = _terms(query)
+    wanted = set(terms(query))
     scored = []
     for fact in facts:
-        words = _terms(f"{fact.feature.replace('_', ' ')} {fact.value} {fact.tag} {fact.category}")
+        text = f"{fact.feature.replace('_', ' ')} {fact.value} {fact.tag} {fact.category}"
+        words = set(terms(text))
         scored.append((_overlap(wanted, words), fact.created_at.timestamp(), fact))
     scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
     return [fact for _, _, fact in scored[:top_k]]
