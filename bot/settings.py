@@ -39,8 +39,12 @@ class Settings(ServerSettings):
     project: str = "channelmind"
     bot_name: str = "ChannelMind"
     memory_url: str | None = None  # a remote memory server instead of the embedded engine
+    memory_api_key: SecretStr | None = None  # its API key (CHANNELMIND_MEMORY_API_KEY)
     retention_days: int | None = Field(default=None, ge=0)  # None or 0: keep until deleted
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    #: who you are in ``channelmind chat`` unless ``--user`` says (the login name)
+    chat_user: str = Field(default="you", validation_alias="USER")
 
     # -- the LLM (OPENAI_BASE_URL / OPENAI_API_KEY come from MemorySettings) ---------------
     llm_model: str = "gpt-4o-mini"
@@ -83,6 +87,11 @@ class Settings(ServerSettings):
     @classmethod
     def _commas(cls, v: Any) -> Any:
         return _split_commas(v)
+
+    @field_validator("chat_user")
+    @classmethod
+    def _chat_user(cls, v: str) -> str:
+        return v or "you"
 
     @field_validator("retention_days")
     @classmethod

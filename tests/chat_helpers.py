@@ -15,8 +15,8 @@ from typing import Any
 
 import openai
 
-from bot.conversation import Conversation
-from bot.events import (
+from bot.core.conversation import Conversation
+from bot.core.events import (
     Author,
     CommandEvent,
     CommandName,
@@ -28,7 +28,7 @@ from bot.events import (
     discord_source_id,
     slack_source_id,
 )
-from bot.responder import Responder
+from bot.core.responder import Responder
 from bot.settings import Settings
 from memory import MemoryEngine
 from memory.semantic import SemanticMemory

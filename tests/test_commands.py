@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.commands import parse_message_ref
-from bot.events import Author, Place
+from bot.core.commands import parse_message_ref
+from bot.core.events import Author, Place
 from memory import MemoryEngine, Scope, SourceRef
 from tests.chat_helpers import (
     ALICE,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.responder import NOTHING_FOUND, REMEMBER_HEADER
+from bot.core.responder import NOTHING_FOUND, REMEMBER_HEADER
 from memory import MemoryEngine, Scope, SourceRef
 from tests.chat_helpers import (
     ALICE,

@@ -25,10 +25,10 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot.cli_chat import build_conversation
-from bot.conversation import Conversation
-from bot.discord_adapter import MAX_MESSAGE, DiscordAdapter, dm_org, split_message
-from bot.events import Author, MessageEvent, Place
+from bot.app import build_conversation
+from bot.core.conversation import Conversation
+from bot.core.events import Author, MessageEvent, Place
+from bot.platforms.discord.adapter import MAX_MESSAGE, DiscordAdapter, dm_org, split_message
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from tests.chat_helpers import open_engine, settings
 from tests.fakes.discord_server import (

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from slack_bolt.async_app import AsyncApp
 
+from bot.platforms.slack.adapter import FORGET_SHORTCUT, SlackAdapter
 from bot.settings import Settings
-from bot.slack_adapter import FORGET_SHORTCUT, SlackAdapter
 
 ROOT = Path(__file__).resolve().parent.parent
-ADAPTER_SOURCE = ROOT / "bot" / "slack_adapter.py"
+ADAPTER_SOURCE = ROOT / "bot" / "platforms" / "slack" / "adapter.py"
 
 #: Web API method -> the bot scope it needs (None: the bot token alone is enough).
 METHOD_SCOPES: dict[str, str | None] = {

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.events import Citation, Place
-from bot.responder import (
+from bot.core.events import Citation, Place
+from bot.core.responder import (
     NOTED,
     NOTHING_FOUND,
     REMEMBER_HEADER,

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.app import Runner, run
 from bot.cli import main
-from bot.runner import Runner, run
 from bot.settings import Settings
 from memory import MemoryEngine, SourceRef
 from tests.chat_helpers import settings as core_settings

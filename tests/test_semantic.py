@@ -12,9 +12,9 @@ from typing import Any
 import openai
 import pytest
 
-from bot.conversation import Conversation
-from bot.events import Author
-from bot.responder import Responder
+from bot.core.conversation import Conversation
+from bot.core.events import Author
+from bot.core.responder import Responder
 from memory import Episode, MemoryEngine
 from memory.semantic import EXTRACTION_SCHEMA, SemanticMemory, normalize_feature
 from tests.chat_helpers import (

@@ -24,11 +24,10 @@ from mcp.client.streamable_http import streamablehttp_client
 from memmachine_client import MemMachineClient
 from memmachine_client.memory import Memory as MMMemory
 
-from bot.cli_chat import build_conversation
-from bot.conversation import Conversation
-from bot.events import Author
-from bot.responder import MEMORY_DOWN, NOTHING_FOUND, REMEMBER_HEADER, Responder
-from bot.runner import Runner
+from bot.app import Runner, build_conversation
+from bot.core.conversation import Conversation
+from bot.core.events import Author
+from bot.core.responder import MEMORY_DOWN, NOTHING_FOUND, REMEMBER_HEADER, Responder
 from bot.settings import Settings
 from memory import MemoryEngine, Scope, SourceRef
 from memory.client import MemoryAccessDenied, MemoryClient

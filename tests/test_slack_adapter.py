@@ -16,11 +16,11 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from bot import slack_adapter
-from bot.conversation import Conversation
-from bot.responder import Responder
+from bot.core.conversation import Conversation
+from bot.core.responder import Responder
+from bot.platforms.slack import adapter as slack_adapter
+from bot.platforms.slack.adapter import SlackAdapter, SlackReplier, split_text
 from bot.settings import Settings
-from bot.slack_adapter import SlackAdapter, SlackReplier, split_text
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from memory.server.app import create_app
 from tests.chat_helpers import settings as core_settings
@@ -429,7 +429,7 @@ async def test_retries_and_mention_twins_are_handled_once(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="bot.slack_adapter")
+    caplog.set_level(logging.DEBUG, logger="bot.platforms.slack.adapter")
     dm = message_event(ALICE, "what did I say about tuesdays?", DM, channel_type="im")
     await deliver(fake, dm, event_id="Ev0FIRST01")
     await wait_posts(fake, 1)

@@ -1,8 +1,8 @@
 """The console adapter: the terminal as a chat platform with one channel.
 
-It translates and nothing else: a typed line becomes a :class:`~bot.events.MessageEvent`
+It translates and nothing else: a typed line becomes a :class:`~bot.core.events.MessageEvent`
 (always addressed: the bot is the only one listening) or, when it starts with ``/recall``,
-``/forget``, ``/remember`` or ``/memory``, a :class:`~bot.events.CommandEvent`; the core's
+``/forget``, ``/remember`` or ``/memory``, a :class:`~bot.core.events.CommandEvent`; the core's
 replies are printed. The person at the terminal owns the local memory, so they count as the
 channel's admin.
 """
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TextIO, cast, get_args
 
-from .events import (
+from bot.core.events import (
     Author,
     CommandEvent,
     CommandName,
@@ -36,7 +36,7 @@ SCRIPT_LINE = re.compile(r"^\s*(?P<user>[^:/#][^:]{0,63}?)\s*:\s*(?P<text>.*)$")
 
 
 class Core(Protocol):
-    """What the console needs of the core (``bot.conversation.Conversation``)."""
+    """What the console needs of the core (:class:`bot.core.conversation.Conversation`)."""
 
     async def handle_message(self, event: MessageEvent, replier: ConsoleReplier) -> object: ...
 

@@ -1,6 +1,6 @@
 """The core: store every message, answer when addressed, follow edits and deletions.
 
-Adapters (Slack, Discord, the console) turn platform events into :mod:`bot.events` and call
+Adapters (Slack, Discord, the console) turn platform events into :mod:`bot.core.events` and call
 the four ``handle_*`` methods. Nothing here knows a platform's API.
 
 The order of a message's handling is the privacy and reliability model:
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from bot.settings import Settings
 from memory import Episode, InvalidInput, interface
 from memory.lru import LruSet
 from memory.semantic import SemanticMemory
@@ -34,7 +35,6 @@ from .responder import (
     citation,
     render,
 )
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

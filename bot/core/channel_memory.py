@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from bot.settings import Settings
 from memory import Episode, Scope, SourceRef, parse_filter
 from memory.engine import embed_text
 from memory.interface import Memory, similarities
@@ -23,7 +24,6 @@ from memory.semantic import SemanticMemory
 from memory.text import plural
 
 from .events import MessageEvent, Place
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""The Discord adapter: discord.py 2.x, translating Discord into :mod:`bot.events` and back.
+"""The Discord adapter: discord.py 2.x, translating Discord into :mod:`bot.core.events` and back.
 
 It translates and nothing else. What to remember, when to answer and how are the core's
-(:class:`~bot.conversation.Conversation`); citations arrive already formatted for Discord
+(:class:`~bot.core.conversation.Conversation`); citations arrive already formatted for Discord
 (``[n](<jump url>)``, mass mentions defused), so answers are posted as given.
 
-* Messages in text channels, threads and DMs become :class:`~bot.events.MessageEvent`: the
+* Messages in text channels, threads and DMs become :class:`~bot.core.events.MessageEvent`: the
   author (``discord:<user id>``) produced it for the channel (``discord:<channel id>``; a
   thread's parent channel, with ``thread_id = discord:<thread id>``) of the guild
   (``discord:<guild id>``). A DM is its own org, ``discord:dm-<DM channel id>``: the DM channel
@@ -37,10 +37,8 @@ import discord.http
 import yarl
 from discord import app_commands
 
-from memory.lru import Lru
-
-from .conversation import Conversation
-from .events import (
+from bot.core.conversation import Conversation
+from bot.core.events import (
     Author,
     CommandEvent,
     CommandName,
@@ -52,8 +50,9 @@ from .events import (
     discord_source_id,
     pid,
 )
-from .settings import Settings
-from .text import split_text, utf16_units
+from bot.platforms.text import split_text, utf16_units
+from bot.settings import Settings
+from memory.lru import Lru
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """The Slack adapter: slack-bolt's :class:`~slack_bolt.async_app.AsyncApp` on one side, the
-core's events and :class:`~bot.events.Replier` on the other. It translates and nothing else.
+core's events and :class:`~bot.core.events.Replier` on the other. It translates and nothing else.
 
 Inbound, every ``message`` event (one listener for all subtypes, so that each is acked) becomes
-a :class:`~bot.events.MessageEvent`, an :class:`~bot.events.EditEvent` (``message_changed``)
-or a :class:`~bot.events.DeleteEvent` (``message_deleted``); the four slash commands and the
-"Forget this message" shortcut become :class:`~bot.events.CommandEvent` s. A message is
+a :class:`~bot.core.events.MessageEvent`, an :class:`~bot.core.events.EditEvent`
+(``message_changed``) or a :class:`~bot.core.events.DeleteEvent` (``message_deleted``); the
+four slash commands and the "Forget this message" shortcut become
+:class:`~bot.core.events.CommandEvent` s. A message is
 *addressed* when it mentions the bot (``<@BOT>`` in its text), is a DM, or is in a thread the
 bot is already part of. One mention arrives twice (``message`` and ``app_mention``): it is
 handled from ``message``, and ``app_mention`` only stands in when its ``message`` twin never
@@ -50,10 +51,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from memory.lru import Lru, LruSet
-
-from .channel_memory import BOT_REPLIES
-from .events import (
+from bot.core.channel_memory import BOT_REPLIES
+from bot.core.events import (
     Author,
     CommandEvent,
     CommandName,
@@ -65,14 +64,15 @@ from .events import (
     pid,
     slack_source_id,
 )
-from .text import split_text as text_pieces
+from bot.platforms.text import split_text as text_pieces
+from memory.lru import Lru, LruSet
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from .conversation import Conversation
-    from .settings import Settings
+    from bot.core.conversation import Conversation
+    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class SlackUser:
 
 
 def split_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
-    """``text`` in pieces of at most ``limit`` characters (bot.text.split_text's rules)."""
+    """``text`` in pieces of at most ``limit`` characters (see bot.platforms.text)."""
     return text_pieces(text, limit)
 
 
@@ -191,7 +191,7 @@ class _SocketModeHandler(AsyncSocketModeHandler):
 
 
 class SlackReplier:
-    """The core's :class:`~bot.events.Replier` for one Slack event."""
+    """The core's :class:`~bot.core.events.Replier` for one Slack event."""
 
     def __init__(
         self,

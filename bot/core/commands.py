@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from bot.settings import Settings
 from memory import Fact, Scope
 from memory.semantic import current_fact, normalize_feature, supersede
 from memory.text import one_line, plural
@@ -21,7 +22,6 @@ from memory.text import one_line, plural
 from .channel_memory import ChannelMemory, Forgotten
 from .events import CommandEvent, Place, Replier, discord_source_id, pid, slack_source_id
 from .responder import day, escape, link
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

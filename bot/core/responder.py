@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletionMessageParam
 
-    from .settings import Settings
+    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 
     from memory.interface import Memory
 
-    from .conversation import Conversation
+    from .core.conversation import Conversation
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +47,30 @@ channelmind run: SLACK_BOT_TOKEN is set, but neither SLACK_APP_TOKEN (Socket Mod
 SLACK_SIGNING_SECRET (HTTP mode) is. Set one of them (see manifest.yml and the README)."""
 
 STOP_TIMEOUT = 15.0
+
+
+def build_conversation(settings: Settings, memory: Memory) -> Conversation:
+    """The core on a memory (the embedded engine, or a MemoryClient of a memory server) with
+    its responder and, when an LLM is configured and CHANNELMIND_SEMANTIC is on, semantic
+    memory (sharing the responder's OpenAI-compatible client)."""
+    from memory.semantic import SemanticMemory
+
+    from .core.conversation import Conversation
+    from .core.responder import Responder
+
+    responder = Responder.from_settings(settings)
+    semantic = None
+    if settings.semantic and responder.client is not None:
+        semantic = SemanticMemory(
+            memory,
+            responder.client,
+            model=settings.llm_model,
+            batch_messages=settings.semantic_batch_messages,
+            batch_seconds=settings.semantic_batch_seconds,
+            calls_per_minute=settings.semantic_calls_per_minute,
+            timeout=settings.llm_timeout,
+        )
+    return Conversation(memory, responder, settings, semantic)
 
 
 class RunError(RuntimeError):
@@ -159,8 +182,6 @@ class Runner:
         from memory.server.app import ServeRefused, check_bind
         from memory.server.auth import ApiKeyError, ApiKeys
 
-        from .cli_chat import build_conversation
-
         settings = self.settings
         remote = bool(settings.memory_url)
         http_mode = _set(settings.slack_bot_token) and not _set(settings.slack_app_token)
@@ -185,7 +206,7 @@ class Runner:
             self.app = FastAPI(title="ChannelMind bot", openapi_url=None)
 
         if _set(settings.slack_bot_token):
-            from .slack_adapter import SlackAdapter, SlackStartError
+            from .platforms.slack.adapter import SlackAdapter, SlackStartError
 
             self.slack = SlackAdapter(self.conversation, settings)
             try:
@@ -203,7 +224,7 @@ class Runner:
 
         if _set(settings.discord_token):
             try:  # imported only when Discord is wanted
-                from .discord_adapter import DiscordAdapter
+                from .platforms.discord.adapter import DiscordAdapter
             except ImportError as exc:
                 raise RunError(f"Discord: the adapter cannot be loaded: {exc}") from None
 
@@ -222,7 +243,8 @@ class Runner:
             from memory.client import MemoryClient
 
             assert self.settings.memory_url
-            key = os.environ.get("CHANNELMIND_MEMORY_API_KEY") or None
+            secret = self.settings.memory_api_key
+            key = secret.get_secret_value() if secret is not None else None
             log.info("memory: the server at %s", self.settings.memory_url)
             return MemoryClient(self.settings.memory_url, key)
         from memory import MemoryEngine

@@ -1,0 +1,67 @@
+"""``channelmind bench locomo`` and ``bench scale``: retrieval quality and speed at size."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--k takes numbers like 5,10,20: {exc}") from exc
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError("--k takes positive numbers like 5,10,20")
+    return ks
+
+
+def cmd_bench_locomo(args: argparse.Namespace) -> int:
+    from memory import bench_locomo
+    from memory.embedders import make_embedder
+
+    if not args.data.is_file():
+        print(f"no LoCoMo file at {args.data}", file=sys.stderr)
+        return 2
+    embedder = make_embedder(args.embedder)
+    result = asyncio.run(bench_locomo.run(args.data, args.k, embedder))
+    if args.plot:
+        bench_locomo.plot(result, args.k, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(bench_locomo.format_report(result, args.k))
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from memory import bench_scale
+
+    return bench_scale.main(args)
+
+
+def add(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    loc = bench.add_parser("locomo", help="LoCoMo retrieval recall against baselines")
+    loc.add_argument("--data", type=Path, required=True, help="a LoCoMo JSON file")
+    loc.add_argument("--k", type=_ks, default=[5, 10, 20], help="cut-offs, e.g. 5,10,20")
+    loc.add_argument("--embedder", default="local", choices=["local", "openai", "hash"])
+    loc.add_argument("--json", action="store_true", help="print one JSON object")
+    loc.add_argument("--plot", type=Path, help="write recall by category to this PNG")
+    loc.set_defaults(func=cmd_bench_locomo)
+
+    scale = bench.add_parser("scale", help="write, index and search speed at size")
+    scale.add_argument("--episodes", type=int, default=10_000)
+    scale.add_argument("--channels", type=int, default=200)
+    scale.add_argument("--embedder", default="hash", choices=["local", "hash"])
+    scale.add_argument("--queries", type=int, default=200)
+    scale.add_argument("--json", action="store_true")
+    scale.add_argument("--plot", type=Path)
+    scale.add_argument("--sizes", help="several sizes for the plot, e.g. 10000,100000")
+    scale.set_defaults(func=cmd_bench_scale)

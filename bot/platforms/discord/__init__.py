@@ -1,0 +1,1 @@
+"""Discord: discord.py <-> the core, and Discord's markdown."""
