@@ -1,11 +1,15 @@
-"""``channelmind run``: the bot on Slack and/or Discord, with the memory server beside it.
+"""The composition root: settings -> memory -> core -> adapters, and ``channelmind run``.
 
-One process: the memory (the embedded engine, or a remote memory server when
-``CHANNELMIND_MEMORY_URL`` is set), the core built as ``channelmind chat`` builds it, the
-memory server app (REST, MCP, metrics) under uvicorn on ``CHANNELMIND_HOST``/``PORT``, the
-Slack adapter when ``SLACK_BOT_TOKEN`` is set (Socket Mode with ``SLACK_APP_TOKEN``, else HTTP
-mode at ``POST /slack/events`` on the same server) and the Discord adapter when
-``DISCORD_TOKEN`` is set. SIGINT/SIGTERM stop everything cleanly. Tokens are never printed.
+:func:`build_conversation` makes the core (with every platform's formatting, :data:`PLATFORMS`)
+for ``channelmind chat`` and for :class:`Runner`, which is ``channelmind run`` in one process:
+the memory (the embedded engine, or a remote memory server when ``CHANNELMIND_MEMORY_URL`` is
+set), the memory server app (REST, MCP, metrics) under uvicorn on
+``CHANNELMIND_HOST``/``PORT``, the Slack adapter when ``SLACK_BOT_TOKEN`` is set (Socket Mode
+with ``SLACK_APP_TOKEN``, else HTTP mode at ``POST /slack/events`` on the same server), the
+Discord adapter when ``DISCORD_TOKEN`` is set, and :class:`Retention`, which applies
+``CHANNELMIND_RETENTION_DAYS`` once for all platforms. A part that cannot start raises
+:class:`~bot.platforms.base.StartupError`, printed as one line with exit status 2.
+SIGINT/SIGTERM stop everything cleanly. Tokens are never printed.
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ import sys
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from .platforms.base import Adapter, Platform, StartupError
+from .platforms.console.format import CONSOLE
+from .platforms.discord.format import DISCORD
+from .platforms.slack.format import SLACK
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from memory.interface import Memory
 
     from .core.conversation import Conversation
+    from .platforms.discord.adapter import DiscordAdapter
+    from .platforms.slack.adapter import SlackAdapter
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,11 @@ channelmind run: SLACK_BOT_TOKEN is set, but neither SLACK_APP_TOKEN (Socket Mod
 SLACK_SIGNING_SECRET (HTTP mode) is. Set one of them (see manifest.yml and the README)."""
 
 STOP_TIMEOUT = 15.0
+DAY = 24 * 60 * 60.0
+
+#: Every platform's writing rules, so that the core can format for a place of any of them
+#: and recognise (and refuse) a message link from another.
+PLATFORMS: tuple[Platform, ...] = (SLACK, DISCORD, CONSOLE)
 
 
 def build_conversation(settings: Settings, memory: Memory) -> Conversation:
@@ -70,11 +86,37 @@ def build_conversation(settings: Settings, memory: Memory) -> Conversation:
             calls_per_minute=settings.semantic_calls_per_minute,
             timeout=settings.llm_timeout,
         )
-    return Conversation(memory, responder, settings, semantic)
+    return Conversation(memory, responder, settings, semantic, PLATFORMS)
 
 
-class RunError(RuntimeError):
-    """The bot cannot run with these settings; printed as one line, exit status 2."""
+class Retention:
+    """``CHANNELMIND_RETENTION_DAYS``, applied once for every platform: when the bot starts,
+    then every ``interval`` seconds while it runs."""
+
+    def __init__(self, conversation: Conversation, interval: float = DAY) -> None:
+        self.conversation = conversation
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                gone = await self.conversation.purge_expired()
+                if gone:
+                    log.info("retention: forgot %d expired message(s)", gone)
+            except Exception:
+                log.exception("retention: purging expired messages failed")
+            await asyncio.sleep(self.interval)
 
 
 def _set(secret: Any) -> bool:
@@ -116,14 +158,14 @@ class _Server:
         try:
             await self.server.serve(sockets=[self.socket])
         except SystemExit as exc:  # uvicorn exits on a failed startup
-            raise RunError(f"the web server did not start (status {exc.code})") from None
+            raise StartupError(f"the web server did not start (status {exc.code})") from None
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self._serve(), name="uvicorn")
         while not self.server.started:
             if self.task.done():
                 self.task.result()  # raises the startup failure
-                raise RunError("the web server stopped while starting")
+                raise StartupError("the web server stopped while starting")
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -148,7 +190,7 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock = socket.create_server((host, port), family=family, reuse_port=False)
     except OSError as exc:
-        raise RunError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 
@@ -164,8 +206,9 @@ class Runner:
         self.conversation: Conversation | None = None
         self.app: FastAPI | None = None
         self.server: _Server | None = None
-        self.slack: Any = None
-        self.discord: Any = None
+        self.slack: SlackAdapter | None = None
+        self.discord: DiscordAdapter | None = None
+        self.retention: Retention | None = None
 
     @property
     def bound_port(self) -> int | None:
@@ -189,10 +232,10 @@ class Runner:
             try:
                 check_bind(self.host, ApiKeys.parse(settings.api_keys_text()))
             except (ServeRefused, ApiKeyError) as exc:
-                raise RunError(str(exc)) from None
+                raise StartupError(str(exc)) from None
 
         self.memory = memory = await self._open_memory(remote)
-        self.conversation = build_conversation(settings, memory)
+        self.conversation = conversation = build_conversation(settings, memory)
 
         if not remote:
             from memory import MemoryEngine
@@ -206,16 +249,16 @@ class Runner:
             self.app = FastAPI(title="ChannelMind bot", openapi_url=None)
 
         if _set(settings.slack_bot_token):
-            from .platforms.slack.adapter import SlackAdapter, SlackStartError
+            from .platforms.slack.adapter import SlackAdapter
 
-            self.slack = SlackAdapter(self.conversation, settings)
             try:
-                await self.slack.start()
-            except SlackStartError as exc:
-                raise RunError(f"Slack: {exc}") from None
-            if http_mode:
-                assert self.app is not None
-                self.slack.mount(self.app)
+                self.slack = slack = SlackAdapter(conversation, settings)
+                await slack.start()
+                if http_mode:
+                    assert self.app is not None
+                    slack.mount(self.app)
+            except StartupError as exc:
+                raise StartupError(f"Slack: {exc}") from None
 
         if self.app is not None:
             self.server = _Server(self.app, self.host, self.port)
@@ -226,17 +269,21 @@ class Runner:
             try:  # imported only when Discord is wanted
                 from .platforms.discord.adapter import DiscordAdapter
             except ImportError as exc:
-                raise RunError(f"Discord: the adapter cannot be loaded: {exc}") from None
+                raise StartupError(f"Discord: the adapter cannot be loaded: {exc}") from None
 
-            discord = DiscordAdapter(self.conversation, settings)
             try:
+                discord = DiscordAdapter(conversation, settings)
                 await discord.start()  # logs in, then connects in the background
-            except Exception as exc:
+            except StartupError as exc:
                 if self.slack is None:
-                    raise RunError(f"Discord: {exc}") from None
+                    raise StartupError(f"Discord: {exc}") from None
                 log.error("discord: not started (%s); Slack runs on", exc)
             else:
                 self.discord = discord
+
+        if settings.retention_days:
+            self.retention = Retention(conversation)
+            await self.retention.start()
 
     async def _open_memory(self, remote: bool) -> Memory:
         if remote:
@@ -252,16 +299,23 @@ class Runner:
         return await MemoryEngine.open(settings=self.settings)
 
     async def stop(self) -> None:
-        """Adapters first (no new events), then the web server, the core, the memory."""
-        for name in ("slack", "discord"):
-            adapter = getattr(self, name)
+        """Retention and the adapters first (no new events), then the web server, the core,
+        the memory."""
+        if self.retention is not None:
+            await self.retention.close()
+            self.retention = None
+        adapters: list[tuple[str, Adapter | None]] = [
+            ("slack", self.slack),
+            ("discord", self.discord),
+        ]
+        self.slack = self.discord = None
+        for name, adapter in adapters:
             if adapter is None:
                 continue
             try:
                 await asyncio.wait_for(adapter.close(), STOP_TIMEOUT)
             except Exception:
                 log.exception("%s: closing failed", name)
-            setattr(self, name, None)
         if self.server is not None:
             await self.server.stop()
             self.server = None
@@ -308,6 +362,6 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(run(settings, getattr(args, "host", None), getattr(args, "port", None)))
-    except RunError as exc:
+    except StartupError as exc:
         print(f"channelmind run: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 
+from bot.app import PLATFORMS
 from bot.core.conversation import Conversation
 from bot.core.events import (
     Author,
@@ -25,10 +26,10 @@ from bot.core.events import (
     MessageEvent,
     Place,
     Replier,
-    discord_source_id,
-    slack_source_id,
 )
 from bot.core.responder import Responder
+from bot.platforms.discord.format import discord_source_id
+from bot.platforms.slack.format import slack_source_id
 from bot.settings import Settings
 from memory import MemoryEngine
 from memory.semantic import SemanticMemory
@@ -160,7 +161,7 @@ class Channel:
             text=text,
             source_id=source,
             created_at=when,
-            addressed=addressed,
+            mentions_bot=addressed,
         )
 
     def command(
@@ -221,7 +222,7 @@ def conversation(
 ) -> Conversation:
     if semantic is not None:
         overrides.setdefault("semantic", True)
-    return Conversation(engine, resp or Responder(None), settings(**overrides), semantic)
+    return Conversation(engine, resp or Responder(None), settings(**overrides), semantic, PLATFORMS)
 
 
 # -- a tiny "LLM" for the fake server: answers from the numbered messages of its prompt ---------

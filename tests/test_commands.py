@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.core.commands import parse_message_ref
+from bot.app import PLATFORMS
+from bot.core import commands
 from bot.core.events import Author, Place
+from bot.platforms.base import MessageRef, Platforms
 from memory import MemoryEngine, Scope, SourceRef
 from tests.chat_helpers import (
     ALICE,
@@ -198,6 +200,11 @@ async def test_forget_by_discord_jump_url(engine: MemoryEngine) -> None:
     done = await conv.handle_command(ch.command(alice, "forget", url), RecordingReplier("discord"))
     assert done.startswith("Done. I forgot 1 message")
     assert await engine.get_by_source(ref(said.source_id, "discord", DISCORD_ORG)) is None
+
+
+def parse_message_ref(text: str, place: Place) -> MessageRef | None:
+    """A message link or id as the core reads it, with every platform's links known."""
+    return commands.parse_message_ref(text, place, Platforms(PLATFORMS))
 
 
 def test_parse_message_refs() -> None:

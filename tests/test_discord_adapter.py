@@ -25,10 +25,11 @@ import discord.gateway
 import discord.http
 import pytest
 
-from bot.app import build_conversation
+from bot.app import Retention, build_conversation
 from bot.core.conversation import Conversation
-from bot.core.events import Author, MessageEvent, Place
-from bot.platforms.discord.adapter import MAX_MESSAGE, DiscordAdapter, dm_org, split_message
+from bot.core.events import Author, MessageEvent, NullWorking, Place, dm_org
+from bot.platforms.discord.adapter import DiscordAdapter
+from bot.platforms.discord.replier import MAX_MESSAGE, split_message
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from tests.chat_helpers import open_engine, settings
 from tests.fakes.discord_server import (
@@ -58,6 +59,7 @@ DM_ALICE = 810_000_000_000_000_500
 HELPER_BOT = 810_000_000_000_000_600
 ORG = f"discord:{GUILD}"
 PROJECT = "channelmind"
+DM_ORG = dm_org("discord")  # DMs live in the platform's DM org
 INTENT_MEMBERS = 1 << 1
 INTENT_PRESENCES = 1 << 8
 NO_PING_PATHS = re.compile(r"^/(channels/\d+/messages|webhooks/\d+/[^/]+)$")
@@ -179,18 +181,20 @@ async def running(
     async with open_engine(data_dir) as engine:
         conversation = build_conversation(config, engine)  # as `channelmind` builds it
         adapter = DiscordAdapter(
-            conversation,
-            config,
-            identify_pause=False,
-            purge_interval=purge_interval,
-            guild_ready_timeout=0.05,
+            conversation, config, identify_pause=False, guild_ready_timeout=0.05
         )
+        # Retention is the app's, once for every platform (as `channelmind run` has it).
+        retention = Retention(conversation, purge_interval) if purge_interval else None
         await adapter.start()
         try:
+            if retention is not None:
+                await retention.start()
             await fake.wait_ready()
             await adapter.wait_until_ready()
             yield Bot(fake, engine, conversation, adapter, data_dir)
         finally:
+            if retention is not None:
+                await retention.close()
             await adapter.close()
             await conversation.close()
     # The endpoints discord.py uses are restored, and no bot message could ping anyone.
@@ -296,7 +300,7 @@ async def test_server_conversation_is_cited_and_stays_in_its_place(bot: Bot) -> 
 
     # A DM is private: its content is not found from the server, and the reverse.
     secret = await fake.send_message(DM_ALICE, ALICE, "my locker code is pineapple 4711")
-    dm_ep = await bot.wait_stored(secret, org=dm_org(DM_ALICE))
+    dm_ep = await bot.wait_stored(secret, org=DM_ORG)
     assert dm_ep.produced_for == did(DM_ALICE) and dm_ep.metadata["is_dm"] is True
     assert dm_ep.link == jump(DM_ALICE, secret["id"], "@me")
     await bot.answer_to(DM_ALICE, secret)  # a DM is always addressed
@@ -577,7 +581,7 @@ async def store_directly(
     message_id = str(bot.fake.next_snowflake())
     place = Place(
         platform="discord",
-        org_id=dm_org(channel) if dm else ORG,
+        org_id=ORG,  # for a DM, the core names the org
         channel_id=did(channel),
         is_dm=dm,
     )
@@ -587,18 +591,25 @@ async def store_directly(
         text=text,
         source_id=message_id,
         created_at=datetime.now(UTC),
-        addressed=False,
+        mentions_bot=False,
     )
 
     class Mute:
+        """Posts nothing: an old channel message was not addressed; an old DM (always
+        addressed) was answered back then."""
+
         async def reply(self, text: str) -> str | None:
-            raise AssertionError("not addressed")
+            if not dm:
+                raise AssertionError("not addressed")
+            return None
 
         async def ephemeral(self, text: str) -> None:
             raise AssertionError("not addressed")
 
         def working(self) -> Any:
-            raise AssertionError("not addressed")
+            if not dm:
+                raise AssertionError("not addressed")
+            return NullWorking()
 
         async def permalink(self, source_id: str) -> str | None:
             return None
@@ -627,7 +638,7 @@ async def test_edits_and_deletions_change_memory(bot: Bot) -> None:
     dm_old = await store_directly(bot, DM_ALICE, ALICE, "an old direct message", dm=True)
     fake.open_dm(ALICE, DM_ALICE)
     await fake.send_delete(DM_ALICE, int(dm_old))
-    await eventually(lambda: _gone(bot.stored(dm_old, org=dm_org(DM_ALICE))))
+    await eventually(lambda: _gone(bot.stored(dm_old, org=DM_ORG)))
 
     # Bulk deletion: one cached, one not, one in a thread.
     cached = await fake.send_message(CHANNEL, BOB, "bulk one")

@@ -16,7 +16,7 @@ from bot.platforms.slack.adapter import FORGET_SHORTCUT, SlackAdapter
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-ADAPTER_SOURCE = ROOT / "bot" / "platforms" / "slack" / "adapter.py"
+ADAPTER_SOURCES = sorted((ROOT / "bot" / "platforms" / "slack").glob("*.py"))
 
 #: Web API method -> the bot scope it needs (None: the bot token alone is enough).
 METHOD_SCOPES: dict[str, str | None] = {
@@ -76,7 +76,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 def methods_called() -> set[str]:
     """Every Web API method the adapter's source calls on a client (``client.chat_postMessage``
     -> ``chat.postMessage``)."""
-    source = ADAPTER_SOURCE.read_text(encoding="utf-8")
+    source = "\n".join(p.read_text(encoding="utf-8") for p in ADAPTER_SOURCES)
     names = set(re.findall(r"\bclient\.([a-z]+_[A-Za-z_]+)\b", source))
     return {name.replace("_", ".", 1).replace("_", ".") for name in names}
 

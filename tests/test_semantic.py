@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from bot.app import PLATFORMS
 from bot.core.conversation import Conversation
 from bot.core.events import Author
 from bot.core.responder import Responder
@@ -288,7 +289,7 @@ async def test_semantic_off_switch(
 ) -> None:
     """CHANNELMIND_SEMANTIC=off: the core never feeds the extractor."""
     sem = make(batch_messages=1)
-    off = Conversation(engine, Responder(None), settings(semantic=False), sem)
+    off = Conversation(engine, Responder(None), settings(semantic=False), sem, platforms=PLATFORMS)
     assert off.semantic is None
     await say(off, ENG, ALICE, "I love Go")
     await sem.flush(force=True)

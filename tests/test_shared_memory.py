@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamablehttp_client
 from memmachine_client import MemMachineClient
 from memmachine_client.memory import Memory as MMMemory
 
-from bot.app import Runner, build_conversation
+from bot.app import PLATFORMS, Runner, build_conversation
 from bot.core.conversation import Conversation
 from bot.core.events import Author
 from bot.core.responder import MEMORY_DOWN, NOTHING_FOUND, REMEMBER_HEADER, Responder
@@ -152,7 +152,7 @@ async def test_a_message_the_bot_stored_is_found_over_rest_and_mcp(
     engine: MemoryEngine, server: Running, settings: Settings
 ) -> None:
     general, random = channel("C1", "general"), channel("C2", "random")
-    conv = Conversation(engine, Responder(None), settings)
+    conv = Conversation(engine, Responder(None), settings, platforms=PLATFORMS)
     said = general.message(ALICE, "The staging database moved to Postgres 16 on the new cluster")
     stored = await conv.handle_message(said, RecordingReplier())
     assert stored is not None and stored.uid
@@ -243,7 +243,7 @@ async def test_memories_added_over_rest_and_mcp_are_cited_by_the_extractive_bot(
     engine: MemoryEngine, server: Running, settings: Settings
 ) -> None:
     general, random = channel("C1", "general"), channel("C2", "random")
-    conv = Conversation(engine, Responder(None), settings)
+    conv = Conversation(engine, Responder(None), settings, platforms=PLATFORMS)
     await conv.handle_message(
         random.message(CAROL, "The cafeteria menu changes on Monday"), RecordingReplier()
     )
@@ -277,7 +277,7 @@ async def test_memories_added_by_agents_reach_the_llm_prompt_in_their_channel_on
     await agents_add_memories(server)
     async with FakeOpenAI() as fake:
         fake.responder = grounded("freeze")
-        conv = Conversation(engine, responder(fake.base_url), settings)
+        conv = Conversation(engine, responder(fake.base_url), settings, platforms=PLATFORMS)
         try:
             asked = RecordingReplier()
             await conv.handle_message(general.message(BOB, QUESTION, addressed=True), asked)
@@ -508,7 +508,7 @@ async def test_a_remote_bot_judges_relevance_by_meaning_as_an_embedded_one(
     engine = await MemoryEngine.open(tmp_path / "concepts", ConceptEmbedder())
     try:
         async with running(engine, api_keys=KEYS) as srv:
-            local = Conversation(engine, Responder(None), settings)
+            local = Conversation(engine, Responder(None), settings, platforms=PLATFORMS)
             said = general.message(ALICE, "Postgres was picked for the billing service")
             await local.handle_message(said, RecordingReplier())
             await local.handle_message(

@@ -16,10 +16,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from bot.app import PLATFORMS
 from bot.core.conversation import Conversation
+from bot.core.events import dm_org
 from bot.core.responder import Responder
 from bot.platforms.slack import adapter as slack_adapter
-from bot.platforms.slack.adapter import SlackAdapter, SlackReplier, split_text
+from bot.platforms.slack.adapter import SlackAdapter
+from bot.platforms.slack.replier import SlackReplier, split_text
 from bot.settings import Settings
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from memory.server.app import create_app
@@ -43,6 +46,7 @@ ORG = "slack:T0FAKETEAM"
 PROJECT = "channelmind"
 ALICE, BOB, CAROL, ADMIN = "U0ALICE01", "U0BOB0001", "U0CAROL01", "U0ADMIN01"
 GENERAL, RANDOM, DM = "C0GENERAL", "C0RANDOM1", "D0ALICE01"
+DM_ORG = dm_org("slack")  # DMs live in the platform's DM org
 SECRET = "test-signing-secret"
 API_KEY = "memory-key-1"
 MARKER = "zorblaxquint"
@@ -105,7 +109,7 @@ async def running(
     fake: FakeSlack, engine: MemoryEngine, *, start: bool = True, **overrides: Any
 ) -> AsyncIterator[SlackAdapter]:
     settings = bot_settings(fake, **overrides)
-    conversation = Conversation(engine, Responder(None), settings)
+    conversation = Conversation(engine, Responder(None), settings, platforms=PLATFORMS)
     adapter = SlackAdapter(conversation, settings)
     try:
         if start:
@@ -128,7 +132,8 @@ async def bot(fake: RecordingSlack, engine: MemoryEngine) -> AsyncIterator[Slack
 
 
 def ref(channel: str, ts: str) -> SourceRef:
-    return SourceRef(org_id=ORG, project_id=PROJECT, platform="slack", source_id=f"{channel}:{ts}")
+    org = DM_ORG if channel == DM else ORG
+    return SourceRef(org_id=org, project_id=PROJECT, platform="slack", source_id=f"{channel}:{ts}")
 
 
 async def eventually(
@@ -456,7 +461,7 @@ async def test_retries_and_mention_twins_are_handled_once(
     await bot.close()
     assert len(posts(fake, DM)) == 1
     assert [p["thread_ts"] for p in posts(fake, GENERAL)] == [ask["ts"], alone["ts"]]
-    dms = Scope(org_id=ORG, project_id=PROJECT, produced_for=f"slack:{DM}")
+    dms = Scope(org_id=DM_ORG, project_id=PROJECT, produced_for=f"slack:{DM}")
     assert await engine.count(dms) == 2  # the question and the one answer
 
 
@@ -502,7 +507,7 @@ async def test_slack_api_errors_are_survived(
     assert third["ts"] not in {p.get("thread_ts") for p in posts(fake)}
     await bot.close()  # lets the last answer be stored
     replies = await engine.list(
-        Scope(org_id=ORG, project_id=PROJECT, produced_for=f"slack:{DM}"), "role = 'assistant'"
+        Scope(org_id=DM_ORG, project_id=PROJECT, produced_for=f"slack:{DM}"), "role = 'assistant'"
     )
     assert len(replies) == 3  # the failed answer was not stored as said
 

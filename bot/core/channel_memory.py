@@ -17,19 +17,24 @@ from typing import Any
 
 from bot.settings import Settings
 from memory import Episode, Scope, SourceRef, parse_filter
+from memory.client import MemoryAccessDenied
 from memory.engine import embed_text
 from memory.interface import Memory, similarities
-from memory.model import utcnow
+from memory.model import LINK_KEY, NAME_KEY, utcnow
 from memory.semantic import SemanticMemory
 from memory.text import plural
 
-from .events import MessageEvent, Place
+from .events import MessageEvent, Place, dm_org
 
 log = logging.getLogger(__name__)
 
-#: Per-user settings, stored with ``engine.set_setting(org, project, user, key, value)``.
+#: Per-user settings, stored with ``memory.set_setting(org, project, user, key, value)``.
 MEMORY_KEY = "memory"  # "off" when the user opted out of being stored
 NOTICE_KEY = "memory_off_notice"  # "sent" once the bot told an opted-out user so
+#: Episode metadata the chat layer writes besides the memory's own (NAME_KEY, LINK_KEY).
+MENTIONS_BOT = "mentions_bot"  # the message mentioned the bot (or replied to it)
+IS_DM = "is_dm"
+CHANNEL_NAME = "channel_name"
 
 PEOPLE = parse_filter("role != 'assistant'")  # what people (and other bots) said
 BOT_REPLIES = parse_filter("role = 'assistant'")
@@ -69,9 +74,9 @@ class Forgotten:
 
 class ChannelMemory:
     def __init__(
-        self, engine: Memory, settings: Settings, semantic: SemanticMemory | None = None
+        self, memory: Memory, settings: Settings, semantic: SemanticMemory | None = None
     ) -> None:
-        self.engine = engine
+        self.memory = memory
         self.settings = settings
         self.semantic = semantic
 
@@ -105,19 +110,19 @@ class ChannelMemory:
     # -- opting out ------------------------------------------------------------------------
 
     async def opted_out(self, org_id: str, user: str) -> bool:
-        return await self.engine.get_setting(org_id, self.project, user, MEMORY_KEY) == "off"
+        return await self.memory.get_setting(org_id, self.project, user, MEMORY_KEY) == "off"
 
     async def set_memory(self, org_id: str, user: str, on: bool) -> None:
-        await self.engine.set_setting(org_id, self.project, user, MEMORY_KEY, None if on else "off")
-        await self.engine.set_setting(org_id, self.project, user, NOTICE_KEY, None)
+        await self.memory.set_setting(org_id, self.project, user, MEMORY_KEY, None if on else "off")
+        await self.memory.set_setting(org_id, self.project, user, NOTICE_KEY, None)
         if not on and self.semantic is not None:
             self.semantic.discard(org_id=org_id, producer=user)
 
     async def first_notice(self, org_id: str, user: str) -> bool:
         """True exactly once after a user opted out: the bot tells them, then stays quiet."""
-        if await self.engine.get_setting(org_id, self.project, user, NOTICE_KEY):
+        if await self.memory.get_setting(org_id, self.project, user, NOTICE_KEY):
             return False
-        await self.engine.set_setting(org_id, self.project, user, NOTICE_KEY, "sent")
+        await self.memory.set_setting(org_id, self.project, user, NOTICE_KEY, "sent")
         return True
 
     # -- storing ---------------------------------------------------------------------------
@@ -126,11 +131,13 @@ class ChannelMemory:
         """Store a message as an episode (idempotent by source); returns it with its uid."""
         place = event.place
         metadata: dict[str, Any] = dict(event.metadata)
-        metadata.update(display_name=event.author.display_name, is_dm=place.is_dm)
+        metadata.update({NAME_KEY: event.author.display_name, IS_DM: place.is_dm})
         if place.channel_name:
-            metadata["channel_name"] = place.channel_name
+            metadata[CHANNEL_NAME] = place.channel_name
         if event.link:
-            metadata["permalink"] = event.link
+            metadata[LINK_KEY] = event.link
+        if event.mentions_bot:
+            metadata[MENTIONS_BOT] = True
         if event.author.is_bot:
             metadata["is_bot"] = True
         episode = Episode(
@@ -146,16 +153,16 @@ class ChannelMemory:
             thread_id=place.thread_id,
             metadata=metadata,
         )
-        (uid,) = await self.engine.add([episode])
+        (uid,) = await self.memory.add([episode])
         return episode.model_copy(update={"uid": uid})
 
     async def store_reply(
         self, place: Place, text: str, source_id: str | None, metadata: dict[str, Any]
     ) -> Episode:
         """Store the bot's own reply, produced by the bot, for the channel."""
-        meta: dict[str, Any] = {"display_name": self.settings.bot_name, "is_dm": place.is_dm}
+        meta: dict[str, Any] = {NAME_KEY: self.settings.bot_name, IS_DM: place.is_dm}
         if place.channel_name:
-            meta["channel_name"] = place.channel_name
+            meta[CHANNEL_NAME] = place.channel_name
         meta.update(metadata)
         episode = Episode(
             org_id=place.org_id,
@@ -170,7 +177,7 @@ class ChannelMemory:
             thread_id=place.thread_id,
             metadata=meta,
         )
-        (uid,) = await self.engine.add([episode])
+        (uid,) = await self.memory.add([episode])
         return episode.model_copy(update={"uid": uid})
 
     # -- reading ---------------------------------------------------------------------------
@@ -193,10 +200,10 @@ class ChannelMemory:
         scope = self.scope(place)
         skip = set(exclude)
         hybrid, keyword = await asyncio.gather(
-            self.engine.search(
+            self.memory.search(
                 query, scope, PEOPLE, top_k=top_k + len(skip), expand_context=expand
             ),
-            self.engine.search(query, scope, PEOPLE, top_k=max(50, top_k * 5), mode="keyword"),
+            self.memory.search(query, scope, PEOPLE, top_k=max(50, top_k * 5), mode="keyword"),
         )
         words = {h.episode.uid for h in keyword.hits}
         hits = [
@@ -219,7 +226,7 @@ class ChannelMemory:
         if not episodes:
             return set()
         try:
-            sims = await similarities(self.engine, query, [embed_text(e) for e in episodes])
+            sims = await similarities(self.memory, query, [embed_text(e) for e in episodes])
         except Exception:
             log.exception("relevance check failed; using keyword matches only")
             return set()
@@ -233,7 +240,7 @@ class ChannelMemory:
         if n <= 0:
             return []
         skip = set(exclude)
-        rows = await self.engine.recent(
+        rows = await self.memory.recent(
             self.scope(place, thread=place.thread_id is not None), n + len(skip)
         )
         return [e for e in rows if e.uid not in skip][-n:]
@@ -244,17 +251,17 @@ class ChannelMemory:
         """Forget episodes of this project by uid, the facts that cite only them, and the
         bot's answers given to them or quoting them."""
         project = self.project
-        episodes = await self.engine.get(org_id, project, uids)
+        episodes = await self.memory.get(org_id, project, uids)
         if not episodes:
             return Forgotten()
         gone = {e.uid for e in episodes}
         facts = 0
         for channel in {e.produced_for for e in episodes}:
-            cited = await self.engine.facts(
+            cited = await self.memory.facts(
                 org_id, project, produced_for=channel, include_superseded=True
             )
             facts += sum(1 for f in cited if f.citations and set(f.citations) <= gone)
-        deleted = await self.engine.delete(org_id, project, sorted(gone))
+        deleted = await self.memory.delete(org_id, project, sorted(gone))
         if self.semantic is not None:
             self.semantic.discard(uids=deleted)
         replies = await self._derived_replies(
@@ -270,9 +277,20 @@ class ChannelMemory:
         return result
 
     async def forget_user(self, org_id: str, user: str) -> Forgotten:
-        """Everything ``user`` said in the org (every project), the facts about them, and the
-        bot's answers to them or quoting them."""
-        report = await self.engine.forget(org_id, producer=user)
+        """Everything ``user`` said in the org (every project) and in their DMs with the bot
+        (the platform's DM org), the facts about them, and the bot's answers to them or
+        quoting them."""
+        result = await self._forget_user_in(org_id, user, None)
+        dms = dm_org(user.split(":", 1)[0])
+        if dms != org_id:
+            try:  # the bot's own project: a DM may hold only a /remember, so no project row
+                result += await self._forget_user_in(dms, user, self.project)
+            except MemoryAccessDenied:
+                log.info("memory: no access to %s, so no DMs of %s kept there", dms, user)
+        return result
+
+    async def _forget_user_in(self, org_id: str, user: str, project: str | None) -> Forgotten:
+        report = await self.memory.forget(org_id, project_id=project, producer=user)
         if self.semantic is not None:
             self.semantic.discard(org_id=org_id, producer=user)
         result = Forgotten(messages=report.episodes, facts=report.facts)
@@ -285,11 +303,11 @@ class ChannelMemory:
         """Everything said in a channel (the bot's answers too) and every fact learned there."""
         org, project, channel = place.org_id, self.project, place.channel_id
         scope = Scope(org_id=org, project_id=project, produced_for=channel)
-        replies = await self.engine.count(scope, BOT_REPLIES)
-        report = await self.engine.forget(org, project_id=project, produced_for=channel)
+        replies = await self.memory.count(scope, BOT_REPLIES)
+        report = await self.memory.forget(org, project_id=project, produced_for=channel)
         # Facts that cite no message (``/remember``) were learned here too.
-        left = await self.engine.facts(org, project, produced_for=channel, include_superseded=True)
-        removed = await self.engine.delete_facts(org, project, [f.uid for f in left])
+        left = await self.memory.facts(org, project, produced_for=channel, include_superseded=True)
+        removed = await self.memory.delete_facts(org, project, [f.uid for f in left])
         if self.semantic is not None:
             self.semantic.discard(org_id=org, produced_for=channel)
         return Forgotten(
@@ -309,7 +327,7 @@ class ChannelMemory:
         for scope in scopes:
             page = 0
             while True:
-                rows = await self.engine.list(scope, BOT_REPLIES, page_size=PAGE, page_num=page)
+                rows = await self.memory.list(scope, BOT_REPLIES, page_size=PAGE, page_num=page)
                 for ep in rows:
                     meta = ep.metadata
                     cited = set(meta.get("cited_uids") or ())
@@ -335,8 +353,8 @@ class ChannelMemory:
         cutoff = (now or utcnow()) - timedelta(days=days)
         older = f"created_at < date('{cutoff.isoformat()}')"
         total = 0
-        for org, project in await self.engine.list_projects():
+        for org, project in await self.memory.list_projects():
             if project == self.project:
-                report = await self.engine.forget(org, project_id=project, filters=older)
+                report = await self.memory.forget(org, project_id=project, filters=older)
                 total += report.episodes
         return total

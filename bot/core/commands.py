@@ -2,9 +2,9 @@
 
 Every answer goes to the person who asked only (``Replier.ephemeral``). What a command may
 touch follows the privacy rules: ``/recall`` reads this channel; ``/forget <message>`` deletes
-only a message the asker wrote; ``/forget channel`` needs a channel admin (the adapter decides
-with the platform's rules; ``CHANNELMIND_ADMINS`` may add people; in a DM the user is its
-owner); every forget reports what it deleted, counted.
+only a message the asker wrote; ``/forget channel`` needs a channel admin: the platform's own
+admin flag, or a qualified id listed in ``CHANNELMIND_ADMINS``, or (in a DM) the user, its
+owner; every forget reports what it deleted, counted.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
 
+from bot.platforms.base import MessageRef, Platforms
 from bot.settings import Settings
 from memory import Fact, Scope
 from memory.semantic import current_fact, normalize_feature, supersede
 from memory.text import one_line, plural
 
 from .channel_memory import ChannelMemory, Forgotten
-from .events import CommandEvent, Place, Replier, discord_source_id, pid, slack_source_id
-from .responder import day, escape, link
+from .events import CommandEvent, Place, Replier
+from .responder import day
 
 log = logging.getLogger(__name__)
 
@@ -37,55 +37,22 @@ HELP = {
     "memory": "Usage: /memory (what I keep), /memory off (stop storing you), /memory on",
 }
 
-SLACK_LINK = re.compile(
-    r"https?://[^/\s]+/archives/(?P<channel>[A-Z0-9]+)/p(?P<secs>\d{10})(?P<micros>\d{6})",
-    re.IGNORECASE,
-)
-DISCORD_LINK = re.compile(
-    r"https?://(?:(?:ptb|canary)\.)?discord(?:app)?\.com/channels/"
-    r"(?P<guild>\d+|@me)/(?P<channel>\d+)/(?P<message>\d+)",
-    re.IGNORECASE,
-)
-SLACK_TS = re.compile(r"^\d{10}\.\d{6}$")
 FACT_PAIR = re.compile(r"^(?P<feature>[\w][\w \-]{0,39}?)\s*[:=]\s*(?P<value>\S.*)$", re.UNICODE)
 
 
-@dataclass(frozen=True)
-class MessageRef:
-    """A message named by a link or an id: its platform and source id."""
-
-    platform: str
-    source_id: str
-    guild: str | None = None  # the Discord server of a jump URL ("@me" for DMs)
-
-
-def raw_id(qualified: str) -> str:
-    """``"slack:C123"`` -> ``"C123"``."""
-    return qualified.split(":", 1)[1] if ":" in qualified else qualified
-
-
-def parse_message_ref(text: str, place: Place) -> MessageRef | None:
-    """A Slack permalink (``.../archives/C123/p1700000000000100``), a Discord jump URL
-    (``https://discord.com/channels/G/C/M``) or a message id as the platform stores it
-    (``C123:1700000000.000100`` or a bare ts of this channel on Slack; the snowflake on
-    Discord; the id shown by the console)."""
+def parse_message_ref(text: str, place: Place, platforms: Platforms) -> MessageRef | None:
+    """A message link of any platform (so that a link from elsewhere is recognised and
+    refused), or a message id as the platform of ``place`` stores it (a bare ts of this
+    channel on Slack, a snowflake on Discord, the id shown by the console)."""
     text = text.strip().strip("<>").split("|", 1)[0].strip()
     if not text or any(c.isspace() for c in text):
         return None
-    if m := SLACK_LINK.search(text):
-        ts = f"{m['secs']}.{m['micros']}"
-        return MessageRef("slack", slack_source_id(m["channel"].upper(), ts))
-    if m := DISCORD_LINK.search(text):
-        return MessageRef("discord", discord_source_id(m["message"]), m["guild"])
+    for platform in platforms:
+        if (ref := platform.parse_link(text)) is not None:
+            return ref
     if text.startswith(("http://", "https://")):
         return None
-    if place.platform == "slack" and SLACK_TS.match(text):
-        return MessageRef("slack", slack_source_id(raw_id(place.channel_id), text))
-    return MessageRef(place.platform, text)
-
-
-def org_word(platform: str) -> str:
-    return {"slack": "workspace", "discord": "server"}.get(platform, "organization")
+    return MessageRef(place.platform, platforms.of(place.platform).message_id(text, place))
 
 
 def here(place: Place) -> str:
@@ -94,11 +61,16 @@ def here(place: Place) -> str:
     return f"#{place.channel_name.lstrip('#')}" if place.channel_name else "this channel"
 
 
+def org_word(place: Place, platforms: Platforms) -> str:
+    """What the org of ``place`` is called: a DM is its own ("conversation")."""
+    return "conversation" if place.is_dm else platforms.of(place.platform).org_word
+
+
 class Commands:
-    def __init__(self, channels: ChannelMemory, settings: Settings) -> None:
+    def __init__(self, channels: ChannelMemory, settings: Settings, platforms: Platforms) -> None:
         self.channels = channels
         self.settings = settings
-        self.engine = channels.engine
+        self.platforms = platforms
 
     async def handle(self, event: CommandEvent, replier: Replier) -> str:
         """Run a command and answer the asker only. Returns the text sent."""
@@ -134,7 +106,8 @@ class Commands:
         place = event.place
         found = await self.channels.search(query, place, top_k=self.settings.recall_top_k)
         hits = [f.episode for f in found if f.relevant]
-        shown = escape(one_line(query, 80), place.platform)
+        write = self.platforms.of(place.platform)
+        shown = write.escape(one_line(query, 80))
         if not hits:
             return f"I don't remember anything about “{shown}” in {here(place)}."
         lines = [f"What I remember about “{shown}” in {here(place)}:"]
@@ -142,9 +115,9 @@ class Commands:
             url = ep.link
             if url is None and ep.source_id:
                 url = await _permalink(replier, ep.source_id)
-            when = link(url, day(ep.created_at), place.platform)
-            author = escape(ep.display_name, place.platform)
-            excerpt = escape(one_line(ep.content, 200), place.platform)
+            when = write.link(url, day(ep.created_at))
+            author = write.escape(ep.display_name)
+            excerpt = write.escape(one_line(ep.content, 200))
             lines.append(f"• {author}, {when}: {excerpt}")
         return "\n".join(lines)
 
@@ -158,7 +131,7 @@ class Commands:
             return await self.forget_me(event)
         if word in ("channel", "this channel"):
             return await self.forget_channel(event)
-        ref = parse_message_ref(arg, event.place)
+        ref = parse_message_ref(arg, event.place, self.platforms)
         if ref is None:
             return f"I can't read “{one_line(arg, 80)}” as a message link or id. {HELP['forget']}"
         return await self.forget_message(event, ref)
@@ -166,7 +139,7 @@ class Commands:
     async def forget_me(self, event: CommandEvent) -> str:
         place = event.place
         done = await self.channels.forget_user(place.org_id, event.author.id)
-        where = org_word(place.platform)
+        where = org_word(place, self.platforms)
         if not (done.messages or done.facts or done.replies):
             return f"I had nothing from you in this {where}: nothing to forget."
         return f"Done. I forgot everything you said in this {where}: {done.describe()}."
@@ -189,13 +162,10 @@ class Commands:
                 f"That link is from {ref.platform}; here I can only forget"
                 f" {place.platform} messages."
             )
-        if (
-            ref.guild is not None
-            and ref.guild != "@me"
-            and pid("discord", ref.guild) != place.org_id
-        ):
-            return "That message is from another server; I can only forget messages of this one."
-        episode = await self.engine.get_by_source(self.channels.ref(place, ref.source_id))
+        if ref.org_id is not None and ref.org_id != place.org_id:
+            where = self.platforms.of(place.platform).org_word
+            return f"That message is from another {where}; I can only forget messages of this one."
+        episode = await self.channels.memory.get_by_source(self.channels.ref(place, ref.source_id))
         if episode is None:
             return "I have no such message in memory (it may be forgotten already)."
         answer_to_asker = (
@@ -224,7 +194,7 @@ class Commands:
             digest = hashlib.sha256(value.lower().encode()).hexdigest()[:8]
             feature = f"note_{digest}"
         project = self.settings.project
-        known = await self.engine.facts(
+        known = await self.channels.memory.facts(
             place.org_id, project, subject=event.author.id, produced_for=place.channel_id
         )
         fact = Fact(
@@ -238,9 +208,9 @@ class Commands:
             value=value,
             metadata={"source": "remember", "display_name": event.author.display_name},
         )
-        if await supersede(self.engine, fact, current_fact(known, feature)) is None:
+        if await supersede(self.channels.memory, fact, current_fact(known, feature)) is None:
             return f"I already know that, and use it in {here(place)}."
-        shown = escape(one_line(value, 120), place.platform)
+        shown = self.platforms.of(place.platform).escape(one_line(value, 120))
         return (
             f"Noted: “{shown}”. I'll use it when you ask me in {here(place)}."
             " (/forget me removes it.)"
@@ -256,10 +226,11 @@ class Commands:
             if word == "on":
                 return "Memory is on again: I'll remember what you say from now on."
             kept = await self._messages_of(place.org_id, user)
+            where = org_word(place, self.platforms)
             return (
-                f"Memory is off for you: I won't store what you say in this"
-                f" {org_word(place.platform)} from now on. I still keep {plural(kept, 'message')}"
-                " you wrote before; /forget me deletes them."
+                f"Memory is off for you: I won't store what you say in this {where} from now"
+                f" on. I still keep {plural(kept, 'message')} you wrote before; /forget me"
+                " deletes them."
             )
         if arg:
             return HELP["memory"]
@@ -270,7 +241,7 @@ class Commands:
         project = self.settings.project
         off = await self.channels.opted_out(place.org_id, user)
         total = await self._messages_of(place.org_id, user)
-        in_channel = await self.engine.count(
+        in_channel = await self.channels.memory.count(
             Scope(
                 org_id=place.org_id,
                 project_id=project,
@@ -278,13 +249,13 @@ class Commands:
                 produced_for=place.channel_id,
             )
         )
-        facts = await self.engine.facts(
+        facts = await self.channels.memory.facts(
             place.org_id, project, subject=user, produced_for=place.channel_id
         )
-        channel = await self.engine.count(self.channels.scope(place))
+        channel = await self.channels.memory.count(self.channels.scope(place))
         days = self.settings.retention_days
         retention = f"for {days} days" if days else "until they are deleted"
-        where = org_word(place.platform)
+        where = org_word(place, self.platforms)
         return "\n".join(
             [
                 f"Memory for you in this {where}: {'OFF' if off else 'on'}.",
@@ -301,9 +272,10 @@ class Commands:
 
     async def _messages_of(self, org_id: str, user: str) -> int:
         total = 0
-        projects = {p for _, p in await self.engine.list_projects(org_id)} | {self.settings.project}
+        kept = await self.channels.memory.list_projects(org_id)
+        projects = {p for _, p in kept} | {self.settings.project}
         for project in sorted(projects):
-            total += await self.engine.count(
+            total += await self.channels.memory.count(
                 Scope(org_id=org_id, project_id=project, producer=user)
             )
         return total

@@ -17,24 +17,18 @@ The order of a message's handling is the privacy and reliability model:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
+from bot.platforms.base import Platform, Platforms
 from bot.settings import Settings
 from memory import Episode, InvalidInput, interface
 from memory.lru import LruSet
 from memory.semantic import SemanticMemory
 
-from .channel_memory import ChannelMemory, Forgotten
+from .channel_memory import BOT_REPLIES, MENTIONS_BOT, ChannelMemory, Forgotten
 from .commands import Commands
-from .events import CommandEvent, DeleteEvent, EditEvent, MessageEvent, Replier
-from .responder import (
-    Answer,
-    AnswerContext,
-    Memory,
-    Responder,
-    answer_metadata,
-    citation,
-    render,
-)
+from .events import CommandEvent, DeleteEvent, EditEvent, MessageEvent, Place, Replier
+from .responder import Answer, AnswerContext, Quote, Responder, answer_metadata, citation
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +39,7 @@ OPTED_OUT_NOTICE = (
 SORRY = "Sorry, something went wrong while I was answering. Please try again."
 MAX_FACTS_IN_PROMPT = 20
 SEEN_EVENTS = 10_000
+THREADS = 10_000  # threads the bot is known to be part of
 
 
 class Conversation:
@@ -56,16 +51,75 @@ class Conversation:
         responder: Responder,
         settings: Settings,
         semantic: SemanticMemory | None = None,
+        platforms: Iterable[Platform] = (),
     ) -> None:
         self.memory = memory
         self.responder = responder
         self.settings = settings
         self.semantic = semantic if settings.semantic else None
+        self.platforms = Platforms(platforms)
         self.channels = ChannelMemory(memory, settings, self.semantic)
-        self.commands = Commands(self.channels, settings)
+        self.commands = Commands(self.channels, settings, self.platforms)
         self._seen: LruSet[tuple[str, str, str]] = LruSet(SEEN_EVENTS)
+        #: (org, channel, thread root) of threads the bot answered in or started
+        self._threads: LruSet[tuple[str, str, str]] = LruSet(THREADS)
 
     # -- messages --------------------------------------------------------------------------
+
+    async def addressed(self, event: MessageEvent) -> bool:
+        """Whether the bot answers ``event``: the one rule for every platform. A person (never
+        a bot) talks to it when they DM it, mention it or reply to one of its messages, or
+        write in a thread it is part of."""
+        if event.author.is_bot:
+            return False
+        if event.place.is_dm or event.mentions_bot:
+            return True
+        return await self.in_bot_thread(event.place)
+
+    async def in_bot_thread(self, place: Place) -> bool:
+        """The bot answered in this thread, or its first message mentions it or is the
+        bot's (known from answering, or else from memory)."""
+        if place.thread_id is None:
+            return False
+        root = self.platforms.of(place.platform).thread_root(place)
+        key = (place.org_id, place.channel_id, root or place.thread_id)
+        if key in self._threads:
+            return True
+        try:
+            thread = self.channels.scope(place, thread=True)
+            joined = bool(await self.memory.count(thread, BOT_REPLIES))
+            if not joined and root is not None:
+                first = await self.memory.get_by_source(self.channels.ref(place, root))
+                joined = first is not None and (
+                    first.producer == self.channels.bot_id(place)
+                    or bool(first.metadata.get(MENTIONS_BOT))
+                )
+        except Exception:
+            log.exception("memory: cannot tell whether the bot is in thread %s", place.thread_id)
+            return False
+        if joined:
+            self._threads.add(key)
+        return joined
+
+    def _joined(self, place: Place, source_id: str) -> None:
+        """The bot answered ``source_id`` in ``place``: it is part of that message's thread
+        (the one it is in, or the one the answer starts on it)."""
+        if place.is_dm:
+            return
+        if place.thread_id is not None:
+            root = self.platforms.of(place.platform).thread_root(place) or place.thread_id
+        else:
+            root = source_id
+        self._threads.add((place.org_id, place.channel_id, root))
+
+    async def find_message(self, place: Place, source_id: str) -> Episode | None:
+        """The stored record of a message of this place's org, or None (also when the memory
+        cannot be read)."""
+        try:
+            return await self.memory.get_by_source(self.channels.ref(place, source_id))
+        except Exception:
+            log.warning("memory: looking up message %s failed", source_id, exc_info=True)
+            return None
 
     async def handle_message(self, event: MessageEvent, replier: Replier) -> Episode | None:
         """Store a message and answer it when addressed. Returns the stored episode."""
@@ -101,7 +155,7 @@ class Conversation:
                 except Exception:
                     log.exception("semantic memory: observe failed")
 
-        if not event.addressed or event.author.is_bot or not event.text.strip():
+        if not event.text.strip() or not await self.addressed(event):
             return stored
         if opted_out and not unknown:
             try:
@@ -120,7 +174,7 @@ class Conversation:
             try:
                 ctx = await self.gather(event, asked)
                 answer = await self.responder.respond(ctx)
-                text = await self._render(answer, replier, place.platform)
+                text = await self._render(answer, replier, self.platforms.of(place.platform))
             except Exception:
                 log.exception("answering %s failed", event.source_id)
                 answer, text = Answer(SORRY, (), "nothing"), SORRY
@@ -129,6 +183,7 @@ class Conversation:
             except Exception:
                 log.exception("posting the reply to %s failed", event.source_id)
                 return
+        self._joined(place, event.source_id)
         if not store_reply:
             return
         try:
@@ -180,14 +235,14 @@ class Conversation:
         rank = {f.episode.uid: i for i, f in enumerate(found)}
         by_time = sorted(found, key=lambda f: f.episode.created_at)
         ctx.memories = [
-            Memory(n, f.episode, relevant=f.relevant, rank=rank[f.episode.uid])
+            Quote(n, f.episode, relevant=f.relevant, rank=rank[f.episode.uid])
             for n, f in enumerate(by_time, 1)
         ]
         start = len(ctx.memories) + 1
-        ctx.recent = [Memory(n, ep, relevant=False) for n, ep in enumerate(recent, start)]
+        ctx.recent = [Quote(n, ep, relevant=False) for n, ep in enumerate(recent, start)]
         return ctx
 
-    async def _render(self, answer: Answer, replier: Replier, platform: str) -> str:
+    async def _render(self, answer: Answer, replier: Replier, platform: Platform) -> str:
         citations = []
         for m in answer.cited:
             link = m.episode.link
@@ -197,7 +252,7 @@ class Conversation:
                 except Exception:
                     log.warning("no permalink for %s", m.episode.source_id, exc_info=True)
             citations.append(citation(m, link))
-        return render(answer.text, citations, platform, sources=answer.kind == "llm")
+        return platform.render(answer.text, citations, sources=answer.kind == "llm")
 
     # -- edits, deletions, commands --------------------------------------------------------
 

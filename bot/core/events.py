@@ -1,12 +1,20 @@
-"""Platform-neutral events: what the Slack, Discord and console adapters hand to the core.
+"""Platform-neutral events: what the adapters (:mod:`bot.platforms`) hand to the core.
 
 Adapters translate and nothing else. They turn a platform event into one of these, and give the
 core a :class:`Replier` that knows how to answer in that place (in-thread, ephemeral, with a
-typing sign). The core decides what to remember and how to answer.
+typing sign). The core decides what to remember, whether the bot is addressed and how to answer.
 
 Ids are ``<platform>:<id>`` strings (``slack:U024BE7LH``, ``discord:81384788765712384``), so
 that memory never confuses two platforms' users or channels; display names ride along in
 metadata and are what the LLM sees.
+
+DMs are scoped by one rule for every platform: a DM is a channel of the platform's DM org,
+``<platform>:dm`` (``slack:dm``, ``discord:dm``), never of a workspace or server. Like every
+channel it reads only itself, so nothing said there is found from a channel, a workspace-wide
+search or another person's DM; every event about a DM finds its memory from the platform alone
+(Discord's raw deletions name nothing but the DM channel); and ``/forget me`` anywhere on the
+platform reaches the asker's DMs too. :class:`Place` applies the rule, so an adapter only
+says that a place is a DM.
 """
 
 from __future__ import annotations
@@ -24,15 +32,14 @@ def pid(platform: str, raw_id: str) -> str:
     return f"{platform}:{raw_id}"
 
 
-def slack_source_id(channel: str, ts: str) -> str:
-    """The source id of a Slack message: the raw channel id and the message ts,
-    ``"C123:1700000000.000100"`` (a ts is unique only within its channel)."""
-    return f"{channel}:{ts}"
+def raw_id(qualified: str) -> str:
+    """``"slack:C123"`` -> ``"C123"``."""
+    return qualified.split(":", 1)[1] if ":" in qualified else qualified
 
 
-def discord_source_id(message_id: str) -> str:
-    """The source id of a Discord message: its snowflake, unique across Discord."""
-    return message_id
+def dm_org(platform: str) -> str:
+    """The org of every DM on a platform: ``dm_org("slack") == "slack:dm"``."""
+    return pid(platform, "dm")
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class Place:
     """Where something was said, and so where an answer goes."""
 
     platform: str  # "slack", "discord", "console"
-    org_id: str  # the Slack team or Discord guild, platform-qualified ("slack:T1")
+    org_id: str  # the Slack team or Discord guild, platform-qualified ("slack:T1"); see DMs
     channel_id: str  # platform-qualified channel (a DM's own channel for DMs)
     thread_id: str | None = None  # platform-qualified thread (Slack thread_ts, Discord thread)
     is_dm: bool = False
@@ -56,15 +63,21 @@ class Place:
     #: ("slack:U0BOT"). The core stores the bot's replies under it (else "<platform>:bot").
     bot_id: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.is_dm:  # the DM rule (see the module): whatever org the adapter saw
+            object.__setattr__(self, "org_id", dm_org(self.platform))
+
 
 @dataclass(frozen=True)
 class MessageEvent:
     place: Place
     author: Author
     text: str
-    source_id: str  # unique in the org; slack_source_id() / discord_source_id() build it
+    source_id: str  # unique in the org, as the platform builds it (Platform.source_id)
     created_at: datetime
-    addressed: bool  # mention, DM, reply to the bot, or a thread the bot is in
+    #: The message mentions the bot or replies to one of its messages (the platform's own
+    #: ways of speaking to it). Whether the bot answers is the core's decision.
+    mentions_bot: bool
     link: str | None = None  # permalink / jump URL when already known
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -89,7 +102,9 @@ class CommandEvent:
     author: Author
     name: CommandName
     text: str  # the arguments as typed, e.g. "me", "channel", a link, a fact
-    is_channel_admin: bool  # decided by the adapter with the platform's own rules
+    #: The platform says the asker may manage this channel (its own admin flag only:
+    #: CHANNELMIND_ADMINS and DMs are the core's rule).
+    is_channel_admin: bool
     target_source_id: str | None = None  # "Forget this message" shortcut / context menu
 
 
@@ -121,7 +136,7 @@ class Replier(Protocol):
         ...
 
     async def permalink(self, source_id: str) -> str | None:
-        """A link to a stored message of this org, for citations (cached by the adapter)."""
+        """A link to a message of this org, for citations (cached by the adapter)."""
         ...
 
 

@@ -1,13 +1,10 @@
 """Prompt building and the LLM call, with an extractive fallback; citation rendering.
 
 Citations are structured. The responder answers in a neutral form: plain text in which ``[n]``
-refers to the n-th numbered message of the prompt, plus the list of messages it cited
-(:class:`Answer`). The core then resolves each cited message's link (the stored permalink, or
-``Replier.permalink``) and :func:`render` formats the text for the platform of the place:
-Slack mrkdwn ``<url|[n]>``, Discord markdown ``[n](<url>)`` (the number is the link; angle
-brackets suppress the embed), and, for the console and anything else, ``[n]`` with a
-"Sources" list under the answer. A citation without a link stays ``[n]``. Adapters
-therefore post the text they are given and format nothing; the rule lives here, once.
+refers to the n-th numbered message of the prompt (a :class:`Quote`), plus the list of messages
+it cited (:class:`Answer`). The core then resolves each cited message's link (the stored
+permalink, or ``Replier.permalink``) and the place's platform writes the answer in its own
+syntax (:meth:`bot.platforms.base.Platform.render`); a citation without a link stays ``[n]``.
 
 Without an LLM (no ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``), or when the call fails for any
 reason (timeout, 429/5xx after the client's retries with backoff, malformed JSON...), the
@@ -20,7 +17,6 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -53,13 +49,12 @@ _QUESTION = re.compile(
     re.IGNORECASE,
 )
 _CITE = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-_NUMBER = re.compile(r"\[(\d{1,3})\]")
 
 AnswerKind = Literal["llm", "extractive", "nothing"]
 
 
 @dataclass(frozen=True)
-class Memory:
+class Quote:
     """A message the prompt quotes under a number the answer may cite."""
 
     number: int
@@ -75,21 +70,21 @@ class AnswerContext:
     question: str
     asker: str  # display name
     place: Place
-    memories: list[Memory] = field(default_factory=list)  # relevant past messages
-    recent: list[Memory] = field(default_factory=list)  # the recent window, oldest first
+    memories: list[Quote] = field(default_factory=list)  # relevant past messages
+    recent: list[Quote] = field(default_factory=list)  # the recent window, oldest first
     facts: list[Fact] = field(default_factory=list)  # the asker's facts, this channel
     now: datetime = field(default_factory=utcnow)
     memory_error: bool = False  # the memory could not be read
     stored: bool = False  # the question itself was stored (so a statement can be "noted")
 
-    def numbered(self) -> dict[int, Memory]:
+    def numbered(self) -> dict[int, Quote]:
         return {m.number: m for m in [*self.memories, *self.recent]}
 
 
 @dataclass(frozen=True)
 class Answer:
     text: str  # neutral: plain text, ``[n]`` cites message n
-    cited: tuple[Memory, ...] = ()
+    cited: tuple[Quote, ...] = ()
     kind: AnswerKind = "llm"
 
 
@@ -135,7 +130,7 @@ def system_prompt(bot_name: str, place: Place) -> str:
     )
 
 
-def _quote(m: Memory, bot_name: str) -> str:
+def _quote(m: Quote, bot_name: str) -> str:
     ep = m.episode
     who = f"{bot_name} (this bot)" if ep.role == "assistant" else ep.display_name
     text = strip_citations(ep.content) if ep.role == "assistant" else ep.content
@@ -168,11 +163,11 @@ def user_prompt(ctx: AnswerContext, bot_name: str) -> str:
     return "\n".join(lines)
 
 
-def parse_citations(text: str, ctx: AnswerContext) -> tuple[str, tuple[Memory, ...]]:
+def parse_citations(text: str, ctx: AnswerContext) -> tuple[str, tuple[Quote, ...]]:
     """Normalise ``[1, 2]`` to ``[1][2]``, drop numbers the prompt never gave, and return the
     cited messages in order of first citation."""
     known = ctx.numbered()
-    cited: dict[int, Memory] = {}
+    cited: dict[int, Quote] = {}
 
     def fix(match: re.Match[str]) -> str:
         numbers = [int(n) for n in match.group(1).split(",")]
@@ -305,7 +300,7 @@ class Responder:
 # -- rendering ------------------------------------------------------------------------------
 
 
-def citation(m: Memory, link: str | None) -> Citation:
+def citation(m: Quote, link: str | None) -> Citation:
     ep = m.episode
     return Citation(
         number=m.number,
@@ -314,59 +309,6 @@ def citation(m: Memory, link: str | None) -> Citation:
         link=link,
         excerpt=one_line(ep.content, EXCERPT_CHARS),
     )
-
-
-def slack_escape(text: str) -> str:
-    """Slack mrkdwn control characters; also defuses ``<!channel>`` and ``<@U1>``."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def discord_escape(text: str) -> str:
-    """Defuse mass mentions (adapters should also send ``allowed_mentions=none``)."""
-    return re.sub(r"@(everyone|here)", "@\u200b\\1", text)
-
-
-def link(url: str | None, label: str, platform: str) -> str:
-    """A link in the platform's own syntax; just the label without a URL."""
-    if not url:
-        return label
-    if platform == "slack":
-        return f"<{url}|{slack_escape(label)}>"
-    if platform == "discord":
-        return f"[{label}](<{url}>)"
-    return f"{label} ({url})"
-
-
-def escape(text: str, platform: str) -> str:
-    if platform == "slack":
-        return slack_escape(text)
-    if platform == "discord":
-        return discord_escape(text)
-    return text
-
-
-def render(text: str, citations: Sequence[Citation], platform: str, *, sources: bool = True) -> str:
-    """Format a neutral answer for a platform: ``[n]`` becomes a link to message n. Where
-    there are no inline links (the console), a "Sources" list follows unless ``sources`` is
-    False (an extractive answer names its sources already)."""
-    links = {c.number: c.link for c in citations}
-    body = escape(text, platform)
-    if platform == "slack":
-        return _NUMBER.sub(lambda m: link(links.get(int(m.group(1))), m.group(0), platform), body)
-    if platform == "discord":  # [n](<url>): the number is the link, <> suppresses the embed
-
-        def discord_cite(m: re.Match[str]) -> str:
-            url = links.get(int(m.group(1)))
-            return link(url, m.group(1), platform) if url else m.group(0)
-
-        return _NUMBER.sub(discord_cite, body)
-    if not citations or not sources:
-        return body
-    lines = ["Sources:"]
-    for c in sorted(citations, key=lambda c: c.number):
-        line = f"[{c.number}] {c.author}, {day(c.when)}"
-        lines.append(f"{line}: {c.link}" if c.link else line)
-    return body + "\n\n" + "\n".join(lines)
 
 
 def answer_metadata(answer: Answer, asker_id: str, asker_uid: str | None) -> dict[str, Any]:

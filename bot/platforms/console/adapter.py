@@ -1,7 +1,7 @@
 """The console adapter: the terminal as a chat platform with one channel.
 
 It translates and nothing else: a typed line becomes a :class:`~bot.core.events.MessageEvent`
-(always addressed: the bot is the only one listening) or, when it starts with ``/recall``,
+(said to the bot: it is the only one listening) or, when it starts with ``/recall``,
 ``/forget``, ``/remember`` or ``/memory``, a :class:`~bot.core.events.CommandEvent`; the core's
 replies are printed. The person at the terminal owns the local memory, so they count as the
 channel's admin.
@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, TextIO, cast, get_args
+from typing import TYPE_CHECKING, TextIO, cast, get_args
 
 from bot.core.events import (
     Author,
@@ -25,22 +25,16 @@ from bot.core.events import (
     Place,
     pid,
 )
+from bot.platforms.base import Core
+
+from .format import PLATFORM
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-PLATFORM = "console"
 ORG = "console:local"
 COMMANDS: tuple[str, ...] = get_args(CommandName)
 SCRIPT_LINE = re.compile(r"^\s*(?P<user>[^:/#][^:]{0,63}?)\s*:\s*(?P<text>.*)$")
-
-
-class Core(Protocol):
-    """What the console needs of the core (:class:`bot.core.conversation.Conversation`)."""
-
-    async def handle_message(self, event: MessageEvent, replier: ConsoleReplier) -> object: ...
-
-    async def handle_command(self, event: CommandEvent, replier: ConsoleReplier) -> object: ...
 
 
 def console_id(name: str) -> str:
@@ -122,7 +116,7 @@ class ConsoleAdapter:
                 text=text,
                 source_id=uuid.uuid4().hex,
                 created_at=datetime.now(UTC),
-                addressed=True,
+                mentions_bot=True,
             )
             await self.core.handle_message(message, self.replier)
         if self.after_each is not None:

@@ -1,19 +1,19 @@
 """The Discord adapter: discord.py 2.x, translating Discord into :mod:`bot.core.events` and back.
 
-It translates and nothing else. What to remember, when to answer and how are the core's
-(:class:`~bot.core.conversation.Conversation`); citations arrive already formatted for Discord
-(``[n](<jump url>)``, mass mentions defused), so answers are posted as given.
+It translates and nothing else. What to remember, when to answer, who may forget a channel and
+how a DM is scoped are the core's (:class:`~bot.platforms.base.Core`); citations arrive
+already formatted for Discord (:mod:`bot.platforms.discord.format`), so answers are posted as
+given.
 
 * Messages in text channels, threads and DMs become :class:`~bot.core.events.MessageEvent`: the
   author (``discord:<user id>``) produced it for the channel (``discord:<channel id>``; a
   thread's parent channel, with ``thread_id = discord:<thread id>``) of the guild
-  (``discord:<guild id>``). A DM is its own org, ``discord:dm-<DM channel id>``: the DM channel
-  is known to every raw event, so an edit or deletion of a message no longer cached still
-  finds it. Mentions read as ``@name``; a mention of the bot that opens the message is
-  dropped (it is what ``addressed`` says).
-* The bot answers when mentioned (its user or its managed role), in a DM, or when a message
-  replies to one of its own; in reply to the message (in its thread), typing meanwhile, in
-  pieces of at most 2,000 characters, never pinging anyone.
+  (``discord:<guild id>``); a DM is reported as one, from its channel alone (which every raw
+  event carries, so an edit or deletion of a message no longer cached still finds it).
+  Mentions read as ``@name``; a mention of the bot that opens the message is dropped (it is
+  what ``mentions_bot`` says), and so is a reply to one of the bot's messages.
+* Answers go in reply to the message (in its thread), typing meanwhile, in pieces of at most
+  2,000 characters, never pinging anyone (:mod:`bot.platforms.discord.replier`).
 * Edits and deletions come from the raw events, so messages out of discord.py's cache count.
 * ``/recall``, ``/forget``, ``/remember``, ``/memory`` and the message menu "Forget this
   message" are deferred ephemerally ("thinking...") and answered with ephemeral follow-ups.
@@ -27,17 +27,16 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
+import aiohttp
 import discord
 import discord.gateway
 import discord.http
 import yarl
 from discord import app_commands
 
-from bot.core.conversation import Conversation
 from bot.core.events import (
     Author,
     CommandEvent,
@@ -45,21 +44,19 @@ from bot.core.events import (
     DeleteEvent,
     EditEvent,
     MessageEvent,
-    NullWorking,
     Place,
-    discord_source_id,
+    dm_org,
     pid,
 )
-from bot.platforms.text import split_text, utf16_units
+from bot.platforms.base import Core, StartupError
 from bot.settings import Settings
 from memory.lru import Lru
 
+from .format import PLATFORM, discord_source_id, jump_url
+from .replier import NO_PINGS, InteractionReplier, MessageReplier
+
 log = logging.getLogger(__name__)
 
-PLATFORM = "discord"
-MAX_MESSAGE = 2000  # Discord's limit for a message's content
-DAY = 24 * 60 * 60.0
-NO_PINGS = discord.AllowedMentions.none()
 CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 SORRY = "Sorry, something went wrong. Please try again."
 KEEP_LINKS = 10_000  # jump URLs remembered for citations
@@ -69,24 +66,6 @@ SETTLE_SECONDS = 120.0  # an edit or deletion waits this long at most for the me
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
-
-
-def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
-    """``text`` in pieces Discord accepts: ``limit`` UTF-16 units each."""
-    return split_text(text, limit, utf16_units)
-
-
-def dm_org(dm_channel_id: int) -> str:
-    """The org of a DM: the DM itself, so that nothing said there is found elsewhere."""
-    return pid(PLATFORM, f"dm-{dm_channel_id}")
-
-
-def jump_url(org_id: str, channel_id: str | int, message_id: str | int) -> str:
-    """``https://discord.com/channels/<guild|@me>/<channel>/<message>`` from stored ids."""
-    raw_org = org_id.split(":", 1)[-1]
-    guild = "@me" if raw_org.startswith("dm-") else raw_org
-    channel = str(channel_id).split(":", 1)[-1]
-    return f"https://discord.com/channels/{guild}/{channel}/{message_id}"
 
 
 class _Client(discord.Client):
@@ -128,135 +107,38 @@ class _ShardedClient(_Client, discord.AutoShardedClient):
     """The same, on several gateway connections (``DISCORD_SHARDS``)."""
 
 
-@asynccontextmanager
-async def _typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
-    """``channel.typing()``, where a failing typing sign never stops the answer."""
-    sign = channel.typing()
-    try:
-        await sign.__aenter__()
-    except Exception as exc:  # e.g. missing permissions: answer anyway, without the sign
-        log.warning("Discord: no typing sign in %s: %s", getattr(channel, "id", "?"), exc)
-        yield
-        return
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            await sign.__aexit__(None, None, None)
-
-
-class MessageReplier:
-    """Answers a message: in reply to it, in its channel or thread, never pinging."""
-
-    def __init__(self, adapter: DiscordAdapter, message: discord.Message, place: Place) -> None:
-        self.adapter = adapter
-        self.message = message
-        self.place = place
-
-    async def reply(self, text: str) -> str | None:
-        channel = self.message.channel
-        reference = self.message.to_reference(fail_if_not_exists=False)
-        first: discord.Message | None = None
-        for piece in split_message(text):
-            if first is None:  # the first piece replies to the message; the rest follow it
-                first = await channel.send(
-                    piece, reference=reference, mention_author=False, allowed_mentions=NO_PINGS
-                )
-            else:
-                await channel.send(piece, allowed_mentions=NO_PINGS)
-        if first is None:
-            return None
-        source_id = discord_source_id(str(first.id))
-        self.adapter.remember_link(source_id, first.jump_url)
-        return source_id
-
-    async def ephemeral(self, text: str) -> None:
-        """Discord has no ephemeral message outside interactions: a DM, else a reply."""
-        if not self.place.is_dm:
-            try:
-                for piece in split_message(text):
-                    await self.message.author.send(piece, allowed_mentions=NO_PINGS)
-                return
-            except discord.HTTPException as exc:  # DMs closed: say it where they asked
-                log.info("Discord: cannot DM %s (%s); replying instead", self.message.author, exc)
-        await self.reply(text)
-
-    def working(self) -> AbstractAsyncContextManager[None]:
-        return _typing(self.message.channel)
-
-    async def permalink(self, source_id: str) -> str | None:
-        return await self.adapter.permalink(self.place, source_id)
-
-
-class InteractionReplier:
-    """Answers a slash or menu command with follow-ups to its deferred ephemeral response."""
-
-    def __init__(
-        self, adapter: DiscordAdapter, interaction: discord.Interaction[Any], place: Place
-    ) -> None:
-        self.adapter = adapter
-        self.interaction = interaction
-        self.place = place
-
-    async def _send(self, text: str, *, ephemeral: bool) -> discord.WebhookMessage | None:
-        first: discord.WebhookMessage | None = None
-        for piece in split_message(text):
-            sent = await self.interaction.followup.send(
-                piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS, wait=True
-            )
-            first = first or sent
-        return first
-
-    async def reply(self, text: str) -> str | None:
-        sent = await self._send(text, ephemeral=False)
-        return discord_source_id(str(sent.id)) if sent is not None else None
-
-    async def ephemeral(self, text: str) -> None:
-        await self._send(text, ephemeral=True)
-
-    def working(self) -> AbstractAsyncContextManager[None]:
-        return NullWorking()  # the deferred response already shows "thinking..."
-
-    async def permalink(self, source_id: str) -> str | None:
-        return await self.adapter.permalink(self.place, source_id)
-
-
 class DiscordAdapter:
     """Runs a discord.py client for the core. ``start()`` logs in (and syncs the slash
     commands) and connects in a background task; ``close()`` stops it."""
 
     def __init__(
         self,
-        conversation: Conversation,
+        conversation: Core,
         settings: Settings,
         *,
         identify_pause: bool = True,
-        purge_interval: float | None = DAY,
         **client_options: Any,
     ) -> None:
         """``identify_pause=False`` skips discord.py's 5 s pause before a re-IDENTIFY (tests);
-        ``purge_interval`` is how often retention is applied (None: never);
         ``client_options`` go to ``discord.Client`` (e.g. ``guild_ready_timeout``)."""
         self.conversation = conversation
         self.settings = settings
         self.identify_pause = identify_pause
-        self.purge_interval = purge_interval
         self.client_options = client_options
         self.guild: discord.Object | None = None
         if settings.discord_guild_id:
             try:
                 self.guild = discord.Object(int(settings.discord_guild_id))
             except ValueError:
-                raise ValueError(
+                raise StartupError(
                     f"DISCORD_GUILD_ID must be a server id (a number), not"
                     f" {settings.discord_guild_id!r}"
                 ) from None
         shards = settings.discord_shards
         if isinstance(shards, int) and shards < 1:
-            raise ValueError(f"DISCORD_SHARDS must be 'auto' or at least 1, not {shards}")
+            raise StartupError(f"DISCORD_SHARDS must be 'auto' or at least 1, not {shards}")
         self._client: _Client | None = None
         self._task: asyncio.Task[None] | None = None
-        self._purge_task: asyncio.Task[None] | None = None
         self._closing = False
         self._error: BaseException | None = None
         self._saved_endpoints: tuple[str, yarl.URL] | None = None
@@ -316,20 +198,22 @@ class DiscordAdapter:
             raise RuntimeError("the Discord adapter is already started")
         token = self.settings.discord_token
         if token is None or not token.get_secret_value().strip():
-            raise ValueError("DISCORD_TOKEN is not set")
+            raise StartupError("DISCORD_TOKEN is not set")
         self._point_endpoints()
         client = self._make_client()
         try:
             await client.login(token.get_secret_value().strip())
-        except BaseException:
+        except BaseException as exc:
             await client.close()
             self._restore_endpoints()
+            if isinstance(exc, discord.LoginFailure):
+                raise StartupError(str(exc)) from None
+            if isinstance(exc, discord.HTTPException | aiohttp.ClientError | OSError):
+                raise StartupError(f"cannot reach Discord: {exc}") from None
             raise
         self._client = client
         self._closing = False
         self._task = asyncio.create_task(self._connect(client), name="discord-gateway")
-        if self.purge_interval:
-            self._purge_task = asyncio.create_task(self._purge_daily(), name="discord-purge")
 
     async def _connect(self, client: _Client) -> None:
         try:
@@ -366,11 +250,6 @@ class DiscordAdapter:
     async def close(self) -> None:
         """Stop taking events, let those being handled finish (bounded), disconnect."""
         self._closing = True
-        if self._purge_task is not None:
-            self._purge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purge_task
-            self._purge_task = None
         current = asyncio.current_task()
         busy = {t for t in self._handling if t is not current and not t.done()}
         if busy:
@@ -385,17 +264,6 @@ class DiscordAdapter:
             self._task = None
         self._client = None
         self._restore_endpoints()
-
-    async def _purge_daily(self) -> None:
-        assert self.purge_interval
-        while True:
-            try:
-                gone = await self.conversation.purge_expired()
-                if gone:
-                    log.info("retention: forgot %d expired message(s)", gone)
-            except Exception:
-                log.exception("retention: purging expired messages failed")
-            await asyncio.sleep(self.purge_interval)
 
     @contextlib.contextmanager
     def _handling_event(self, message_id: int | None = None) -> Iterator[None]:
@@ -467,7 +335,7 @@ class DiscordAdapter:
         if guild_id is None:
             return Place(
                 platform=PLATFORM,
-                org_id=dm_org(channel_id),
+                org_id="",  # a DM: the core names its org
                 channel_id=pid(PLATFORM, str(channel_id)),
                 is_dm=True,
                 bot_id=self._bot_id(),
@@ -525,16 +393,14 @@ class DiscordAdapter:
         text = _CHANNEL_MENTION.sub(channel, text)
         return text.strip()
 
-    async def addressed(self, message: discord.Message) -> bool:
-        """A DM, a mention of the bot (its user or its role), or a reply to its message."""
+    async def mentions_bot(self, message: discord.Message) -> bool:
+        """A mention of the bot (its user or its role), or a reply to one of its messages."""
         me = self.client.user
         if me is None:
             return False
-        if message.guild is None:
-            return True
         if any(u.id == me.id for u in message.mentions):
             return True
-        role = message.guild.self_role
+        role = message.guild.self_role if message.guild is not None else None
         if role is not None and any(r.id == role.id for r in message.role_mentions):
             return True
         ref = message.reference
@@ -562,17 +428,14 @@ class DiscordAdapter:
         """The jump URL of a stored message: known, stored, or built from its channel."""
         if url := self._links.get(source_id):
             return url
-        channels = self.conversation.channels
-        try:
-            found = await self.conversation.memory.get_by_source(channels.ref(place, source_id))
-        except Exception:
-            log.warning("Discord: looking up message %s failed", source_id, exc_info=True)
-            found = None
-        if found is not None:
-            if found.link:
-                return found.link
-            return jump_url(found.org_id, found.thread_id or found.produced_for, source_id)
-        return jump_url(place.org_id, place.thread_id or place.channel_id, source_id)
+        found = await self.conversation.find_message(place, source_id)
+        if found is None:
+            guild = None if place.is_dm else place.org_id
+            return jump_url(guild, place.thread_id or place.channel_id, source_id)
+        if found.link:
+            return found.link
+        guild = None if found.org_id == dm_org(PLATFORM) else found.org_id
+        return jump_url(guild, found.thread_id or found.produced_for, source_id)
 
     # -- gateway events --------------------------------------------------------------------
 
@@ -597,7 +460,7 @@ class DiscordAdapter:
                     text=self.readable(message),
                     source_id=source_id,
                     created_at=message.created_at,
-                    addressed=await self.addressed(message),
+                    mentions_bot=await self.mentions_bot(message),
                     link=message.jump_url,
                 )
                 await self.conversation.handle_message(event, MessageReplier(self, message, place))
@@ -731,8 +594,7 @@ class DiscordAdapter:
                 author=author,
                 name=name,
                 text=text.strip(),
-                is_channel_admin=bool(interaction.permissions.manage_messages)
-                or self.settings.is_admin(author.id),
+                is_channel_admin=bool(interaction.permissions.manage_messages),
                 target_source_id=target,
             )
             replier = InteractionReplier(self, interaction, place)
