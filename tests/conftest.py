@@ -49,10 +49,32 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
+#: Settings a test must choose itself. slack-bolt also falls back to the SLACK_* ones
+#: (SLACK_CLIENT_ID/SECRET would even switch on OAuth); MM_* pin an MCP identity.
+AMBIENT = (
+    "CHANNELMIND_CHROMA_URL",
+    "CHANNELMIND_EMBEDDER",
+    "CHANNELMIND_DATA_DIR",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_API_URL",
+    "SLACK_CLIENT_ID",
+    "SLACK_CLIENT_SECRET",
+    "SLACK_VERIFICATION_TOKEN",
+    "DISCORD_TOKEN",
+    "CHANNELMIND_MEMORY_API_KEY",
+    "MM_USER_ID",
+    "MM_ORG_ID",
+    "MM_PROJ_ID",
+)
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests choose their own data folder, embedder and Chroma; the environment must not."""
-    for name in ("CHANNELMIND_CHROMA_URL", "CHANNELMIND_EMBEDDER", "CHANNELMIND_DATA_DIR"):
+    """Tests choose their own data folder, embedder, Chroma and chat platform; the
+    environment must not."""
+    for name in AMBIENT:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -15,7 +15,7 @@ from slack_bolt.async_app import AsyncApp
 from bot.platforms.slack.adapter import FORGET_SHORTCUT, SlackAdapter
 from bot.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[4]
 ADAPTER_SOURCES = sorted((ROOT / "bot" / "platforms" / "slack").glob("*.py"))
 
 #: Web API method -> the bot scope it needs (None: the bot token alone is enough).

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.fakes.slack_server import (
+from tests.fakes.slack.server import (
     DEFAULT_CHANNEL_ID,
     FailError,
     FailRateLimited,
@@ -38,24 +37,11 @@ from tests.fakes.slack_server import (
     next_ts,
     sign_request,
 )
+from tests.polling import eventually
 
 SIGNING_SECRET = "test-signing-secret"
 CHANNEL = "C0MEMORY1"
 ALICE = "U0ALICE01"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # slack-bolt falls back to these; SLACK_CLIENT_ID/SECRET would even switch on OAuth.
-    for name in (
-        "SLACK_BOT_TOKEN",
-        "SLACK_SIGNING_SECRET",
-        "SLACK_CLIENT_ID",
-        "SLACK_CLIENT_SECRET",
-        "SLACK_APP_TOKEN",
-        "SLACK_VERIFICATION_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -120,13 +106,6 @@ def build_app(
         await respond(text=f"forgot {shortcut['message']['ts']}", response_type="ephemeral")
 
     return app, seen
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,8 +30,8 @@ from bot.core.events import Author, MessageEvent, NullWorking, Place, dm_org
 from bot.platforms.discord.adapter import DiscordAdapter
 from bot.platforms.discord.replier import MAX_MESSAGE, split_message
 from memory import Episode, MemoryEngine, Scope, SourceRef
-from tests.chat_helpers import open_engine, settings
-from tests.fakes.discord_server import (
+from tests.bot.helpers import open_engine, settings
+from tests.fakes.discord.server import (
     DISCORD_EPOCH_MS,
     EPHEMERAL,
     INTENT_DIRECT_MESSAGES,
@@ -43,7 +42,8 @@ from tests.fakes.discord_server import (
     FakeDiscord,
     RestCall,
 )
-from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.fakes.openai.server import FakeOpenAI, Reply
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,20 +65,6 @@ INTENT_PRESENCES = 1 << 8
 NO_PING_PATHS = re.compile(r"^/(channels/\d+/messages|webhooks/\d+/[^/]+)$")
 
 T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-    """Poll ``probe`` (sync or async) until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def did(n: int | str) -> str:

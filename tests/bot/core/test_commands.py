@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from bot.app import PLATFORMS
@@ -12,7 +9,7 @@ from bot.core import commands
 from bot.core.events import Author, Place
 from bot.platforms.base import MessageRef, Platforms
 from memory import MemoryEngine, Scope, SourceRef
-from tests.chat_helpers import (
+from tests.bot.helpers import (
     ALICE,
     BOB,
     CAROL,
@@ -26,19 +23,10 @@ from tests.chat_helpers import (
     responder,
     slack_permalink,
 )
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai.server import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(60)
 PROJECT = "channelmind"
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[MemoryEngine]:
-    eng = await MemoryEngine.open(tmp_path / "data", "hash")
-    try:
-        yield eng
-    finally:
-        await eng.close()
 
 
 def scope(**narrow: str) -> Scope:

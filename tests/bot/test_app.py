@@ -19,25 +19,14 @@ from bot.app import Runner, run
 from bot.cli import main
 from bot.settings import Settings
 from memory import MemoryEngine, SourceRef
-from tests.chat_helpers import settings as core_settings
-from tests.fakes.slack_server import FakeSlack, message_event, sign_request
+from tests.bot.helpers import settings as core_settings
+from tests.fakes.slack.server import FakeSlack, message_event, sign_request
 
 SECRET = "runner-signing-secret"
 ALICE = "U0ALICE01"
 GENERAL = "C0GENERAL"
-PLATFORM_ENV = (
-    "SLACK_BOT_TOKEN",
-    "SLACK_APP_TOKEN",
-    "SLACK_SIGNING_SECRET",
-    "SLACK_API_URL",
-    "SLACK_CLIENT_ID",
-    "SLACK_CLIENT_SECRET",
-    "SLACK_VERIFICATION_TOKEN",
-    "DISCORD_TOKEN",
-    "CHANNELMIND_MEMORY_URL",
-    "CHANNELMIND_HOST",
-    "CHANNELMIND_API_KEYS",
-)
+#: Besides the platform tokens (tests/conftest.py): where the memory lives and listens.
+PLATFORM_ENV = ("CHANNELMIND_MEMORY_URL", "CHANNELMIND_HOST", "CHANNELMIND_API_KEYS")
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.app import PLATFORMS
-from bot.core.events import Citation, Place
+from bot.core.events import Place
 from bot.core.responder import (
     NOTED,
     NOTHING_FOUND,
@@ -20,10 +19,9 @@ from bot.core.responder import (
     parse_citations,
     strip_citations,
 )
-from bot.platforms.base import Platforms
 from memory import Episode, Fact
-from tests.chat_helpers import settings
-from tests.fakes.openai_server import FakeOpenAI, Malformed, Reply, Status
+from tests.bot.helpers import settings
+from tests.fakes.openai.server import FakeOpenAI, Malformed, Reply, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,30 +103,6 @@ def test_citations_are_normalised_and_unknown_numbers_dropped() -> None:
     assert text == "PostgreSQL [1][3] and not."
     assert [m.number for m in cited] == [1, 3]
     assert strip_citations("yes [1][2], fine [3]") == "yes, fine"
-
-
-def render(text: str, cites: list[Citation], platform: str, *, sources: bool = True) -> str:
-    """An answer written for a platform, as the core has it written."""
-    return Platforms(PLATFORMS).of(platform).render(text, cites, sources=sources)
-
-
-def test_render_per_platform() -> None:
-    cites = [
-        Citation(1, "Alice", WHEN, "https://acme.slack.com/archives/C1/p1", "x"),
-        Citation(2, "Bob", WHEN, None, "y"),
-    ]
-    text = "Use <!channel> & PostgreSQL [1][2] @everyone"
-    url = "https://acme.slack.com/archives/C1/p1"
-    assert render(text, cites, "slack") == (
-        f"Use &lt;!channel&gt; &amp; PostgreSQL <{url}|[1]>[2] @everyone"
-    )
-    assert render(text, cites, "discord") == (
-        f"Use <!channel> & PostgreSQL [1](<{url}>)[2] @\u200beveryone"
-    )
-    assert render("PostgreSQL [1]", cites, "console") == (
-        f"PostgreSQL [1]\n\nSources:\n[1] Alice, 2025-03-03: {url}\n[2] Bob, 2025-03-03"
-    )
-    assert render("PostgreSQL [1]", cites, "console", sources=False) == "PostgreSQL [1]"
 
 
 async def test_extractive_answers_without_llm() -> None:

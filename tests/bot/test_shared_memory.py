@@ -33,7 +33,7 @@ from memory import MemoryEngine, Scope, SourceRef
 from memory.client import MemoryAccessDenied, MemoryClient
 from memory.embedders import Vectors
 from memory.interface import Memory
-from tests.chat_helpers import (
+from tests.bot.helpers import (
     Channel,
     RecordingReplier,
     grounded,
@@ -41,15 +41,16 @@ from tests.chat_helpers import (
     responder,
     slack_permalink,
 )
-from tests.chat_helpers import settings as bot_settings
-from tests.fakes.openai_server import FakeOpenAI
-from tests.fakes.slack_server import (
+from tests.bot.helpers import settings as bot_settings
+from tests.fakes.openai.server import FakeOpenAI
+from tests.fakes.slack.server import (
     DEFAULT_TEAM_ID,
     PERMALINK_BASE,
     FakeSlack,
     message_deleted_event,
     message_event,
 )
+from tests.polling import eventually
 from tests.server_harness import Running, running
 
 pytestmark = [
@@ -69,12 +70,6 @@ BOB = Author("slack:U2BOB", "Bob")
 CAROL = Author("slack:U3CAROL", "Carol")
 #: The bot's key and the agents' key grant ORG only; "k-other" grants another org.
 KEYS = f"k-bot:{ORG},k-agent:{ORG},k-other:{OTHER_ORG}"
-
-
-@pytest.fixture(autouse=True)
-def _no_mm_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MM_USER_ID", "MM_ORG_ID", "MM_PROJ_ID", "CHANNELMIND_MEMORY_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -592,15 +587,3 @@ async def test_channelmind_run_on_a_remote_memory_server(
 
 async def _gone(engine: MemoryEngine, source: SourceRef) -> bool:
     return await engine.get_by_source(source) is None
-
-
-async def eventually(check: Callable[[], Any], within: float = 10) -> Any:
-    """Poll an async check until it gives something truthy (no timing is asserted)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)

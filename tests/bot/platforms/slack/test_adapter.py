@@ -3,11 +3,10 @@ the real core (Conversation, extractive Responder) and a real MemoryEngine in a 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from bot.platforms.slack.replier import SlackReplier, split_text
 from bot.settings import Settings
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from memory.server.app import create_app
-from tests.chat_helpers import settings as core_settings
+from tests.bot.helpers import settings as core_settings
 from tests.conftest import raw_db
-from tests.fakes.slack_server import (
+from tests.fakes.slack.server import (
     PERMALINK_BASE,
     FailError,
     FailRateLimited,
@@ -40,6 +39,7 @@ from tests.fakes.slack_server import (
     message_event,
     sign_request,
 )
+from tests.polling import eventually
 from tests.test_forgetting import chroma_ids, fts_rows
 
 ORG = "slack:T0FAKETEAM"
@@ -50,21 +50,6 @@ DM_ORG = dm_org("slack")  # DMs live in the platform's DM org
 SECRET = "test-signing-secret"
 API_KEY = "memory-key-1"
 MARKER = "zorblaxquint"
-
-
-@pytest.fixture(autouse=True)
-def _no_slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # slack-bolt falls back to these; SLACK_CLIENT_ID/SECRET would even switch on OAuth.
-    for name in (
-        "SLACK_BOT_TOKEN",
-        "SLACK_APP_TOKEN",
-        "SLACK_SIGNING_SECRET",
-        "SLACK_API_URL",
-        "SLACK_CLIENT_ID",
-        "SLACK_CLIENT_SECRET",
-        "SLACK_VERIFICATION_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
 
 
 class RecordingSlack(FakeSlack):
@@ -134,20 +119,6 @@ async def bot(fake: RecordingSlack, engine: MemoryEngine) -> AsyncIterator[Slack
 def ref(channel: str, ts: str) -> SourceRef:
     org = DM_ORG if channel == DM else ORG
     return SourceRef(org_id=org, project_id=PROJECT, platform="slack", source_id=f"{channel}:{ts}")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = 10
-) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def deliver(fake: FakeSlack, event: dict[str, Any], **kwargs: Any) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -18,7 +17,7 @@ from bot.core.events import Author
 from bot.core.responder import Responder
 from memory import Episode, MemoryEngine
 from memory.semantic import EXTRACTION_SCHEMA, SemanticMemory, normalize_feature
-from tests.chat_helpers import (
+from tests.bot.helpers import (
     ALICE,
     BOB,
     SLACK_ORG,
@@ -29,7 +28,7 @@ from tests.chat_helpers import (
     responder,
     settings,
 )
-from tests.fakes.openai_server import FakeOpenAI, Malformed, Reply, Status
+from tests.fakes.openai.server import FakeOpenAI, Malformed, Reply, Status
 
 pytestmark = pytest.mark.timeout(60)
 PROJECT = "channelmind"
@@ -51,23 +50,9 @@ def facts_reply(*facts: tuple[str, str, str, list[int]]) -> str:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[MemoryEngine]:
-    eng = await MemoryEngine.open(tmp_path / "data", "hash")
-    try:
-        yield eng
-    finally:
-        await eng.close()
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        server.responder = lambda req: '{"facts": []}' if "response_format" in req else "ok"
-        yield server
-
-
-@pytest.fixture
 async def client(fake: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
+    """A client of the fake LLM, which finds no facts and answers "ok" unless scripted."""
+    fake.responder = lambda req: '{"facts": []}' if "response_format" in req else "ok"
     c = llm_client(fake.base_url)
     try:
         yield c

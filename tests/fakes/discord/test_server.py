@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import discord
 import pytest
 from discord import app_commands
 
-from tests.fakes.discord_server import (
+from tests.fakes.discord.server import (
     EPHEMERAL,
     INTENT_DIRECT_MESSAGES,
     INTENT_GUILD_MESSAGES,
@@ -22,6 +22,7 @@ from tests.fakes.discord_server import (
     MANAGE_MESSAGES,
     FakeDiscord,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -34,16 +35,6 @@ MOD = 700_000_000_000_000_300
 DM_CHANNEL = 700_000_000_000_000_400
 
 T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], T], timeout: float = 5.0) -> T:  # noqa: ASYNC109
-    """Poll ``probe`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while not (result := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-    return result
 
 
 class MemoryBot(discord.Client):
@@ -101,7 +92,7 @@ async def running(client: discord.Client) -> AsyncIterator[asyncio.Task[None]]:
     """Start ``client`` against the fake, wait for on_ready, and always close it."""
     task = asyncio.create_task(client.start("fake-token"))
     try:
-        await eventually(lambda: client.is_ready() or task.done(), timeout=10)
+        await eventually(lambda: client.is_ready() or task.done(), within=10)
         if task.done():
             task.result()  # surface the startup error
         yield task

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes.openai_server import Delay, FakeOpenAI, Malformed, Reply, Status
+from tests.fakes.openai.server import Delay, FakeOpenAI, Malformed, Reply, Status
 
 pytestmark = pytest.mark.timeout(30)
 

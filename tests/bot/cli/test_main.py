@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bot.cli import main
-from tests.chat_helpers import grounded
-from tests.fakes.openai_server import FakeOpenAI
+from tests.bot.helpers import grounded
+from tests.fakes.openai.server import FakeOpenAI
 
 pytestmark = pytest.mark.timeout(60)
 

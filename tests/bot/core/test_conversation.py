@@ -3,15 +3,13 @@ client against the fake OpenAI server on loopback, and a recording Replier."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.core.responder import NOTHING_FOUND, REMEMBER_HEADER
 from memory import MemoryEngine, Scope, SourceRef
-from tests.chat_helpers import (
+from tests.bot.helpers import (
     ALICE,
     BOB,
     CAROL,
@@ -25,25 +23,10 @@ from tests.chat_helpers import (
     responder,
     slack_permalink,
 )
-from tests.fakes.openai_server import Delay, FakeOpenAI, Malformed, Reply, Status
+from tests.fakes.openai.server import Delay, FakeOpenAI, Malformed, Reply, Status
 
 pytestmark = pytest.mark.timeout(60)
 PROJECT = "channelmind"
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[MemoryEngine]:
-    eng = await MemoryEngine.open(tmp_path / "data", "hash")
-    try:
-        yield eng
-    finally:
-        await eng.close()
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 def channel_scope(ch: Channel) -> Scope:
@@ -341,7 +324,7 @@ async def test_reply_failure_does_not_raise(engine: MemoryEngine) -> None:
 
 
 async def test_discord_links_and_mentions(engine: MemoryEngine, fake: FakeOpenAI) -> None:
-    from tests.chat_helpers import DISCORD_ORG
+    from tests.bot.helpers import DISCORD_ORG
 
     ch = Channel("555", "general", platform="discord", org=DISCORD_ORG, bot_id="discord:1")
     alice, bob = ALICE.__class__("discord:42", "Alice"), BOB.__class__("discord:43", "Bob")
