@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .platforms.base import Adapter, Platform, StartupError
 from .platforms.console.format import CONSOLE
@@ -31,6 +31,7 @@ from .platforms.slack.format import SLACK
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from pydantic import SecretStr
 
     from memory.interface import Memory
 
@@ -119,7 +120,7 @@ class Retention:
             await asyncio.sleep(self.interval)
 
 
-def _set(secret: Any) -> bool:
+def _set(secret: SecretStr | None) -> bool:
     return secret is not None and bool(secret.get_secret_value())
 
 
@@ -350,9 +351,13 @@ async def run(settings: Settings, host: str | None = None, port: int | None = No
 
 
 def main(args: argparse.Namespace) -> int:
-    from .settings import Settings
+    from .settings import load
 
-    settings = Settings()
+    try:
+        settings = load()
+    except StartupError as exc:
+        print(f"channelmind run: {exc}", file=sys.stderr)
+        return 2
     missing = check(settings)
     if missing is not None:
         print(missing, file=sys.stderr)

@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import NoDecode
 
+from bot.platforms.base import StartupError
 from memory.model import check_safe_id
 from memory.server.settings import ServerSettings
 
@@ -105,6 +106,20 @@ class Settings(ServerSettings):
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.admins
+
+
+def load() -> Settings:
+    """The settings, read once from the environment and ``.env``. A bad value is a
+    :class:`~bot.platforms.base.StartupError` naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = env_name(Settings, field) if field in Settings.model_fields else field
+            problems.append(f"{name}: {error['msg']}")
+        raise StartupError("bad setting " + "; ".join(problems)) from None
 
 
 def env_name(settings_cls: type[Settings], field: str) -> str:

@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one clear line, never a traceback for expected failures
+        from bot.platforms.base import StartupError
         from memory import EmbedderMismatch, InvalidInput
 
-        if isinstance(exc, EmbedderMismatch | InvalidInput):
+        if isinstance(exc, EmbedderMismatch | InvalidInput | StartupError):
             print(f"channelmind: {exc}", file=sys.stderr)
             return 2
         raise

@@ -20,9 +20,9 @@ class UsageError(Exception):
 
 
 def settings() -> Settings:
-    from bot.settings import Settings
+    from bot.settings import load
 
-    return Settings()
+    return load()
 
 
 def qualify(value: str) -> str:
@@ -35,11 +35,12 @@ def qualify(value: str) -> str:
 
 def org(args: argparse.Namespace, *ids: str) -> str:
     """``--org``, or the console's org when every id is the console's."""
+    from bot.core.events import platform_of
     from bot.platforms.console.adapter import ORG
 
     if args.org:
         return str(args.org)
-    platforms = {i.split(":", 1)[0] for i in ids if i}
+    platforms = {platform_of(i) for i in ids if i}
     if platforms <= {"console"}:
         return ORG
     raise UsageError("give --org: the Slack team or Discord guild, e.g. --org slack:T0123")

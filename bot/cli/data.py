@@ -18,14 +18,14 @@ from .common import engine, org, qualify, run, settings
 
 def cmd_recall(args: argparse.Namespace) -> int:
     from bot.core.channel_memory import ChannelMemory
-    from bot.core.events import Place
+    from bot.core.events import Place, platform_of
 
     config = settings()
     channel = qualify(args.channel)
 
     async def go() -> int:
         org_id = org(args, channel)
-        place = Place(platform=channel.split(":", 1)[0], org_id=org_id, channel_id=channel)
+        place = Place(platform=platform_of(channel), org_id=org_id, channel_id=channel)
         async with engine(config) as memory:
             await memory.wait_indexed()
             found = await ChannelMemory(memory, config).search(
@@ -47,7 +47,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from bot.core.channel_memory import ChannelMemory, Forgotten
-    from bot.core.events import Place
+    from bot.core.events import Place, platform_of
     from memory import SourceRef
 
     config = settings()
@@ -56,13 +56,13 @@ def cmd_forget(args: argparse.Namespace) -> int:
         user = qualify(args.user) if args.user else ""
         channel = qualify(args.channel) if args.channel else ""
         org_id = org(args, user, channel)
-        platform = org_id.split(":", 1)[0]
+        platform = platform_of(org_id)
         async with engine(config) as memory:
             channels = ChannelMemory(memory, config)
             if user:
                 done = await channels.forget_user(org_id, user)
             elif channel:
-                place = Place(platform=channel.split(":", 1)[0], org_id=org_id, channel_id=channel)
+                place = Place(platform=platform_of(channel), org_id=org_id, channel_id=channel)
                 done = await channels.forget_channel(place)
             else:
                 ref = SourceRef(

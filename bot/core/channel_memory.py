@@ -24,7 +24,7 @@ from memory.model import LINK_KEY, NAME_KEY, utcnow
 from memory.semantic import SemanticMemory
 from memory.text import plural
 
-from .events import MessageEvent, Place, dm_org
+from .events import MessageEvent, Place, dm_org, pid, platform_of
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ChannelMemory:
 
     @staticmethod
     def bot_id(place: Place) -> str:
-        return place.bot_id or f"{place.platform}:bot"
+        return place.bot_id or pid(place.platform, "bot")
 
     # -- opting out ------------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ class ChannelMemory:
         (the platform's DM org), the facts about them, and the bot's answers to them or
         quoting them."""
         result = await self._forget_user_in(org_id, user, None)
-        dms = dm_org(user.split(":", 1)[0])
+        dms = dm_org(platform_of(user))
         if dms != org_id:
             try:  # the bot's own project: a DM may hold only a /remember, so no project row
                 result += await self._forget_user_in(dms, user, self.project)

@@ -1,17 +1,22 @@
-"""The core: store every message, answer when addressed, follow edits and deletions.
+"""The core: store every message, decide whether the bot is addressed, answer, follow edits
+and deletions.
 
-Adapters (Slack, Discord, the console) turn platform events into :mod:`bot.core.events` and call
-the four ``handle_*`` methods. Nothing here knows a platform's API.
+Adapters (:mod:`bot.platforms`) turn platform events into :mod:`bot.core.events` and call
+the four ``handle_*`` methods. Nothing here knows a platform's API; each platform's writing
+rules come in as :class:`~bot.platforms.base.Platform` objects, looked up by name.
 
 The order of a message's handling is the privacy and reliability model:
 
 1. Store it as an episode first (idempotent by source, so platform retries store nothing
    twice and are not answered twice), unless its author opted out. A failing memory is
    logged and the bot still answers.
-2. If the bot is addressed: gather context from this channel only (its relevant past
-   messages, the recent window of the channel or thread, the asker's facts learned here),
-   ask the responder (LLM, or extractive without one or when it fails), reply with links to
-   the cited messages, and store the reply as the bot's episode.
+2. Decide whether the bot is addressed, by one rule for every platform (:meth:`addressed`):
+   a person (never a bot) DMs it, mentions it or replies to one of its messages, or writes
+   in a thread the bot is part of.
+3. If it is: gather context from this channel only (its relevant past messages, the recent
+   window of the channel or thread, the asker's facts learned here), ask the responder (LLM,
+   or extractive without one or when it fails), reply with links to the cited messages, and
+   store the reply as the bot's episode.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ def pid(platform: str, raw_id: str) -> str:
     return f"{platform}:{raw_id}"
 
 
+def platform_of(qualified: str) -> str:
+    """``"slack:C123"`` -> ``"slack"``."""
+    return qualified.split(":", 1)[0]
+
+
 def raw_id(qualified: str) -> str:
     """``"slack:C123"`` -> ``"C123"``."""
     return qualified.split(":", 1)[1] if ":" in qualified else qualified

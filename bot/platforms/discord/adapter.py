@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 SORRY = "Sorry, something went wrong. Please try again."
+#: A refused token, or Discord out of reach: the operator's to fix, said in one line.
+NOT_STARTED = (discord.LoginFailure, discord.HTTPException, aiohttp.ClientError, OSError)
 KEEP_LINKS = 10_000  # jump URLs remembered for citations
 KEEP_CHANNELS = 10_000  # channel -> (parent channel, name) resolutions
 SETTLE_SECONDS = 120.0  # an edit or deletion waits this long at most for the message's handling
@@ -206,10 +208,8 @@ class DiscordAdapter:
         except BaseException as exc:
             await client.close()
             self._restore_endpoints()
-            if isinstance(exc, discord.LoginFailure):
+            if isinstance(exc, NOT_STARTED):
                 raise StartupError(str(exc)) from None
-            if isinstance(exc, discord.HTTPException | aiohttp.ClientError | OSError):
-                raise StartupError(f"cannot reach Discord: {exc}") from None
             raise
         self._client = client
         self._closing = False

@@ -21,6 +21,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from memory.lru import Lru
 
 if TYPE_CHECKING:
+    from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class AckSignals:
             self._events.pop(key)
 
 
-def trigger_id(payload: Any) -> str | None:
+def trigger_id(payload: object) -> str | None:
+    """The trigger id of a command's or an interaction's payload, which keys its ack."""
     if isinstance(payload, dict):
         found = payload.get("trigger_id")
         return found if isinstance(found, str) else None
@@ -88,7 +90,7 @@ class SlackEndpoint:
         app: ASGIApp,
         *,
         path: str,
-        handler: Any,
+        handler: AsyncSlackRequestHandler,
         acks: AckSignals,
         max_body: int,
     ) -> None:

@@ -137,3 +137,13 @@ def test_config_masks_secrets(
 def test_missing_script(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "--script", str(env.parent / "nope.txt")]) == 2
     assert "no script" in capsys.readouterr().err
+
+
+def test_a_bad_setting_is_one_line_and_status_2(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHANNELMIND_RETENTION_DAYS", "soon")
+    for argv in (["config"], ["chat", "--script", str(env)], ["run"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "CHANNELMIND_RETENTION_DAYS" in err, argv

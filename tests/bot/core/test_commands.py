@@ -254,6 +254,42 @@ async def test_configured_admins_may_forget_a_channel(engine: MemoryEngine) -> N
     assert done.startswith("Done. I forgot #engineering: 1 message")
 
 
+async def test_admins_are_named_by_qualified_id_only(engine: MemoryEngine) -> None:
+    """CHANNELMIND_ADMINS is one rule for every platform: a raw Slack id names no one."""
+    ch = Channel("CENG", "engineering")
+    conv = conversation(engine, admins=["UBOB"])
+    await conv.handle_message(ch.message(ALICE, "hello"), RecordingReplier())
+    refused = await conv.handle_command(ch.command(BOB, "forget", "channel"), RecordingReplier())
+    assert refused.startswith("Only a channel admin")
+    assert await engine.count(scope(produced_for=ch.place.channel_id)) == 1
+
+
+# -- DMs --------------------------------------------------------------------------------------
+
+
+async def test_a_dm_is_its_platforms_dm_org_and_forget_me_reaches_it(
+    engine: MemoryEngine,
+) -> None:
+    ch, dm = Channel("CENG", "engineering"), Channel("DALICE", "dm", is_dm=True)
+    conv = conversation(engine)
+    await conv.handle_message(ch.message(ALICE, "Ship it on Friday"), RecordingReplier())
+    asked = RecordingReplier()
+    await conv.handle_message(dm.message(ALICE, "What do we ship on Friday?"), asked)
+    assert asked.replies == ["The conversation in this channel does not tell me that."]
+    dms = Scope(org_id="slack:dm", project_id=PROJECT)
+    assert dm.place.org_id == "slack:dm" and await engine.count(dms) == 2  # asked, answered
+    assert await engine.count(scope()) == 1  # the workspace never sees the DM
+
+    done = await conv.handle_command(ch.command(ALICE, "forget", "me"), RecordingReplier())
+    assert done == (
+        "Done. I forgot everything you said in this workspace: 2 messages and 0 facts,"
+        " plus 1 bot answer that used them."
+    )
+    assert await engine.count(dms) == 0 and await engine.count(scope()) == 0
+    again = await conv.handle_command(dm.command(ALICE, "forget", "me"), RecordingReplier())
+    assert again == "I had nothing from you in this conversation: nothing to forget."
+
+
 # -- /remember, /memory -----------------------------------------------------------------------
 
 

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from bot.core.events import Author
 from bot.core.responder import NOTHING_FOUND, REMEMBER_HEADER
 from memory import MemoryEngine, Scope, SourceRef
 from tests.bot.helpers import (
     ALICE,
     BOB,
     CAROL,
+    DISCORD_ORG,
     SLACK_BOT,
     SLACK_ORG,
     Channel,
@@ -354,3 +356,29 @@ async def test_retention_purges_old_messages(engine: MemoryEngine) -> None:
     assert await conversation(engine).purge_expired() == 0  # no retention configured
     assert await conv.purge_expired() == 1
     assert [e.content for e in await engine.list(channel_scope(ch))] == ["a fresh message"]
+
+
+async def test_a_thread_the_bot_answered_in_is_followed_on_every_platform(
+    engine: MemoryEngine,
+) -> None:
+    """Addressing is one rule: after the bot answers in a Discord thread, as in a Slack one,
+    a message there is for it without a mention (also after a restart, from memory)."""
+    ch = Channel("555", "general", platform="discord", org=DISCORD_ORG, bot_id="discord:999")
+    thread = ch.in_thread("discord:777")
+    replier = RecordingReplier(platform="discord")
+    conv = conversation(engine)
+    await conv.handle_message(thread.message(ALICE, "deploys are on Tuesday"), replier)
+    assert replier.replies == []
+    await conv.handle_message(thread.message(BOB, "when are deploys?", addressed=True), replier)
+    assert len(replier.replies) == 1
+    await conv.handle_message(thread.message(BOB, "and who runs them?"), replier)
+    assert len(replier.replies) == 2
+    await conv.handle_message(ch.message(BOB, "lunch?"), replier)  # the channel: not for it
+    assert len(replier.replies) == 2
+    restarted = conversation(engine)
+    await restarted.handle_message(thread.message(CAROL, "are deploys still on Tuesday?"), replier)
+    assert len(replier.replies) == 3
+    await restarted.handle_message(
+        thread.message(Author("discord:42", "CI", is_bot=True), "build green"), replier
+    )
+    assert len(replier.replies) == 3  # never another bot
