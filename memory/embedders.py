@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .text import words as text_words
+from .text import WORD
 
 Vectors = npt.NDArray[np.float32]
 
@@ -59,7 +59,7 @@ class HashEmbedder:
         return f"hash:{self.dim}:v1"
 
     def _features(self, text: str) -> list[str]:
-        words = text_words(text)
+        words = [w.lower() for w in WORD.findall(text)]  # as fingerprinted: case after
         return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
     def embed(self, texts: list[str]) -> Vectors:
