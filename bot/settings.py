@@ -65,6 +65,13 @@ class Settings(ServerSettings):
     semantic_batch_seconds: float = Field(default=300.0, gt=0)
     semantic_calls_per_minute: int = Field(default=6, ge=1)
 
+    # -- history from before the bot arrived (live backfill; `channelmind import` ignores) -
+    #: days of a channel's history read when the bot joins it (and at start); 0 turns it off
+    backfill_days: int = Field(default=90, ge=0)
+    #: seconds between two history requests (Slack's Tier 3 allows ~50 a minute); a 429's
+    #: Retry-After is honoured on top of this
+    backfill_pace: float = Field(default=1.2, ge=0)
+
     # -- Slack ---------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = _alias("SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = _alias("SLACK_APP_TOKEN")
