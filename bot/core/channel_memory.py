@@ -24,6 +24,7 @@ from memory.model import LINK_KEY, NAME_KEY, utcnow
 from memory.semantic import SemanticMemory
 from memory.text import plural
 
+from .backfill import mark_forgotten
 from .events import MessageEvent, Place, dm_org, pid, platform_of
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ class Forgotten:
         if self.replies:
             text += f", plus {plural(self.replies, 'bot answer')} that used them"
         return text
+
+
+def role_of(event: MessageEvent) -> str:
+    """``assistant`` for the bot's own messages (its earlier answers), ``user`` otherwise."""
+    own = bool(event.place.bot_id) and event.author.id == event.place.bot_id
+    return "assistant" if own else "user"
 
 
 class ChannelMemory:
@@ -129,6 +136,13 @@ class ChannelMemory:
 
     async def store_message(self, event: MessageEvent, role: str) -> Episode:
         """Store a message as an episode (idempotent by source); returns it with its uid."""
+        episode = self.episode(event, role)
+        (uid,) = await self.memory.add([episode])
+        return episode.model_copy(update={"uid": uid})
+
+    def episode(self, event: MessageEvent, role: str | None = None) -> Episode:
+        """The episode a message is stored as: the one mapping for live messages, imports
+        and backfill (``role`` defaults to :func:`role_of`)."""
         place = event.place
         metadata: dict[str, Any] = dict(event.metadata)
         metadata.update({NAME_KEY: event.author.display_name, IS_DM: place.is_dm})
@@ -140,12 +154,12 @@ class ChannelMemory:
             metadata[MENTIONS_BOT] = True
         if event.author.is_bot:
             metadata["is_bot"] = True
-        episode = Episode(
+        return Episode(
             org_id=place.org_id,
             project_id=self.project,
             producer=event.author.id,
             produced_for=place.channel_id,
-            role=role,
+            role=role or role_of(event),
             content=event.text,
             created_at=event.created_at,
             platform=place.platform,
@@ -153,8 +167,6 @@ class ChannelMemory:
             thread_id=place.thread_id,
             metadata=metadata,
         )
-        (uid,) = await self.memory.add([episode])
-        return episode.model_copy(update={"uid": uid})
 
     async def store_reply(
         self, place: Place, text: str, source_id: str | None, metadata: dict[str, Any]
@@ -310,6 +322,7 @@ class ChannelMemory:
         removed = await self.memory.delete_facts(org, project, [f.uid for f in left])
         if self.semantic is not None:
             self.semantic.discard(org_id=org, produced_for=channel)
+        await mark_forgotten(self.memory, project, place)
         return Forgotten(
             messages=report.episodes - replies, facts=report.facts + removed, replies=replies
         )

@@ -19,6 +19,7 @@ from memory import Fact, Scope
 from memory.semantic import current_fact, normalize_feature, supersede
 from memory.text import one_line, plural
 
+from .backfill import BackfillState, Requester, describe, read_state, write_state
 from .channel_memory import ChannelMemory, Forgotten
 from .events import CommandEvent, Place, Replier
 from .responder import day
@@ -34,7 +35,10 @@ HELP = {
         " message of yours), /forget channel (channel admins: the whole channel)"
     ),
     "remember": "Usage: /remember <a fact about you>, e.g. /remember role: backend developer",
-    "memory": "Usage: /memory (what I keep), /memory off (stop storing you), /memory on",
+    "memory": (
+        "Usage: /memory (what I keep), /memory off (stop storing you), /memory on,"
+        " /memory backfill (channel admins: read this channel's history again)"
+    ),
 }
 
 FACT_PAIR = re.compile(r"^(?P<feature>[\w][\w \-]{0,39}?)\s*[:=]\s*(?P<value>\S.*)$", re.UNICODE)
@@ -71,6 +75,8 @@ class Commands:
         self.channels = channels
         self.settings = settings
         self.platforms = platforms
+        #: platform name -> how to start a backfill there (set by the app for Slack, Discord)
+        self.backfill: dict[str, Requester] = {}
 
     async def handle(self, event: CommandEvent, replier: Replier) -> str:
         """Run a command and answer the asker only. Returns the text sent."""
@@ -144,10 +150,14 @@ class Commands:
             return f"I had nothing from you in this {where}: nothing to forget."
         return f"Done. I forgot everything you said in this {where}: {done.describe()}."
 
+    def _channel_admin(self, event: CommandEvent) -> bool:
+        return (
+            event.is_channel_admin or event.place.is_dm or self.settings.is_admin(event.author.id)
+        )
+
     async def forget_channel(self, event: CommandEvent) -> str:
         place = event.place
-        allowed = event.is_channel_admin or place.is_dm or self.settings.is_admin(event.author.id)
-        if not allowed:
+        if not self._channel_admin(event):
             return (
                 "Only a channel admin can make me forget this whole channel. You can forget"
                 " what you said with /forget me, or one message with /forget <link>."
@@ -232,9 +242,35 @@ class Commands:
                 f" on. I still keep {plural(kept, 'message')} you wrote before; /forget me"
                 " deletes them."
             )
+        if word == "backfill":
+            return await self.start_backfill(event)
         if arg:
             return HELP["memory"]
         return await self.status(event)
+
+    async def start_backfill(self, event: CommandEvent) -> str:
+        """``/memory backfill``: a channel admin has the channel's history read (again), also
+        after ``/forget channel``."""
+        place = event.place
+        if not self._channel_admin(event):
+            return "Only a channel admin can have me read this channel's history."
+        request = self.backfill.get(place.platform)
+        if request is None or place.is_dm:
+            return f"I can't read the history of {here(place)}."
+        project = self.settings.project
+        await write_state(
+            self.channels.memory,
+            project,
+            place.org_id,
+            place.channel_id,
+            BackfillState(status="requested"),
+        )
+        if not await request(place):
+            return f"I can't read the history of {here(place)} (history backfill is off)."
+        return (
+            f"I'm reading the history of {here(place)}, back"
+            f" {plural(self.settings.backfill_days, 'day')}; /memory shows how far I got."
+        )
 
     async def status(self, event: CommandEvent) -> str:
         place, user = event.place, event.author.id
@@ -256,6 +292,9 @@ class Commands:
         days = self.settings.retention_days
         retention = f"for {days} days" if days else "until they are deleted"
         where = org_word(place, self.platforms)
+        history = describe(
+            await read_state(self.channels.memory, project, place.org_id, place.channel_id)
+        )
         return "\n".join(
             [
                 f"Memory for you in this {where}: {'OFF' if off else 'on'}.",
@@ -264,6 +303,7 @@ class Commands:
                 f" in {here(place)}.",
                 f"• {here(place).capitalize()}: {plural(channel, 'message')} remembered, used only"
                 f" to answer questions asked in {here(place)}.",
+                *([history] if history else []),
                 f"• Messages are kept {retention}; deleted or edited messages follow.",
                 "• /memory off stops storing you · /forget me deletes what you said ·"
                 " /forget <link> deletes one message · /recall <query> shows what I remember.",

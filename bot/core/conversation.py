@@ -30,7 +30,7 @@ from memory import Episode, InvalidInput, interface
 from memory.lru import LruSet
 from memory.semantic import SemanticMemory
 
-from .channel_memory import BOT_REPLIES, MENTIONS_BOT, ChannelMemory, Forgotten
+from .channel_memory import BOT_REPLIES, MENTIONS_BOT, ChannelMemory, Forgotten, role_of
 from .commands import Commands
 from .events import CommandEvent, DeleteEvent, EditEvent, MessageEvent, Place, Replier
 from .responder import Answer, AnswerContext, Quote, Responder, answer_metadata, citation
@@ -133,8 +133,7 @@ class Conversation:
         if not self._seen.add(key):
             return None  # a retry of an event this process is handling or has handled
 
-        own = bool(place.bot_id) and event.author.id == place.bot_id
-        role = "assistant" if own else "user"
+        role = role_of(event)
         try:
             opted_out = await self.channels.opted_out(place.org_id, event.author.id)
         except Exception:
