@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast, get_args
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -48,7 +45,6 @@ from bot.core.events import (
     CommandName,
     DeleteEvent,
     EditEvent,
-    MessageEvent,
     Place,
     pid,
 )
@@ -56,6 +52,7 @@ from bot.platforms.base import Core, StartupError
 from memory.lru import Lru, LruSet
 
 from .format import PLATFORM, slack_source_id
+from .mapping import SAID, SlackMapping, SlackUser, is_dm, skip_reason, slack_user, thread_of
 from .replier import SlackReplier, error_of
 from .transport import AckSignals, SlackEndpoint, SocketModeHandler, trigger_id
 
@@ -71,29 +68,11 @@ EVENTS_PATH = "/slack/events"
 COMMANDS: tuple[str, ...] = get_args(CommandName)
 FORGET_SHORTCUT = "forget_message"
 
-#: Message subtypes that are something someone said (the rest is joins, topics...).
-SAID = frozenset({None, "bot_message", "thread_broadcast", "file_share", "me_message"})
-
 USER_TTL = 60 * 60.0  # display names and admin flags are cached this long
 SEEN = 10_000  # event ids and (channel, ts) pairs remembered for deduplication
 CACHED = 10_000  # permalinks and users remembered
 MENTION_FALLBACK = 5.0  # seconds an app_mention waits for its message twin
 SHUTDOWN_WAIT = 10.0  # seconds close() lets in-flight events finish
-
-
-@dataclass(frozen=True)
-class SlackUser:
-    id: str
-    display_name: str
-    is_admin: bool = False  # a workspace admin or owner
-    is_bot: bool = False
-
-
-def ts_time(ts: str) -> datetime:
-    try:
-        return datetime.fromtimestamp(float(ts), UTC)
-    except (TypeError, ValueError):
-        return datetime.now(UTC)
 
 
 class SlackAdapter:
@@ -133,6 +112,8 @@ class SlackAdapter:
         self._permalinks: Lru[str, str] = Lru(CACHED)
         self._users: Lru[str, tuple[float, SlackUser]] = Lru(CACHED)  # id -> (expiry, user)
         self._acks = AckSignals()
+        #: Slack messages -> core events (shared with the backfill; names from users.info)
+        self.mapping = SlackMapping(self.user, bot_name=settings.bot_name)
         self._socket: SocketModeHandler | None = None
         self._busy: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
@@ -180,6 +161,7 @@ class SlackAdapter:
             self.bot_user_id = str(auth["user_id"])
             self.bot_id = str(auth.get("bot_id") or "") or None
             self.team_id = str(auth.get("team_id") or "") or None
+            self.mapping.bot_user_id, self.mapping.bot_id = self.bot_user_id, self.bot_id
 
     async def _close_socket(self) -> None:
         if self._socket is not None:
@@ -279,8 +261,13 @@ class SlackAdapter:
         return pid(PLATFORM, str(team))
 
     @property
+    def org(self) -> str:
+        """The workspace's org (known once the token is checked)."""
+        return pid(PLATFORM, self.team_id or "unknown")
+
+    @property
     def bot_pid(self) -> str | None:
-        return pid(PLATFORM, self.bot_user_id) if self.bot_user_id else None
+        return self.mapping.bot_pid
 
     def _place(
         self,
@@ -291,14 +278,8 @@ class SlackAdapter:
         is_dm: bool = False,
         channel_name: str | None = None,
     ) -> Place:
-        return Place(
-            platform=PLATFORM,
-            org_id=org,
-            channel_id=pid(PLATFORM, channel),
-            thread_id=pid(PLATFORM, thread_ts) if thread_ts else None,
-            is_dm=is_dm,
-            channel_name=channel_name,
-            bot_id=self.bot_pid,
+        return self.mapping.place(
+            org, channel, thread_ts=thread_ts, dm=is_dm, channel_name=channel_name
         )
 
     # -- messages --------------------------------------------------------------------------
@@ -339,9 +320,7 @@ class SlackAdapter:
         return None
 
     def mentions_bot(self, text: str) -> bool:
-        if not self.bot_user_id:
-            return False
-        return re.search(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>", text) is not None
+        return self.mapping.mentions_bot(text)
 
     async def _said_message(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
@@ -352,29 +331,15 @@ class SlackAdapter:
         if not self._said.add((channel, ts)):  # the app_mention twin, or a redelivery
             log.debug("slack: message %s:%s taken in already", channel, ts)
             return
-        user = event.get("user")
-        bot = event.get("bot_id")
-        if (self.bot_user_id and user == self.bot_user_id) or (self.bot_id and bot == self.bot_id):
+        if self.mapping.is_own(event):
             return  # the bot's own message: the core stored it as its reply
-        org = self._org(context, body)
-        is_bot = bool(bot) or event.get("subtype") == "bot_message" or user == "USLACKBOT"
-        author = await self._author(event, is_bot)
-        is_dm = _is_dm(channel, event.get("channel_type"))
-        given = event.get("thread_ts")
-        thread_ts = given if isinstance(given, str) and given != ts else None
-        place = self._place(org, channel, thread_ts=thread_ts, is_dm=is_dm)
-        raw = str(event.get("text") or "")
-        text = await self.readable(raw) + _files(event)
-        message = MessageEvent(
-            place=place,
-            author=author,
-            text=text,
-            source_id=slack_source_id(channel, ts),
-            created_at=ts_time(ts),
-            mentions_bot=self.mentions_bot(raw),
-        )
+        if skip_reason(event) is not None:
+            return
+        dm = is_dm(channel, event.get("channel_type"))
+        message = await self.mapping.message_event(event, self._org(context, body), channel, dm=dm)
+        user = event.get("user")
         # Answers go in the message's thread, or start one on it (DMs: inline, like a chat).
-        reply_in = thread_ts or (None if is_dm else ts)
+        reply_in = thread_of(event) or (None if dm else ts)
         replier = SlackReplier(
             self,
             channel,
@@ -384,17 +349,6 @@ class SlackAdapter:
         )
         await self.conversation.handle_message(message, replier)
 
-    async def _author(self, event: dict[str, Any], is_bot: bool) -> Author:
-        user = event.get("user")
-        if isinstance(user, str) and user:
-            found = await self.user(user)
-            name = found.display_name
-            if is_bot and name == user:
-                name = _bot_name(event) or name
-            return Author(pid(PLATFORM, user), name, is_bot=is_bot or found.is_bot)
-        raw = str(event.get("bot_id") or "unknown")
-        return Author(pid(PLATFORM, raw), _bot_name(event) or raw, is_bot=True)
-
     async def _edited(
         self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
@@ -403,9 +357,7 @@ class SlackAdapter:
         channel, ts = event.get("channel"), new.get("ts")
         if not isinstance(channel, str) or not isinstance(ts, str):
             return
-        if (self.bot_user_id and new.get("user") == self.bot_user_id) or (
-            self.bot_id and new.get("bot_id") == self.bot_id
-        ):
+        if self.mapping.is_own(new):
             return  # the bot's own chat.update
         org = self._org(context, body)
         thread_ts = new.get("thread_ts")
@@ -414,7 +366,7 @@ class SlackAdapter:
             org,
             channel,
             thread_ts=thread_ts if in_thread else None,
-            is_dm=_is_dm(channel, event.get("channel_type")),
+            is_dm=is_dm(channel, event.get("channel_type")),
         )
         source_id = slack_source_id(channel, ts)
         if new.get("subtype") == "tombstone":  # a thread's first message, deleted
@@ -428,7 +380,7 @@ class SlackAdapter:
             EditEvent(
                 place=place,
                 source_id=source_id,
-                text=await self.readable(text) + _files(new),
+                text=await self.mapping.text(new),
                 editor_id=pid(PLATFORM, editor) if editor else None,
             )
         )
@@ -441,7 +393,7 @@ class SlackAdapter:
         if not isinstance(channel, str) or not isinstance(ts, str):
             return
         place = self._place(
-            self._org(context, body), channel, is_dm=_is_dm(channel, event.get("channel_type"))
+            self._org(context, body), channel, is_dm=is_dm(channel, event.get("channel_type"))
         )
         await self.conversation.handle_delete(DeleteEvent(place, (slack_source_id(channel, ts),)))
 
@@ -465,11 +417,11 @@ class SlackAdapter:
             user = str(command.get("user_id", ""))
             found = await self.user(user)
             channel_name = str(command.get("channel_name") or "")
-            is_dm = _is_dm(channel) or channel_name == "directmessage"
+            dm = is_dm(channel) or channel_name == "directmessage"
             place = self._place(
                 self._org(context, body),
                 channel,
-                is_dm=is_dm,
+                is_dm=dm,
                 channel_name=_shown_channel_name(channel_name),
             )
             event = CommandEvent(
@@ -506,7 +458,7 @@ class SlackAdapter:
                 self._org(context, body),
                 channel,
                 thread_ts=thread_ts if in_thread else None,
-                is_dm=_is_dm(channel),
+                is_dm=is_dm(channel),
                 channel_name=_shown_channel_name(
                     str((shortcut.get("channel") or {}).get("name") or "")
                 ),
@@ -538,20 +490,7 @@ class SlackAdapter:
         except Exception as exc:  # the network: the message is stored all the same
             log.warning("slack: users.info %s failed: %r", user_id, exc)
             return SlackUser(user_id, user_id)
-        profile = info.get("profile") or {}
-        name = (
-            profile.get("display_name")
-            or profile.get("real_name")
-            or info.get("real_name")
-            or info.get("name")
-            or user_id
-        )
-        found = SlackUser(
-            id=user_id,
-            display_name=str(name),
-            is_admin=bool(info.get("is_admin") or info.get("is_owner")),
-            is_bot=bool(info.get("is_bot")),
-        )
+        found = slack_user(info, user_id)
         self._users.put(user_id, (now + USER_TTL, found))
         return found
 
@@ -578,27 +517,8 @@ class SlackAdapter:
         return link
 
     async def readable(self, text: str) -> str:
-        """Slack's markup as people read it: ``<@U1>`` -> ``@Alice``, ``<#C1|x>`` -> ``#x``,
-        ``<url|label>`` -> ``label (url)``, and ``&amp;`` ``&lt;`` ``&gt;`` unescaped."""
-        users = set(_USER_REF.findall(text))
-        names = {u: (await self.user(u)).display_name for u in users}
-
-        def one(m: re.Match[str]) -> str:
-            inner = m.group(1)
-            target, _, label = inner.partition("|")
-            if target.startswith("@"):
-                return "@" + names.get(target[1:], label or target[1:])
-            if target.startswith("#"):
-                return "#" + (label or target[1:])
-            if target.startswith("!subteam^"):
-                return label or "@group"
-            if target.startswith("!"):
-                return "@" + (label or target[1:].split("^", 1)[0])
-            if target.startswith("mailto:"):
-                return label or target[len("mailto:") :]
-            return f"{label} ({target})" if label and label != target else target
-
-        return html.unescape(_MARKUP.sub(one, text)) if "<" in text else html.unescape(text)
+        """Slack's markup as people read it (see :meth:`SlackMapping.readable`)."""
+        return await self.mapping.readable(text)
 
 
 class _QuietBolt(logging.Filter):
@@ -614,33 +534,6 @@ def _bolt_logger() -> logging.Logger:
     if not any(isinstance(f, _QuietBolt) for f in logger.filters):
         logger.addFilter(_QuietBolt())
     return logger
-
-
-_MARKUP = re.compile(r"<([^<>]+)>")
-_USER_REF = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
-
-
-def _is_dm(channel: str, channel_type: object = None) -> bool:
-    """A direct message with the bot: Slack says ``im`` or, where an event does not say,
-    its channel id starts with ``D``."""
-    if isinstance(channel_type, str) and channel_type:
-        return channel_type == "im"
-    return channel.startswith("D")
-
-
-def _bot_name(event: dict[str, Any]) -> str | None:
-    profile = event.get("bot_profile") or {}
-    name = profile.get("name") or event.get("username")
-    return str(name) if name else None
-
-
-def _files(event: dict[str, Any]) -> str:
-    names = [
-        str(f.get("title") or f.get("name"))
-        for f in event.get("files") or []
-        if isinstance(f, dict) and (f.get("title") or f.get("name"))
-    ]
-    return "".join(f" [file: {n}]" for n in names)
 
 
 def _shown_channel_name(name: str) -> str | None:
