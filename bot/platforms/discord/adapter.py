@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
@@ -52,22 +51,18 @@ from bot.platforms.base import Core, StartupError
 from bot.settings import Settings
 from memory.lru import Lru
 
+from . import mapping
 from .format import PLATFORM, discord_source_id, jump_url
 from .replier import NO_PINGS, InteractionReplier, MessageReplier
 
 log = logging.getLogger(__name__)
 
-CHAT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 SORRY = "Sorry, something went wrong. Please try again."
 #: A refused token, or Discord out of reach: the operator's to fix, said in one line.
 NOT_STARTED = (discord.LoginFailure, discord.HTTPException, aiohttp.ClientError, OSError)
 KEEP_LINKS = 10_000  # jump URLs remembered for citations
 KEEP_CHANNELS = 10_000  # channel -> (parent channel, name) resolutions
 SETTLE_SECONDS = 120.0  # an edit or deletion waits this long at most for the message's handling
-
-_USER_MENTION = re.compile(r"<@!?(\d+)>")
-_ROLE_MENTION = re.compile(r"<@&(\d+)>")
-_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
 
 
 class _Client(discord.Client):
@@ -333,65 +328,71 @@ class DiscordAdapter:
         self, guild_id: int | None, channel: object, channel_id: int, *, fetch: bool = True
     ) -> Place:
         if guild_id is None:
-            return Place(
-                platform=PLATFORM,
-                org_id="",  # a DM: the core names its org
-                channel_id=pid(PLATFORM, str(channel_id)),
-                is_dm=True,
-                bot_id=self._bot_id(),
-            )
+            return mapping.place(None, channel_id, bot_id=self._bot_id())
         parent, thread, name = await self._resolve_channel(channel, channel_id, fetch=fetch)
-        return Place(
-            platform=PLATFORM,
-            org_id=pid(PLATFORM, str(guild_id)),
-            channel_id=pid(PLATFORM, str(parent)),
-            thread_id=pid(PLATFORM, str(thread)) if thread is not None else None,
-            channel_name=name,
-            bot_id=self._bot_id(),
-        )
+        return mapping.place(guild_id, parent, thread_id=thread, name=name, bot_id=self._bot_id())
 
     @staticmethod
     def author(user: discord.User | discord.Member, *, webhook: bool = False) -> Author:
-        return Author(
-            id=pid(PLATFORM, str(user.id)),
-            display_name=user.display_name,
-            is_bot=user.bot or webhook,
-        )
+        return mapping.author(user.id, user.display_name, is_bot=user.bot or webhook)
 
     def readable(self, message: discord.Message) -> str:
-        """The content as people read it: ``<@id>`` -> ``@name``, ``<@&id>`` -> ``@role``,
-        ``<#id>`` -> ``#channel``; a leading mention of the bot (the addressing) dropped."""
-        text = message.content
+        """The content as people read it (:func:`mapping.readable_text`), with the names
+        Discord sent along and the server's roles and channels."""
         me = self.client.user
+        own: list[str] = []
         if me is not None:
-            own = [f"<@!?{me.id}>"]
+            own.append(f"<@!?{me.id}>")
             role = message.guild.self_role if message.guild is not None else None
             if role is not None:
                 own.append(f"<@&{role.id}>")
-            text = re.sub(rf"^\s*(?:(?:{'|'.join(own)})[\s,:]*)+", "", text)
         users = {u.id: u.display_name for u in message.mentions}
         roles = {r.id: r.name for r in message.role_mentions}
         guild = message.guild
 
-        def user(m: re.Match[str]) -> str:
-            name = users.get(int(m[1]))
-            return f"@{name}" if name else m[0]
+        def role_name(role_id: int) -> str | None:
+            if role_id in roles:
+                return roles[role_id]
+            found = guild.get_role(role_id) if guild is not None else None
+            return found.name if found is not None else None
 
-        def role_name(m: re.Match[str]) -> str:
-            name = roles.get(int(m[1]))
-            if name is None and guild is not None:
-                found = guild.get_role(int(m[1]))
-                name = found.name if found is not None else None
-            return f"@{name}" if name else m[0]
+        def channel_name(channel_id: int) -> str | None:
+            found = guild.get_channel_or_thread(channel_id) if guild is not None else None
+            return found.name if found is not None else None
 
-        def channel(m: re.Match[str]) -> str:
-            found = guild.get_channel_or_thread(int(m[1])) if guild is not None else None
-            return f"#{found.name}" if found is not None else m[0]
+        return mapping.readable_text(
+            message.content,
+            own=own,
+            users=users.get,
+            roles=role_name,
+            channels=channel_name,
+            files=[a.filename for a in message.attachments],
+        )
 
-        text = _USER_MENTION.sub(user, text)
-        text = _ROLE_MENTION.sub(role_name, text)
-        text = _CHANNEL_MENTION.sub(channel, text)
-        return text.strip()
+    async def message_event(self, message: discord.Message) -> MessageEvent | None:
+        """The core event of a message someone said (the bot's own as its answer), or None
+        for joins, pins and other notices."""
+        if message.type.name not in mapping.SAID_TYPES:
+            return None
+        place = await self._place(
+            message.guild.id if message.guild is not None else None,
+            message.channel,
+            message.channel.id,
+        )
+        me = self.client.user
+        if me is not None and message.author.id == me.id:
+            who = mapping.author(me.id, self.settings.bot_name, is_bot=False)
+        else:
+            who = self.author(message.author, webhook=message.webhook_id is not None)
+        return mapping.message_event(
+            place,
+            who,
+            self.readable(message),
+            message_id=message.id,
+            created_at=message.created_at,
+            mentions_bot=await self.mentions_bot(message),
+            link_channel=message.channel.id,
+        )
 
     async def mentions_bot(self, message: discord.Message) -> bool:
         """A mention of the bot (its user or its role), or a reply to one of its messages."""
@@ -443,27 +444,16 @@ class DiscordAdapter:
         me = self.client.user
         if self._closing or me is None or message.author.id == me.id:
             return  # Discord echoes the bot's own messages; the core stored them already
-        if message.type not in CHAT_TYPES:
+        if message.type.name not in mapping.SAID_TYPES:
             return  # joins, pins, thread notices...
         with self._handling_event(message.id):
             try:
-                place = await self._place(
-                    message.guild.id if message.guild is not None else None,
-                    message.channel,
-                    message.channel.id,
-                )
-                source_id = discord_source_id(str(message.id))
-                self.remember_link(source_id, message.jump_url)
-                event = MessageEvent(
-                    place=place,
-                    author=self.author(message.author, webhook=message.webhook_id is not None),
-                    text=self.readable(message),
-                    source_id=source_id,
-                    created_at=message.created_at,
-                    mentions_bot=await self.mentions_bot(message),
-                    link=message.jump_url,
-                )
-                await self.conversation.handle_message(event, MessageReplier(self, message, place))
+                event = await self.message_event(message)
+                if event is None:
+                    return
+                self.remember_link(event.source_id, message.jump_url)
+                replier = MessageReplier(self, message, event.place)
+                await self.conversation.handle_message(event, replier)
             except Exception:
                 log.exception("Discord: handling message %s failed", message.id)
 
