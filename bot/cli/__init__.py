@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import bench, chat, config, data, maintenance, run, server
+from . import bench, chat, config, data, importing, maintenance, run, server
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="channelmind", description="Channel memory for Slack and Discord bots."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (bench, maintenance, server, run, chat, data, config):
+    for group in (bench, maintenance, server, run, chat, data, importing, config):
         group.add(sub)
     return parser
 

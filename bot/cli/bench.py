@@ -46,6 +46,12 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     return bench_scale.main(args)
 
 
+def cmd_bench_import(args: argparse.Namespace) -> int:
+    from bot.bench import importing
+
+    return importing.main(args.messages, args.channels, args.embed, args.embedder, args.json)
+
+
 def add(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     loc = bench.add_parser("locomo", help="LoCoMo retrieval recall against baselines")
@@ -65,3 +71,11 @@ def add(sub: Any) -> None:
     scale.add_argument("--plot", type=Path)
     scale.add_argument("--sizes", help="several sizes for the plot, e.g. 10000,100000")
     scale.set_defaults(func=cmd_bench_scale)
+
+    imp = bench.add_parser("import", help="Slack export import speed and peak memory")
+    imp.add_argument("--messages", type=int, default=50_000)
+    imp.add_argument("--channels", type=int, default=20)
+    imp.add_argument("--embed", type=int, default=0, help="also time embedding this many")
+    imp.add_argument("--embedder", default="local", choices=["local", "hash"])
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(func=cmd_bench_import)

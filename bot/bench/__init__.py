@@ -1,0 +1,1 @@
+"""Benchmarks of the bot's own work (apart from the runtime modules)."""
