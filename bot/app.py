@@ -21,8 +21,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Generator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .platforms.base import Adapter, Platform, StartupError
 from .platforms.console.format import CONSOLE
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from memory.interface import Memory
 
     from .core.conversation import Conversation
+    from .core.events import Place
+    from .importers.backfill import Backfill, History, Job
     from .platforms.discord.adapter import DiscordAdapter
     from .platforms.slack.adapter import SlackAdapter
     from .settings import Settings
@@ -118,6 +120,73 @@ class Retention:
             except Exception:
                 log.exception("retention: purging expired messages failed")
             await asyncio.sleep(self.interval)
+
+
+class Backfilled(Protocol):
+    """An adapter whose channels' history can be read (Slack, Discord)."""
+
+    joined: Callable[[Job], object] | None
+
+    @property
+    def history(self) -> HistoryWithJobs: ...
+
+
+class HistoryWithJobs(Protocol):
+    platform: str
+
+    def job_for(self, place: Place) -> Job | None: ...
+
+
+def attach_backfill(conversation: Conversation, adapter: Backfilled) -> Backfill:
+    """The backfill of an adapter's channels: those it is in (at :meth:`Backfill.start`), those
+    it is added to, and those an admin asks for (``/memory backfill``)."""
+    from .importers.backfill import Backfill
+
+    history = cast("History", adapter.history)
+    backfill = Backfill(history, conversation.channels)
+    adapter.joined = backfill.enqueue
+
+    async def request(place: Place) -> bool:
+        job = adapter.history.job_for(place)
+        return job is not None and backfill.enqueue(job)
+
+    conversation.commands.backfill[adapter.history.platform] = request
+    return backfill
+
+
+def backfill_metrics(app: FastAPI, backfills: list[Backfill]) -> None:
+    """``channelmind_backfill_*`` on the memory server's /metrics, when it has them."""
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is None:
+        return
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class Collector:
+        def collect(self) -> Any:
+            messages = CounterMetricFamily(
+                "channelmind_backfill_messages",
+                "Messages read by the history backfill, by outcome",
+                labels=["platform", "outcome"],
+            )
+            channels = GaugeMetricFamily(
+                "channelmind_backfill_channels",
+                "Channels whose history was read (done) or waits (queued)",
+                labels=["platform", "state"],
+            )
+            for b in backfills:
+                p, name = b.progress, b.history.platform
+                for outcome, n in (
+                    ("stored", p.stored),
+                    ("present", p.present),
+                    ("skipped", p.skipped),
+                ):
+                    messages.add_metric([name, outcome], n)
+                channels.add_metric([name, "done"], p.done)
+                channels.add_metric([name, "queued"], p.queued)
+            yield messages
+            yield channels
+
+    metrics.registry.register(Collector())
 
 
 def _set(secret: SecretStr | None) -> bool:
@@ -210,6 +279,7 @@ class Runner:
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.retention: Retention | None = None
+        self.backfills: list[Backfill] = []
 
     @property
     def bound_port(self) -> int | None:
@@ -260,6 +330,7 @@ class Runner:
                     slack.mount(self.app)
             except StartupError as exc:
                 raise StartupError(f"Slack: {exc}") from None
+            self.backfills.append(attach_backfill(conversation, slack))
 
         if self.app is not None:
             self.server = _Server(self.app, self.host, self.port)
@@ -281,7 +352,12 @@ class Runner:
                 log.error("discord: not started (%s); Slack runs on", exc)
             else:
                 self.discord = discord
+                self.backfills.append(attach_backfill(conversation, discord))
 
+        if self.app is not None:
+            backfill_metrics(self.app, self.backfills)
+        for backfill in self.backfills:
+            await backfill.start()  # in the background: one channel at a time
         if settings.retention_days:
             self.retention = Retention(conversation)
             await self.retention.start()
@@ -305,6 +381,9 @@ class Runner:
         if self.retention is not None:
             await self.retention.close()
             self.retention = None
+        for backfill in self.backfills:
+            await backfill.close()
+        self.backfills = []
         adapters: list[tuple[str, Adapter | None]] = [
             ("slack", self.slack),
             ("discord", self.discord),

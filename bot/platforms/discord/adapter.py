@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import discord
@@ -53,7 +53,11 @@ from memory.lru import Lru
 
 from . import mapping
 from .format import PLATFORM, discord_source_id, jump_url
+from .history import DiscordHistory
 from .replier import NO_PINGS, InteractionReplier, MessageReplier
+
+if TYPE_CHECKING:
+    from bot.importers.backfill import Job
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,9 @@ class _Client(discord.Client):
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         await self.adapter.on_raw_bulk_message_delete(payload)
 
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.adapter.on_guild_join(guild)
+
 
 class _ShardedClient(_Client, discord.AutoShardedClient):
     """The same, on several gateway connections (``DISCORD_SHARDS``)."""
@@ -143,6 +150,10 @@ class DiscordAdapter:
         self._pending: dict[int, asyncio.Event] = {}  # message id -> handled
         self._links: Lru[str, str] = Lru(KEEP_LINKS)
         self._channels: Lru[int, tuple[int, str | None]] = Lru(KEEP_CHANNELS)
+        #: the channels' history, for the backfill; ``joined`` (set by the app) hears of the
+        #: channels of a server the bot was added to
+        self.history = DiscordHistory(self)
+        self.joined: Callable[[Job], object] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -292,6 +303,21 @@ class DiscordAdapter:
     def _bot_id(self) -> str | None:
         user = self.client.user
         return pid(PLATFORM, str(user.id)) if user is not None else None
+
+    @property
+    def bot_pid(self) -> str | None:
+        return self._bot_id()
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        """Added to a server: the history of its channels is read (the backfill decides)."""
+        log.info("Discord: added to server %s", guild.id)
+        if self.joined is None:
+            return
+        try:
+            for job in await self.history.guild_jobs(guild):
+                self.joined(job)
+        except Exception:
+            log.exception("Discord: listing the channels of server %s failed", guild.id)
 
     def _remember_channel(self, channel_id: int, parent_id: int, name: str | None) -> None:
         self._channels.put(channel_id, (parent_id, name))

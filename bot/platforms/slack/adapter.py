@@ -52,6 +52,7 @@ from bot.platforms.base import Core, StartupError
 from memory.lru import Lru, LruSet
 
 from .format import PLATFORM, slack_source_id
+from .history import SlackHistory
 from .mapping import SAID, SlackMapping, SlackUser, is_dm, skip_reason, slack_user, thread_of
 from .replier import SlackReplier, error_of
 from .transport import AckSignals, SlackEndpoint, SocketModeHandler, trigger_id
@@ -59,6 +60,7 @@ from .transport import AckSignals, SlackEndpoint, SocketModeHandler, trigger_id
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from bot.importers.backfill import Job
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,10 @@ class SlackAdapter:
         self._acks = AckSignals()
         #: Slack messages -> core events (shared with the backfill; names from users.info)
         self.mapping = SlackMapping(self.user, bot_name=settings.bot_name)
+        #: the channels' history, for the backfill; ``joined`` (set by the app) hears of a
+        #: channel the bot was added to
+        self.history = SlackHistory.of(self)
+        self.joined: Callable[[Job], object] | None = None
         self._socket: SocketModeHandler | None = None
         self._busy: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
@@ -146,6 +152,10 @@ class SlackAdapter:
             log.info("slack: connected in Socket Mode as %s", self.bot_user_id)
         else:
             log.info("slack: HTTP mode; events arrive at POST %s", EVENTS_PATH)
+
+    async def identified(self) -> None:
+        """Once the bot's own ids and workspace are known (auth.test)."""
+        await self._identify()
 
     async def _identify(self) -> None:
         async with self._auth_lock:
@@ -207,6 +217,7 @@ class SlackAdapter:
         app = self.app
         app.event("message")(self._on_message)
         app.event("app_mention")(self._on_app_mention)
+        app.event("member_joined_channel")(self._on_member_joined)
         for name in COMMANDS:
             app.command(f"/{name}")(self._on_command)
         app.shortcut(FORGET_SHORTCUT)(self._on_forget_shortcut)
@@ -318,6 +329,16 @@ class SlackAdapter:
 
     async def _on_other_event(self) -> None:
         return None
+
+    async def _on_member_joined(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """The bot was added to a channel: its history is read (the backfill decides)."""
+        async with self._track(f"member_joined_channel {body.get('event_id')}"):
+            channel = event.get("channel")
+            if event.get("user") != self.bot_user_id or not isinstance(channel, str):
+                return
+            log.info("slack: added to %s", channel)
+            if self.joined is not None:
+                self.joined(self.history.job(channel))
 
     def mentions_bot(self, text: str) -> bool:
         return self.mapping.mentions_bot(text)
