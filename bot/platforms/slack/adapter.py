@@ -91,7 +91,7 @@ class SlackAdapter:
         self._app_token = app_token.get_secret_value() if app_token is not None else ""
         secret = settings.slack_signing_secret
         self._signing_secret = secret.get_secret_value() if secret is not None else ""
-        base_url = settings.slack_api_url or DEFAULT_API_URL
+        self.base_url = base_url = settings.slack_api_url or DEFAULT_API_URL
         handlers = [*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)]
         #: The bot's own calls (token included).
         self.client = AsyncWebClient(token=self._token, base_url=base_url, retry_handlers=handlers)

@@ -57,7 +57,7 @@ class SlackHistory:
     def of(cls, adapter: SlackAdapter) -> SlackHistory:
         client = AsyncWebClient(
             token=adapter.client.token,
-            base_url=adapter.client.base_url,
+            base_url=adapter.base_url,
             retry_handlers=async_default_handlers(),
         )
         return cls(adapter, client, adapter.settings.backfill_pace)

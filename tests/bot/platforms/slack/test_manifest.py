@@ -18,8 +18,9 @@ from bot.settings import Settings
 ROOT = Path(__file__).resolve().parents[4]
 ADAPTER_SOURCES = sorted((ROOT / "bot" / "platforms" / "slack").glob("*.py"))
 
-#: Web API method -> the bot scope it needs (None: the bot token alone is enough).
-METHOD_SCOPES: dict[str, str | None] = {
+#: Web API method -> the bot scopes it needs (None: the bot token alone is enough; a tuple:
+#: one per kind of channel the bot reads, public and private).
+METHOD_SCOPES: dict[str, str | tuple[str, ...] | None] = {
     "auth.test": None,
     "chat.postMessage": "chat:write",
     "chat.postEphemeral": "chat:write",
@@ -29,6 +30,10 @@ METHOD_SCOPES: dict[str, str | None] = {
     "reactions.add": "reactions:write",
     "reactions.remove": "reactions:write",
     "conversations.info": "channels:read",  # and groups:read, im:read, mpim:read
+    # the history backfill reads public and private channels (never DMs: it saw them all)
+    "users.conversations": ("channels:read", "groups:read"),
+    "conversations.history": ("channels:history", "groups:history"),
+    "conversations.replies": ("channels:history", "groups:history"),
 }
 #: Subscribed event -> the scope it needs.
 EVENT_SCOPES = {
@@ -37,7 +42,14 @@ EVENT_SCOPES = {
     "message.groups": "groups:history",
     "message.im": "im:history",
     "message.mpim": "mpim:history",
+    "member_joined_channel": ("channels:read", "groups:read"),  # the bot added to a channel
 }
+
+
+def scopes_of(needed: str | tuple[str, ...] | None) -> set[str]:
+    if needed is None:
+        return set()
+    return {needed} if isinstance(needed, str) else set(needed)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +125,8 @@ def test_every_registered_command_and_shortcut_is_declared(
     # message.* (one "message" listener for every subtype) and app_mention are subscribed.
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert {"message", "app_mention"} <= set(registered["event"])
-    assert {e.split(".")[0] for e in events} == {"message", "app_mention"}
+    assert {e.split(".")[0] for e in events} == {"message", "app_mention", "member_joined_channel"}
+    assert "member_joined_channel" in registered["event"]
 
 
 def test_scopes_cover_exactly_the_methods_and_events_used(manifest: dict[str, Any]) -> None:
@@ -125,8 +138,9 @@ def test_scopes_cover_exactly_the_methods_and_events_used(manifest: dict[str, An
     assert {"chat.postMessage", "users.info", "reactions.add", "chat.getPermalink"} <= called
     unknown = called - set(METHOD_SCOPES)
     assert not unknown, f"add these methods to METHOD_SCOPES: {unknown}"
-    needed = {METHOD_SCOPES[m] for m in called} - {None}
-    needed |= set(EVENT_SCOPES.values())
+    assert {"conversations.history", "conversations.replies", "users.conversations"} <= called
+    needed = set().union(*(scopes_of(METHOD_SCOPES[m]) for m in called))
+    needed |= set().union(*(scopes_of(s) for s in EVENT_SCOPES.values()))
     needed.add("commands")  # slash commands and the shortcut
     missing = needed - scopes
     assert not missing, f"manifest.yml lacks {missing}"
