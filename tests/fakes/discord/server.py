@@ -238,6 +238,7 @@ class FakeChannel:
     topic: str | None = None
     overwrites: list[Overwrite] = field(default_factory=list)
     created_at: str = field(default_factory=_now_iso)
+    archived: bool = False  # an archived thread: not in GUILD_CREATE, listed as archived
 
     @property
     def is_thread(self) -> bool:
@@ -512,6 +513,7 @@ class FakeDiscord:
         *,
         owner_id: int | None = None,
         private: bool = False,
+        archived: bool = False,
     ) -> FakeChannel:
         guild = self._guild(guild_id)
         if parent_id not in guild.channels:
@@ -523,6 +525,7 @@ class FakeDiscord:
             guild_id,
             parent_id=parent_id,
             owner_id=owner_id if owner_id is not None else guild.owner_id,
+            archived=archived,
         )
         guild.threads[thread_id] = thread
         return thread
@@ -563,6 +566,29 @@ class FakeDiscord:
         self._rate_limits.append(
             _RateLimitRule(method.upper() or None, suffix, retry_after, is_global, times)
         )
+
+    def seed_message(
+        self,
+        channel_id: int,
+        author_id: int,
+        content: str,
+        *,
+        at: datetime,
+        reply_to: int | None = None,
+        mentions_bot: bool = False,
+    ) -> JSON:
+        """A message said at ``at`` (before the bot was there): stored for the channel's
+        history, never dispatched. Its snowflake is of its time, as Discord's are."""
+        if mentions_bot and f"<@{self.bot_user_id}>" not in content:
+            content = f"<@{self.bot_user_id}> {content}"
+        ms = int(at.timestamp() * 1000)
+        mid = ((ms - DISCORD_EPOCH_MS) << 22) + len(self.messages) % (1 << 22)
+        message = self._user_message(channel_id, author_id, content, None, mid)
+        message["timestamp"] = at.isoformat()
+        if reply_to is not None:
+            self._attach_reference(message, reply_to)
+        self.messages[mid] = message
+        return message
 
     def channel_messages(self, channel_id: int) -> list[JSON]:
         """Stored messages of a channel, oldest first."""
@@ -1144,7 +1170,7 @@ class FakeDiscord:
                 total_message_sent=0,
                 applied_tags=[],
                 thread_metadata={
-                    "archived": False,
+                    "archived": channel.archived,
                     "auto_archive_duration": 1440,
                     "archive_timestamp": channel.created_at,
                     "locked": False,
@@ -1201,7 +1227,7 @@ class FakeDiscord:
             "member_count": len(guild.members),
             "members": [self._member_payload(guild, uid) for uid in guild.members],
             "channels": [self._channel_payload(c) for c in guild.channels.values()],
-            "threads": [self._channel_payload(t) for t in guild.threads.values()],
+            "threads": [self._channel_payload(t) for t in guild.threads.values() if not t.archived],
             "voice_states": [],
             "presences": [],
             "stage_instances": [],
@@ -1369,6 +1395,7 @@ class FakeDiscord:
             ("POST", r"/channels/{channel_id:\d+}/typing", self._typing),
             ("POST", r"/channels/{channel_id:\d+}/messages/bulk-delete", self._bulk_delete),
             ("GET", r"/channels/{channel_id:\d+}/messages", self._history),
+            ("GET", r"/channels/{channel_id:\d+}/threads/archived/public", self._archived),
             ("POST", r"/channels/{channel_id:\d+}/messages", self._create_message),
             ("GET", r"/channels/{channel_id:\d+}/messages/{message_id:\d+}", self._get_message),
             ("PATCH", r"/channels/{channel_id:\d+}/messages/{message_id:\d+}", self._edit_message),
@@ -1552,6 +1579,16 @@ class FakeDiscord:
         ]
         newest_first = list(reversed(found[-limit:] if after is None else found[:limit]))
         return _json_response(newest_first)
+
+    async def _archived(self, request: web.Request) -> web.Response:
+        channel = self._rest_channel(request)
+        guild = self._guild(channel.guild_id) if channel.guild_id is not None else None
+        threads = [
+            self._channel_payload(t)
+            for t in (guild.threads.values() if guild is not None else [])
+            if t.parent_id == channel.id and t.archived and t.type == PUBLIC_THREAD
+        ]
+        return _json_response({"threads": threads, "members": [], "has_more": False})
 
     async def _create_message(self, request: web.Request) -> web.Response:
         channel = self._rest_channel(request)

@@ -165,6 +165,18 @@ def message_deleted_event(
     }
 
 
+def member_joined_event(user: str, channel: str, team: str = DEFAULT_TEAM_ID) -> JsonDict:
+    """``member_joined_channel``: ``user`` (e.g. the bot) was added to ``channel``."""
+    return {
+        "type": "member_joined_channel",
+        "user": user,
+        "channel": channel,
+        "channel_type": "C",
+        "team": team,
+        "event_ts": next_ts(),
+    }
+
+
 def sign_request(
     body: bytes | str, signing_secret: str, timestamp: int | None = None
 ) -> dict[str, str]:
@@ -276,6 +288,9 @@ class FakeSlack:
 
         self.calls: list[ApiCall] = []
         self.messages: dict[str, list[JsonDict]] = defaultdict(list)  # channel -> live messages
+        #: channel -> messages said before (what conversations.history and .replies serve,
+        #: with the bot's posted messages)
+        self.history: dict[str, list[JsonDict]] = defaultdict(list)
         self.ephemeral_messages: list[JsonDict] = []
         self.reactions: dict[tuple[str, str], list[str]] = defaultdict(list)  # (channel, ts)
         self.assistant_statuses: list[JsonDict] = []
@@ -302,6 +317,9 @@ class FakeSlack:
             "chat.getPermalink": self._chat_get_permalink,
             "users.info": self._users_info,
             "conversations.info": self._conversations_info,
+            "conversations.history": self._conversations_history,
+            "conversations.replies": self._conversations_replies,
+            "users.conversations": self._users_conversations,
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
             "assistant.threads.setStatus": self._assistant_set_status,
@@ -381,7 +399,13 @@ class FakeSlack:
         return user
 
     def add_channel(
-        self, channel_id: str, name: str = "", *, is_private: bool = False, user: str | None = None
+        self,
+        channel_id: str,
+        name: str = "",
+        *,
+        is_private: bool = False,
+        user: str | None = None,
+        is_member: bool = True,
     ) -> JsonDict:
         """Register a channel for conversations.info (a D... id is a DM: give ``user``)."""
         is_im = channel_id.startswith("D")
@@ -394,7 +418,7 @@ class FakeSlack:
             "is_mpim": False,
             "is_private": is_private or is_im,
             "is_archived": False,
-            "is_member": True,
+            "is_member": is_member,
             "context_team_id": self.team_id,
         }
         if is_im:
@@ -403,6 +427,15 @@ class FakeSlack:
             channel["name"] = name or channel_id.lower()
         self.channels[channel_id] = channel
         return channel
+
+    def add_history(self, channel: str, message: JsonDict) -> JsonDict:
+        """A message said in ``channel`` before now (e.g. from message_event(), or a raw
+        export-style dict); it is served by conversations.history / .replies."""
+        kept = {
+            k: v for k, v in message.items() if k not in {"channel", "channel_type", "event_ts"}
+        }
+        self.history[channel].append(kept)
+        return kept
 
     def fail(self, method: str, *failures: Failure) -> None:
         """Make the next calls to ``method`` fail, one failure per call, in order."""
@@ -617,6 +650,96 @@ class FakeSlack:
         if channel is None:
             raise _ApiError("channel_not_found")
         return {"ok": True, "channel": channel}
+
+    def _said_in(self, channel: str) -> list[JsonDict]:
+        """Everything said in a channel, oldest first (parents carry their reply counts)."""
+        said = sorted(
+            [*self.history.get(channel, []), *self.messages.get(channel, [])],
+            key=lambda m: float(m["ts"]),
+        )
+        replies: dict[str, int] = defaultdict(int)
+        for m in said:
+            if m.get("thread_ts") and m["thread_ts"] != m["ts"]:
+                replies[m["thread_ts"]] += 1
+        out = []
+        for m in said:
+            if replies.get(m["ts"]):
+                m = {**m, "thread_ts": m["ts"], "reply_count": replies[m["ts"]]}
+            out.append(m)
+        return out
+
+    @staticmethod
+    def _page(
+        items: list[JsonDict], params: JsonDict, default: int = 100
+    ) -> tuple[list[JsonDict], str]:
+        """Cursor pagination: the cursor is the offset of the next page."""
+        limit = int(params.get("limit") or default)
+        start = int(params.get("cursor") or 0)
+        page = items[start : start + limit]
+        more = start + limit < len(items)
+        return page, str(start + limit) if more else ""
+
+    def _conversations_history(self, params: JsonDict) -> JsonDict:
+        channel = _require(params, "channel", "channel_not_found")
+        if channel not in self.channels:
+            raise _ApiError("channel_not_found")
+        latest = float(params.get("latest") or 1e12)
+        oldest = float(params.get("oldest") or 0)
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+        found = [
+            m
+            for m in self._said_in(channel)
+            if (
+                not m.get("thread_ts")
+                or m["thread_ts"] == m["ts"]
+                or m.get("subtype") == "thread_broadcast"
+            )
+            and (
+                oldest <= float(m["ts"]) <= latest
+                if inclusive
+                else oldest < float(m["ts"]) < latest
+            )
+        ]
+        newest_first = list(reversed(found))
+        page, cursor = self._page(newest_first, params)
+        return {
+            "ok": True,
+            "messages": page,
+            "has_more": bool(cursor),
+            "response_metadata": {"next_cursor": cursor},
+        }
+
+    def _conversations_replies(self, params: JsonDict) -> JsonDict:
+        channel = _require(params, "channel", "channel_not_found")
+        ts = _require(params, "ts", "thread_not_found")
+        thread = [m for m in self._said_in(channel) if m["ts"] == ts or m.get("thread_ts") == ts]
+        if not thread:
+            raise _ApiError("thread_not_found")
+        page, cursor = self._page(thread, params)
+        return {
+            "ok": True,
+            "messages": page,
+            "has_more": bool(cursor),
+            "response_metadata": {"next_cursor": cursor},
+        }
+
+    def _users_conversations(self, params: JsonDict) -> JsonDict:
+        types = set(str(params.get("types") or "public_channel").split(","))
+        chosen = []
+        for c in self.channels.values():
+            kind = (
+                "im"
+                if c["is_im"]
+                else "mpim"
+                if c["is_mpim"]
+                else "private_channel"
+                if c["is_group"]
+                else "public_channel"
+            )
+            if kind in types and c.get("is_member") and not c.get("is_archived"):
+                chosen.append(c)
+        page, cursor = self._page(chosen, params)
+        return {"ok": True, "channels": page, "response_metadata": {"next_cursor": cursor}}
 
     def _reaction_key(self, params: JsonDict) -> tuple[tuple[str, str], str]:
         channel = _require(params, "channel", "channel_not_found")
