@@ -83,6 +83,12 @@ class Progress:
     present: int = 0
     skipped: int = 0
     current: str | None = None
+    listed: bool = False  # the channels the bot is in are known (and queued)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or running, once the channels are known."""
+        return self.listed and self.queued == 0
 
 
 class Backfill:
@@ -132,6 +138,7 @@ class Backfill:
             jobs = []
         for job in jobs:
             self.enqueue(job)
+        self.progress.listed = True
         while True:
             job = await self._queue.get()
             self.progress.current = job.label
