@@ -1,29 +1,66 @@
-"""Hybrid ranking: keyword (bm25) and vector candidates fused into one score.
+"""Ranking: keyword and vector candidates turned into one score in [0, 1].
 
-Why this shape (measured on LoCoMo, see README): plain reciprocal-rank fusion throws away how
-*much* better the first candidate is than the tenth, and it does worse than bm25 alone there.
-Here each list's scores are normalised against its own best candidate and combined with
-weights; then each candidate borrows a little of its conversational neighbours' scores,
-because in a chat the answer to a question often sits in the turn right before or after the
-one that matches its words ("where did you go?" / "to the lake!"). Questions about people
-name them ("what did Alice say about the deploy?"), so messages whose author the question
-names get a bonus. A small recency term breaks near-ties in favour of newer messages in live
-channels and vanishes for old history.
+The engine gathers candidates under the search's scope (bm25 from FTS5, cosine from Chroma,
+at least 100 of each: fewer cost recall, see README) and asks ``Ranking`` to order them. The
+pipeline, one named stage each, every feature in [0, 1]:
 
-Measured on LoCoMo's development part with the local model (recall@10; `channelmind bench
-locomo`): keyword only 0.56, vector only 0.50, normalised fusion 0.61, + neighbours 0.67,
-+ author 0.73. The weights are round numbers, not a search over these five conversations.
+1. normalise  bm25 and cosine against each list's best (and the cosine list's floor), so the
+              two lists speak the same scale whatever the query;
+2. neighbours in a chat the answer often sits right before or after the turn that matches the
+              question's words ("where did you go?" / "to the lake!"): each candidate takes
+              the best fused score of its direct neighbours;
+3. authors    questions about people name them ("what did Alice say about the deploy?");
+4. dates      a question that names a date ("in June", "on 3 May 2023") is about messages
+              written around then;
+5. substance  a message that says something is longer than "haha nice!";
+6. recency    a small fixed nudge to newer messages in live channels (gone after months);
+7. combine    a weighted sum of the above (weights below);
+8. exact      a rare identifier, number, code or name the question quotes verbatim puts the
+              messages holding it first: people search for "order 48213" by its string, and
+              a vector neighbour must not outrank it;
+9. calibrate  a logistic map of a message's place in the order (rank, and how far it is
+              behind the query's best) and of how well the query matched at all (its best
+              cosine and best bm25) to the probability
+              that the message is what the question is after: comparable across queries, so
+              an unrelated query scores low and ``score_threshold`` means the same thing for
+              every query (a per-query min-max would give every query's best hit the same
+              score, however poor the match).
+
+The weights and the calibration live in ``ranking.json`` beside this file, plain numbers with
+how they were fit: coordinate ascent on recall@10 over the LoCoMo development conversations,
+validated leave-one-conversation-out, refit with ``channelmind bench locomo --data ... --fit``.
+Every feature is generic chat structure (words, meaning, turn order, authors, time, length);
+nothing names LoCoMo.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from .model import Episode
-from .text import words
+from .query_dates import periods, without_dates
+from .text import WORD, words
+
+MODEL_PATH = Path(__file__).with_name("ranking.json")
+FEATURES = ("keyword", "vector", "neighbour", "author", "when", "substance")
+# A token appearing verbatim in more candidates than this is not an identifier to match.
+EXACT_RARE = 3
+SUBSTANCE_WORDS = 100  # messages this long (in words) count as fully substantive
+
+# Whitespace-separated query tokens, trimmed of surrounding punctuation.
+_TOKEN = re.compile(r"[^\s\"'`“”‘’()\[\]{}<>,;!?]+")
+_INNER_MARK = re.compile(r"[^\W_][_./#:@][^\W_]")
+_DATE_WORD = re.compile(
+    r"(?i)january|february|march|april|may|june|july|august|september|october|november"
+    r"|december|(mon|tues|wednes|thurs|fri|satur|sun)day|\d{1,2}(st|nd|rd|th)|(19|20)\d\d"
+)
 
 
 @dataclass
@@ -32,83 +69,220 @@ class Candidate:
     episode: Episode
     keyword: float | None = None  # bm25, larger is better
     vector: float | None = None  # cosine similarity
-    score: float = 0.0
+    features: dict[str, float] = field(default_factory=dict)
+    exact: float = 0.0  # share of the query's rare verbatim tokens this message holds
+    recency: float = 0.0
+    combined: float = 0.0  # stage 7 (+ stage 8)
+    score: float = 0.0  # stage 9, in [0, 1]
 
 
 @dataclass(frozen=True)
-class RankingWeights:
-    keyword: float = 0.5
-    vector: float = 0.5
-    neighbour: float = 0.6
-    author: float = 0.3
+class Query:
+    """What the stages need to know about the query, worked out once."""
+
+    text: str
+    words: frozenset[str]
+    vector_top: float  # the best cosine among the candidates (0 without vectors)
+    keyword_top: float  # the best bm25 among the candidates (0 without keyword matches)
+
+
+@dataclass(frozen=True)
+class RankingModel:
+    weights: Mapping[str, float]
+    calibration: Mapping[str, float]  # bias, gap, rank, exact, vector_top, keyword_top
     recency: float = 0.05
     recency_half_life_days: float = 30.0
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH) -> RankingModel:
+        data = json.loads(path.read_text())
+        return cls(weights=data["weights"], calibration=data["calibration"])
+
+    def save(self, path: Path, fit: Mapping[str, Any]) -> None:
+        data = {
+            "about": "Ranking weights and score calibration for memory/retrieval.py; see its"
+            " docstring. Refit: channelmind bench locomo --data <locomo.json> --fit <this file>",
+            "weights": {k: round(float(self.weights[k]), 4) for k in FEATURES},
+            "calibration": {k: round(float(v), 4) for k, v in self.calibration.items()},
+            "fit": dict(fit),
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def exact_tokens(query: str) -> list[str]:
+    """Query tokens people search for by their exact string: anything with a digit or with
+    capitals past the first letter (48213, ERR, iOS, PROJ-12, db-prod-07), a word joined by
+    ``_ . / # : @`` (pay_v2, example.com), and a capitalised word not at the start of the
+    query (names: "Edinburgh", "Falcon"). Dates are left to the dates stage, and ordinary
+    hyphenated words ("self-care") are words."""
+    out: list[str] = []
+    for i, m in enumerate(_TOKEN.finditer(without_dates(query))):
+        token = m.group(0).strip(".:-_/#@")
+        if len(token) < 2 or _DATE_WORD.fullmatch(token):
+            continue
+        specific = (
+            any(ch.isdigit() for ch in token)
+            or _INNER_MARK.search(token) is not None
+            or any(ch.isupper() for ch in token[1:])
+            or (i > 0 and token[0].isupper() and "-" not in token)
+        )
+        if specific and token.lower() not in out:
+            out.append(token.lower())
+    return out
+
+
+def _holds(text: str, token: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", text, re.IGNORECASE) is not None
+
+
+def _name_words(ep: Episode) -> set[str]:
+    return {w for w in words(ep.display_name) if len(w) > 1}
 
 
 @dataclass
 class Ranking:
-    weights: RankingWeights = field(default_factory=RankingWeights)
+    model: RankingModel = field(default_factory=RankingModel.load)
 
-    def fuse(self, candidates: Mapping[int, Candidate]) -> None:
-        """Set each candidate's ``score`` from its normalised keyword and vector scores."""
-        kw = [c.keyword for c in candidates.values() if c.keyword is not None]
-        vec = [c.vector for c in candidates.values() if c.vector is not None]
-        kw_top = max(kw, default=0.0)
-        vec_top = max(vec, default=0.0)
-        vec_floor = min(vec, default=0.0)
-        # With only one list present, the other contributes nothing rather than penalising.
-        w_kw = self.weights.keyword if kw else 0.0
-        w_vec = self.weights.vector if vec else 0.0
-        total = (w_kw + w_vec) or 1.0
-        for c in candidates.values():
-            k = (c.keyword / kw_top) if (c.keyword is not None and kw_top > 0) else 0.0
-            v = 0.0
-            if c.vector is not None and vec_top > vec_floor:
-                v = (c.vector - vec_floor) / (vec_top - vec_floor)
-            elif c.vector is not None:
-                v = 1.0
-            c.score = (w_kw * k + w_vec * v) / total
+    # -- stages 1-6: features ----------------------------------------------------------------
 
-    def smooth(
+    def describe(
         self,
         candidates: Mapping[int, Candidate],
         adjacent: Mapping[int, tuple[int | None, int | None]],
-    ) -> None:
-        """Let each candidate borrow from its best-scoring direct neighbour."""
-        if self.weights.neighbour <= 0:
-            return
-        base = {rid: c.score for rid, c in candidates.items()}
-        for rid, c in candidates.items():
-            prev_id, next_id = adjacent.get(rid, (None, None))
-            near = max(
-                base.get(prev_id, 0.0) if prev_id is not None else 0.0,
-                base.get(next_id, 0.0) if next_id is not None else 0.0,
-            )
-            c.score = (c.score + self.weights.neighbour * near) / (1.0 + self.weights.neighbour)
-
-    def author(self, candidates: Mapping[int, Candidate], query: str) -> None:
-        """Favour messages by the people a question names ("what did Alice say about...")."""
-        if self.weights.author <= 0:
-            return
-        query_words = {w for w in words(query) if len(w) > 1}
-        if not query_words:
-            return
-        for c in candidates.values():
-            names = {w for w in words(c.episode.display_name) if len(w) > 1}
-            if names & query_words:
-                c.score += self.weights.author
-
-    def recency(self, candidates: Mapping[int, Candidate], now: datetime) -> None:
-        if self.weights.recency <= 0:
-            return
-        half_life = self.weights.recency_half_life_days * 86400.0
-        for c in candidates.values():
-            age = max(0.0, (now - c.episode.created_at).total_seconds())
-            c.score += self.weights.recency * math.exp(-math.log(2) * age / half_life)
+        query: str,
+        now: datetime,
+        *,
+        contextual: bool = True,
+    ) -> Query:
+        """Set every candidate's features; returns what the query matched at best. Without
+        ``contextual`` (the keyword-only and vector-only modes) a list ranks by its own score."""
+        q = self.normalise(candidates, query)
+        if contextual:
+            self.neighbours(candidates, adjacent)
+            self.authors(candidates, q)
+            self.dates(candidates, q)
+            self.substance(candidates)
+        self.recency(candidates, now)
+        self.exact(candidates, q)
+        return q
 
     @staticmethod
-    def ranked(candidates: Mapping[int, Candidate]) -> list[Candidate]:
-        return sorted(
-            candidates.values(),
-            key=lambda c: (-c.score, -c.episode.created_at.timestamp(), -c.row_id),
-        )
+    def normalise(candidates: Mapping[int, Candidate], query: str) -> Query:
+        kw = [c.keyword for c in candidates.values() if c.keyword is not None]
+        vec = [c.vector for c in candidates.values() if c.vector is not None]
+        kw_top = max(kw, default=0.0)
+        vec_top, vec_floor = max(vec, default=0.0), min(vec, default=0.0)
+        for c in candidates.values():
+            k = c.keyword / kw_top if c.keyword is not None and kw_top > 0 else 0.0
+            v = 0.0
+            if c.vector is not None:
+                v = (c.vector - vec_floor) / (vec_top - vec_floor) if vec_top > vec_floor else 1.0
+            c.features = {"keyword": k, "vector": v}
+        named = frozenset(w for w in words(query) if len(w) > 1)
+        return Query(query, named, max(vec_top, 0.0), kw_top)
+
+    @staticmethod
+    def neighbours(
+        candidates: Mapping[int, Candidate],
+        adjacent: Mapping[int, tuple[int | None, int | None]],
+    ) -> None:
+        base = {
+            rid: (c.features["keyword"] + c.features["vector"]) / 2 for rid, c in candidates.items()
+        }
+        for rid, c in candidates.items():
+            near = [base.get(n, 0.0) for n in adjacent.get(rid, (None, None)) if n is not None]
+            c.features["neighbour"] = max(near, default=0.0)
+
+    @staticmethod
+    def authors(candidates: Mapping[int, Candidate], q: Query) -> None:
+        for c in candidates.values():
+            c.features["author"] = 1.0 if _name_words(c.episode) & q.words else 0.0
+
+    @staticmethod
+    def dates(candidates: Mapping[int, Candidate], q: Query) -> None:
+        named = periods(q.text)
+        for c in candidates.values():
+            hit = any(p.contains(c.episode.created_at) for p in named)
+            c.features["when"] = 1.0 if hit else 0.0
+
+    @staticmethod
+    def substance(candidates: Mapping[int, Candidate]) -> None:
+        top = math.log1p(SUBSTANCE_WORDS)
+        for c in candidates.values():
+            count = len(WORD.findall(c.episode.content))
+            c.features["substance"] = min(1.0, math.log1p(count) / top)
+
+    def recency(self, candidates: Mapping[int, Candidate], now: datetime) -> None:
+        half_life = self.model.recency_half_life_days * 86400.0
+        for c in candidates.values():
+            age = max(0.0, (now - c.episode.created_at).total_seconds())
+            c.recency = math.exp(-math.log(2) * age / half_life)
+
+    @staticmethod
+    def exact(candidates: Mapping[int, Candidate], q: Query) -> None:
+        """Stage 8's input: the share of the query's rare verbatim tokens each message holds.
+        Rare means held by at most ``EXACT_RARE`` candidates; the keyword list reaches every
+        message holding a rare token (bm25 weighs rare words most). Tokens that are the name
+        of an author among the candidates are left to the authors stage."""
+        authors: set[str] = set()
+        for c in candidates.values():
+            authors |= _name_words(c.episode)
+        tokens = [t for t in exact_tokens(q.text) if t not in authors]
+        holders: dict[str, list[Candidate]] = {}
+        for token in tokens:
+            holders[token] = [c for c in candidates.values() if _holds(c.episode.content, token)]
+        rare = [t for t, held in holders.items() if 0 < len(held) <= EXACT_RARE]
+        for c in candidates.values():
+            c.exact = 0.0
+        for token in rare:
+            for c in holders[token]:
+                c.exact += 1.0 / len(rare)
+
+    # -- stages 7-9: score --------------------------------------------------------------------
+
+    def combine(self, candidates: Iterable[Candidate], weights: Mapping[str, float]) -> None:
+        """Stage 7 and 8: the weighted sum, then a margin for exact matches larger than any
+        difference the other features can make (every feature is in [0, 1])."""
+        margin = 1.0 + sum(w for w in weights.values() if w > 0) + self.model.recency
+        for c in candidates:
+            c.combined = sum(weights[f] * c.features.get(f, 0.0) for f in FEATURES)
+            c.combined += self.model.recency * c.recency + margin * c.exact
+
+    def calibrate(self, candidates: Iterable[Candidate], q: Query) -> None:
+        """Stage 9: a candidate's place in the query's order (its rank, and how far its
+        combined score is behind the best: a full point is as far as it gets), whether it
+        holds an exact match, and how well the query matched at all (best cosine, best bm25),
+        to a probability. Monotone in ``combined`` within a query: it keeps the order."""
+        cal = self.model.calibration
+        offset = cal["bias"] + cal["vector_top"] * q.vector_top
+        offset += cal["keyword_top"] * math.log1p(q.keyword_top)
+        group = ordered(candidates)
+        best = group[0].combined if group else 0.0
+        for rank, c in enumerate(group):
+            z = offset + cal["gap"] * max(-1.0, c.combined - best) + cal["exact"] * c.exact
+            c.score = sigmoid(z - cal["rank"] * math.log1p(rank))
+
+    def rank(self, candidates: Mapping[int, Candidate], q: Query) -> list[Candidate]:
+        """Stages 7-9 and the order: best first, newer first on ties."""
+        self.combine(candidates.values(), self.model.weights)
+        self.calibrate(candidates.values(), q)
+        return ordered(candidates.values())
+
+
+def ordered(candidates: Iterable[Candidate]) -> list[Candidate]:
+    return sorted(
+        candidates,
+        key=lambda c: (-c.combined, -c.episode.created_at.timestamp(), -c.row_id),
+    )
+
+
+def feature_rows(candidates: Sequence[Candidate]) -> list[list[float]]:
+    """The feature matrix of a candidate list, in ``FEATURES`` order (for fitting)."""
+    return [[c.features.get(f, 0.0) for f in FEATURES] for c in candidates]

@@ -1,4 +1,5 @@
-"""``channelmind bench locomo`` and ``bench scale``: retrieval quality and speed at size."""
+"""``channelmind bench locomo``, ``bench exact`` and ``bench scale``: retrieval quality and
+speed at size."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def cmd_bench_locomo(args: argparse.Namespace) -> int:
         print(f"no LoCoMo file at {args.data}", file=sys.stderr)
         return 2
     embedder = make_embedder(args.embedder)
-    result = asyncio.run(bench_locomo.run(args.data, args.k, embedder))
+    result = asyncio.run(
+        bench_locomo.run(args.data, args.k, embedder, cv=args.cv, fit_path=args.fit)
+    )
     if args.plot:
         bench_locomo.plot(result, args.k, args.plot)
     if args.json:
@@ -38,6 +41,13 @@ def cmd_bench_locomo(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def cmd_bench_exact(args: argparse.Namespace) -> int:
+    from memory import bench_exact
+    from memory.embedders import make_embedder
+
+    return bench_exact.main(make_embedder(args.embedder), args.json)
 
 
 def cmd_bench_scale(args: argparse.Namespace) -> int:
@@ -60,7 +70,18 @@ def add(sub: Any) -> None:
     loc.add_argument("--embedder", default="local", choices=["local", "openai", "hash"])
     loc.add_argument("--json", action="store_true", help="print one JSON object")
     loc.add_argument("--plot", type=Path, help="write recall by category to this PNG")
+    loc.add_argument(
+        "--cv", action="store_true", help="also fit and score leave-one-conversation-out"
+    )
+    loc.add_argument(
+        "--fit", type=Path, help="fit the ranking on all conversations and write it here (JSON)"
+    )
     loc.set_defaults(func=cmd_bench_locomo)
+
+    exact = bench.add_parser("exact", help="identifiers, codes and names found first")
+    exact.add_argument("--embedder", default="local", choices=["local", "hash"])
+    exact.add_argument("--json", action="store_true", help="print one JSON object")
+    exact.set_defaults(func=cmd_bench_exact)
 
     scale = bench.add_parser("scale", help="write, index and search speed at size")
     scale.add_argument("--episodes", type=int, default=10_000)

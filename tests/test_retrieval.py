@@ -1,0 +1,154 @@
+"""Ranking as users meet it: exact identifiers first (over REST), scores in [0, 1] that a
+threshold can use, dates named in a question, and the LoCoMo benchmark's cross-validation
+driven through the CLI on a small synthetic conversation file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from memory import bench_exact
+from memory.engine import MemoryEngine
+from memory.model import Scope
+from memory.retrieval import FEATURES, RankingModel
+
+from .conftest import GENERAL, ORG, PROJECT, at, episode
+from .server_harness import running
+
+CHANNEL = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
+
+
+async def test_identifiers_come_first_over_rest(engine: MemoryEngine) -> None:
+    episodes, needles = bench_exact.corpus(messages=400, per_kind=25)
+    await engine.add(episodes)
+    await engine.wait_indexed()
+    asked = needles[::7]  # every kind: orders, error codes, tickets, versions, hosts, names
+    assert {n.kind for n in asked} == {"order", "error code", "ticket", "version", "host", "name"}
+    misses = []
+    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        for needle in asked:
+            body = {
+                "org_id": bench_exact.ORG,
+                "project_id": bench_exact.PROJECT,
+                "query": needle.question,
+                "top_k": 3,
+                "types": ["episodic"],
+            }
+            found = (await http.post("/api/v2/memories/search", json=body)).json()
+            hits = found["content"]["episodic_memory"]["long_term_memory"]["episodes"]
+            if not hits or hits[0]["content"] != needle.message:
+                misses.append(needle.question)
+    assert misses == []
+
+
+async def test_scores_are_probabilities_and_a_threshold_drops_unrelated(
+    engine: MemoryEngine,
+) -> None:
+    await engine.add(
+        [
+            episode("I prefer dark mode in every editor", created_at=at(0)),
+            episode("the deploy to prod failed at 3pm, rolling back", created_at=at(1)),
+            episode("lunch at the ramen place on Friday?", created_at=at(2)),
+            episode("the deploy failed because the migration timed out", created_at=at(3)),
+        ]
+    )
+    await engine.wait_indexed()
+    related = await engine.search("why did the deploy fail?", CHANNEL, top_k=4)
+    unrelated = await engine.search("banana bread recipe", CHANNEL, top_k=4)
+    for hit in related.hits + unrelated.hits:
+        assert 0.0 <= hit.score <= 1.0
+    assert related.hits[0].episode.content.startswith("the deploy")
+    best_unrelated = max((h.score for h in unrelated.hits), default=0.0)
+    assert related.hits[0].score > best_unrelated
+    # A threshold between the two keeps the answer and drops everything for the other query.
+    threshold = (related.hits[0].score + best_unrelated) / 2
+    kept = await engine.search("why did the deploy fail?", CHANNEL, score_threshold=threshold)
+    dropped = await engine.search("banana bread recipe", CHANNEL, score_threshold=threshold)
+    assert kept.hits and dropped.hits == []
+
+
+async def test_a_date_in_the_question_prefers_messages_from_then(engine: MemoryEngine) -> None:
+    march = datetime(2024, 3, 14, 10, 0, tzinfo=UTC)
+    await engine.add(
+        [
+            episode("we picked the blue logo for the launch", created_at=march),
+            episode("we picked the green logo for the launch", created_at=march + timedelta(90)),
+        ]
+    )
+    await engine.wait_indexed()
+    found = await engine.search("which logo did we pick on 14 March?", CHANNEL, top_k=2)
+    assert found.hits[0].episode.content == "we picked the blue logo for the launch"
+    later = await engine.search("which logo did we pick in June 2024?", CHANNEL, top_k=2)
+    assert later.hits[0].episode.content == "we picked the green logo for the launch"
+
+
+def _tiny_locomo() -> list[dict[str, Any]]:
+    """Three small conversations in LoCoMo's format: sessions of turns, questions of every
+    category with evidence ids, and unanswerable (category 5) ones."""
+    topics = [
+        ("pottery", "I made a blue bowl in my pottery class", "What did {a} make in class?"),
+        ("hiking", "We hiked to the waterfall near the lake", "Where did {b} hike?"),
+        ("piano", "I started piano lessons with my daughter", "What lessons did {a} start?"),
+        ("garden", "The tomatoes in my garden finally turned red", "What grew in the garden?"),
+    ]
+    out = []
+    for n, (a, b) in enumerate([("Ana", "Ben"), ("Cleo", "Dev"), ("Eli", "Fay")]):
+        conv: dict[str, Any] = {"speaker_a": a, "speaker_b": b}
+        qa = []
+        for s, (topic, line, question) in enumerate(topics, start=1):
+            conv[f"session_{s}_date_time"] = f"1:56 pm on {s + n} May, 2023"
+            turns = [
+                {"speaker": b, "dia_id": f"D{s}:1", "text": f"Hey {a}, anything new?"},
+                {"speaker": a, "dia_id": f"D{s}:2", "text": line},
+                {"speaker": b, "dia_id": f"D{s}:3", "text": f"Wow, {topic} sounds great!"},
+                {"speaker": a, "dia_id": f"D{s}:4", "text": "Thanks, talk soon!"},
+            ]
+            conv[f"session_{s}"] = turns
+            qa.append(
+                {
+                    "question": question.format(a=a, b=b),
+                    "answer": topic,
+                    "evidence": [f"D{s}:2"],
+                    "category": s,
+                }
+            )
+        qa.append({"question": f"What did {b} bake?", "evidence": ["D1:2"], "category": 5})
+        out.append({"sample_id": f"conv-{n}", "conversation": conv, "qa": qa})
+    return out
+
+
+def test_bench_locomo_cv_and_fit_through_the_cli(tmp_path: Path) -> None:
+    data = tmp_path / "tiny.json"
+    data.write_text(json.dumps(_tiny_locomo()))
+    fitted = tmp_path / "ranking.json"
+    cli = Path(sys.executable).with_name("channelmind")
+    args = ["bench", "locomo", "--data", str(data), "--embedder", "hash", "--cv", "--json"]
+    done = subprocess.run(
+        [str(cli), *args, "--fit", str(fitted)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in ("recall@5", "recall@10", "recall@20", "all@10"):
+        assert key in result and key in result["cv"]
+    assert {"search_ms_p50", "search_ms_p95", "baselines", "by_category"} <= set(result)
+    assert set(result["cv"]["by_category"]) == {"1", "2", "3", "4"}
+    assert "all@10" in result["cv"]["by_category"]["1"]
+    assert set(result["cv"]["folds"]) == {"conv-0", "conv-1", "conv-2"}
+    assert result["questions"] == 12
+    assert result["calibration"]["quantiles"]["unanswerable"]["n"] == 3
+    # Every question's evidence is a single, distinctive turn: the engine finds it.
+    assert result["recall@10"] == 1.0
+    model = RankingModel.load(fitted)
+    assert set(model.weights) == set(FEATURES)
+    assert set(model.calibration) == {"bias", "gap", "rank", "exact", "vector_top", "keyword_top"}
+    assert json.loads(fitted.read_text())["fit"]["data"].startswith("tiny.json")
