@@ -33,7 +33,7 @@ from .embedders import Embedder
 from .engine import SEARCH_DEPTH, MemoryEngine, SearchMode
 from .model import Episode, Scope
 from .ranking_fit import Labelled, fit_calibration, fit_weights
-from .retrieval import Ranking, RankingModel, ordered
+from .retrieval import Ranking, RankingModel
 
 ORG = "locomo"
 PROJECT = "dev"
@@ -273,8 +273,7 @@ def cross_validate(
             if it.group != conv.sample_id:
                 continue
             ranking.combine(it.candidates, model.weights)
-            ranking.calibrate(it.candidates, it.query)
-            ranked = ordered(it.candidates)
+            ranked = ranking.calibrate(it.candidates, it.query)
             top[it.kind].append(ranked[0].score if ranked else 0.0)
             if it.category:
                 fold_ranked.append([c.episode.metadata.get("dia_id") for c in ranked])

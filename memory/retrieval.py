@@ -41,6 +41,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,9 @@ def _holds(text: str, token: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", text, re.IGNORECASE) is not None
 
 
-def _name_words(ep: Episode) -> set[str]:
-    return {w for w in words(ep.display_name) if len(w) > 1}
+@lru_cache(maxsize=4096)
+def _name_words(display_name: str) -> frozenset[str]:
+    return frozenset(w for w in words(display_name) if len(w) > 1)
 
 
 @dataclass
@@ -203,7 +205,7 @@ class Ranking:
     @staticmethod
     def authors(candidates: Mapping[int, Candidate], q: Query) -> None:
         for c in candidates.values():
-            c.features["author"] = 1.0 if _name_words(c.episode) & q.words else 0.0
+            c.features["author"] = 1.0 if _name_words(c.episode.display_name) & q.words else 0.0
 
     @staticmethod
     def dates(candidates: Mapping[int, Candidate], q: Query) -> None:
@@ -233,7 +235,7 @@ class Ranking:
         of an author among the candidates are left to the authors stage."""
         authors: set[str] = set()
         for c in candidates.values():
-            authors |= _name_words(c.episode)
+            authors |= _name_words(c.episode.display_name)
         tokens = [t for t in exact_tokens(q.text) if t not in authors]
         holders: dict[str, list[Candidate]] = {}
         for token in tokens:
@@ -255,11 +257,12 @@ class Ranking:
             c.combined = sum(weights[f] * c.features.get(f, 0.0) for f in FEATURES)
             c.combined += self.model.recency * c.recency + margin * c.exact
 
-    def calibrate(self, candidates: Iterable[Candidate], q: Query) -> None:
+    def calibrate(self, candidates: Iterable[Candidate], q: Query) -> list[Candidate]:
         """Stage 9: a candidate's place in the query's order (its rank, and how far its
         combined score is behind the best: a full point is as far as it gets), whether it
         holds an exact match, and how well the query matched at all (best cosine, best bm25),
-        to a probability. Monotone in ``combined`` within a query: it keeps the order."""
+        to a probability. Monotone in ``combined`` within a query: it keeps the order, which
+        it returns."""
         cal = self.model.calibration
         offset = cal["bias"] + cal["vector_top"] * q.vector_top
         offset += cal["keyword_top"] * math.log1p(q.keyword_top)
@@ -268,12 +271,12 @@ class Ranking:
         for rank, c in enumerate(group):
             z = offset + cal["gap"] * max(-1.0, c.combined - best) + cal["exact"] * c.exact
             c.score = sigmoid(z - cal["rank"] * math.log1p(rank))
+        return group
 
     def rank(self, candidates: Mapping[int, Candidate], q: Query) -> list[Candidate]:
-        """Stages 7-9 and the order: best first, newer first on ties."""
+        """Stages 7-9: best first, newer first on ties."""
         self.combine(candidates.values(), self.model.weights)
-        self.calibrate(candidates.values(), q)
-        return ordered(candidates.values())
+        return self.calibrate(candidates.values(), q)
 
 
 def ordered(candidates: Iterable[Candidate]) -> list[Candidate]:
