@@ -125,10 +125,14 @@ async def test_hospital_flow_shares_one_patient_memory(server: Running) -> None:
 
 
 async def test_header_beats_tool_arguments(server: Running) -> None:
+    """The header's identity is used; an argument naming someone else is refused (403), not
+    silently replaced (tests/test_mcp_identity.py checks every argument of every tool)."""
     async with session(server, {"user-id": PATIENT}) as client:
-        await call(client, "add_memory", content="blood type is O negative", user_id="someone-else")
-        mine = await call(client, "search_memory", query="blood type", user_id="someone-else")
+        await call(client, "add_memory", content="blood type is O negative", user_id=PATIENT)
+        mine = await call(client, "search_memory", query="blood type")
+        switched = await call(client, "search_memory", query="blood type", user_id="someone-else")
     assert any("O negative" in c for c in contents(mine))
+    assert switched["status"] == 403 and "user-id header" in switched["message"]
     assert await server.engine.count(space(PATIENT)) == 1
     assert await server.engine.count(space("someone-else")) == 0
 
@@ -143,9 +147,11 @@ async def test_env_beats_arguments_and_header_beats_env(
     monkeypatch.setenv("MM_USER_ID", "env-user")
     monkeypatch.setenv("MM_ORG_ID", "clinic")
     async with session(server) as client:
-        await call(client, "add_memory", content="from the env user", user_id="arg-user")
+        await call(client, "add_memory", content="from the env user")
+        refused = await call(client, "add_memory", content="not stored", user_id="arg-user")
+    assert refused["status"] == 403 and "MM_USER_ID" in refused["message"]
     async with session(server, {"user-id": "header-user", "org-id": "hq"}) as client:
-        await call(client, "add_memory", content="from the header user", user_id="arg-user")
+        await call(client, "add_memory", content="from the header user")
     env_scope = Scope(org_id="clinic", project_id="mcp-env-user")
     header_scope = Scope(org_id="hq", project_id="mcp-header-user")
     assert [e.content for e in await server.engine.list(env_scope)] == ["from the env user"]
@@ -237,7 +243,7 @@ async def test_mcp_stdio_serves_the_same_tools(tmp_path: Path) -> None:
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
         await client.initialize()
-        added = await call(client, "add_memory", content="stdio remembers this", user_id="x")
+        added = await call(client, "add_memory", content="stdio remembers this")
         assert added["status"] == 200
         found = await call(client, "search_memory", query="what does stdio remember")
     assert contents(found) == ["stdio remembers this"]

@@ -8,9 +8,14 @@ HTTP at ``/mcp/`` by the memory server, and over stdio by ``channelmind mcp-stdi
 
 Identity follows MemMachine: the ``user-id`` / ``org-id`` / ``proj-id`` HTTP headers beat the
 ``MM_USER_ID`` / ``MM_ORG_ID`` / ``MM_PROJ_ID`` environment variables, which beat the tool
-arguments; so a model cannot reach another user's memory when the header is set. Defaults:
-``user_id = user-<hex MAC>``, ``proj_id = mcp-<user_id>``, ``org_id = mcp-universal``: one
-project per user, which is what lets every agent using ``user-id: patient-001`` share one memory.
+arguments. Defaults: ``user_id = user-<hex MAC>``, ``proj_id = mcp-<user_id>``,
+``org_id = mcp-universal``: one project per user, which is what lets every agent using
+``user-id: patient-001`` share one memory.
+
+An identity set by a header or the environment pins whose memory it is: a pinned user (or
+project) fixes the user, the project and the org, a pinned org fixes the org. Tool arguments
+may repeat a pinned value or narrow inside it (``channel_id``), never name another one: that is
+refused with 403, so a model cannot reach another user's memory by choosing arguments.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import ValidationError
@@ -55,27 +61,81 @@ def default_user_id() -> str:
     return f"user-{uuid.getnode():x}"
 
 
+class IdentityPinned(ValueError):
+    """A tool argument names another identity than the header or environment pins."""
+
+
 def resolve_identity(
     args: Mapping[str, str],
     headers: Mapping[str, str] | None,
     env: Mapping[str, str] | None = None,
 ) -> Identity:
-    """Tool arguments, overridden by env vars, overridden by HTTP headers; then defaults."""
+    """Whose memory a tool call uses: the identity a header or the environment pins (headers
+    beat the environment), else the tool arguments; then the defaults. Raises IdentityPinned
+    when an argument names another user, project or org than the pinned one."""
     env = os.environ if env is None else env
-    values = {k: (args.get(k) or "").strip() for k in _ENV}
+    asked = {k: (args.get(k) or "").strip() for k in _ENV}
+    pinned: dict[str, str] = {}
+    source: dict[str, str] = {}
     for key, var in _ENV.items():
         if env.get(var, "").strip():
-            values[key] = env[var].strip()
+            pinned[key], source[key] = env[var].strip(), var
     if headers is not None:
         for key, header in _HEADERS.items():
             if (headers.get(header) or "").strip():
-                values[key] = str(headers[header]).strip()
+                pinned[key] = str(headers[header]).strip()
+                source[key] = f"the {header} header"
+    if "user_id" in pinned or "proj_id" in pinned:
+        # The user (or project) is set: it decides the whole identity.
+        user = pinned.get("user_id") or default_user_id()
+        fixed = {
+            "user_id": user,
+            "proj_id": pinned.get("proj_id") or f"mcp-{user}",
+            "org_id": pinned.get("org_id") or DEFAULT_ORG,
+        }
+        by = source.get("user_id") or source["proj_id"]
+    elif "org_id" in pinned:
+        fixed, by = {"org_id": pinned["org_id"]}, source["org_id"]
+    else:
+        fixed, by = {}, ""
+    for key, value in fixed.items():
+        if asked[key] and asked[key] != value:
+            raise IdentityPinned(
+                f"{source.get(key, by)} sets {key} to {value!r}; the argument"
+                f" {key}={asked[key]!r} may not change it"
+            )
+    values = {**asked, **fixed}
     user = values["user_id"] or default_user_id()
     return Identity(
         org_id=values["org_id"] or DEFAULT_ORG,
         proj_id=values["proj_id"] or f"mcp-{user}",
         user_id=user,
     )
+
+
+class OrdinaryDisconnect(logging.Filter):
+    """The MCP SDK (1.x) logs ``Error in standalone SSE writer`` with a traceback at ERROR
+    whenever a client ends its HTTP session: the stream it was writing to is closed. That is
+    an ordinary disconnect, not an error; this filter turns exactly that record into a DEBUG
+    line and lets every other record through."""
+
+    MESSAGE = "Error in standalone SSE writer"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.getMessage() == self.MESSAGE and isinstance(
+            error, anyio.ClosedResourceError | anyio.BrokenResourceError
+        ):
+            log.debug("MCP session stream closed by the client")
+            return False
+        return True
+
+
+def quiet_ordinary_disconnects() -> None:
+    """Install :class:`OrdinaryDisconnect` on the SDK's streamable HTTP logger (once)."""
+    sdk = logging.getLogger("mcp.server.streamable_http")
+    if not any(isinstance(f, OrdinaryDisconnect) for f in sdk.filters):
+        sdk.addFilter(OrdinaryDisconnect())
 
 
 def _status(status: int, message: str) -> dict[str, Any]:
@@ -132,6 +192,7 @@ def build_mcp(
 ) -> FastMCP:
     """The FastMCP server with the memory tools; its streamable HTTP endpoint is at ``/``
     of :meth:`FastMCP.streamable_http_app` (mounted at ``/mcp`` by the app)."""
+    quiet_ordinary_disconnects()
     mcp = FastMCP(
         "ChannelMind memory",
         instructions=INSTRUCTIONS,
@@ -144,7 +205,10 @@ def build_mcp(
         **args: str,
     ) -> Identity | dict[str, Any]:
         headers, principal = _caller(ctx)
-        ident = resolve_identity(args, headers)
+        try:
+            ident = resolve_identity(args, headers)
+        except IdentityPinned as exc:
+            return _status(403, str(exc))
         try:
             check_id(ident.org_id)
             check_id(ident.proj_id)
