@@ -4,6 +4,11 @@ Writes commit to SQLite first and return; a background task embeds new rows in b
 writes them to Chroma, and drops the vectors of deleted rows. A crash in between loses nothing:
 rows remember whether they are indexed, deletions leave tombstones in the same transaction, and
 the next open picks up where the last one stopped.
+
+One process owns a data folder (:mod:`memory.folder`); a row that cannot be read or embedded is
+set aside (counted in ``stats().set_aside``, logged once, deletable) and never stops the others.
+Forgetting and editing are complete when the call returns: rows, FTS, the WAL, and every byte of
+the old vectors in Chroma's files (:meth:`VectorIndex.scrub`).
 """
 
 from __future__ import annotations
@@ -11,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
+import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+import numpy as np
+from pydantic import BaseModel, field_validator
 
 from .config import MemorySettings
-from .embedders import Embedder, make_embedder
+from .embedders import Embedder, Vectors, make_embedder
 from .filters import Filter, parse_filter
+from .folder import FolderLock
 from .model import (
     Episode,
     Fact,
@@ -32,7 +41,10 @@ from .model import (
     Source,
     Stats,
     TimeRange,
+    check_ref,
     check_safe_id,
+    check_text,
+    check_time,
     utcnow,
 )
 from .retrieval import Candidate, Query, Ranking
@@ -59,6 +71,16 @@ class SourceRef(BaseModel):
     project_id: str
     platform: str
     source_id: str
+
+    @field_validator("org_id", "project_id")
+    @classmethod
+    def _ids(cls, v: str, info: Any) -> str:
+        return check_safe_id(v, info.field_name)
+
+    @field_validator("platform", "source_id")
+    @classmethod
+    def _refs(cls, v: str, info: Any) -> str:
+        return check_ref(v, info.field_name)
 
 
 class ForgetReport(BaseModel):
@@ -92,8 +114,12 @@ class MemoryEngine:
         self.ranking = ranking or Ranking()
         self.store = SQLiteStore(self.data_dir / "memory.sqlite3")
         self.index: VectorIndex | None = None
+        self.folder: FolderLock | None = None
         self._wake = asyncio.Event()
         self._indexer: asyncio.Task[None] | None = None
+        # Held by each indexing step and by whatever drops vectors (forget, edit): a step's
+        # upsert never lands after a forget has scrubbed the index.
+        self._index_lock = asyncio.Lock()
         self._closed = False
         self.index_errors = 0
 
@@ -133,21 +159,46 @@ class MemoryEngine:
         return engine
 
     async def _start(self, allow_embedder_change: bool, background: bool) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.store.open()
+        # FolderInUse / FolderNotWritable, before anything is touched.
+        self.folder = await asyncio.to_thread(FolderLock.acquire, self.data_dir)
         try:
+            await self.store.open()
             await self._check_embedder(allow_embedder_change)
-            client = await asyncio.to_thread(
-                open_chroma, str(self.data_dir / "chroma"), self.chroma_url
-            )
-            self.index = VectorIndex(client)
+            await self._open_index()
+            await self._drain_tombstones()
+            if await self.store.needs_scrub():
+                await self._scrub()
             await self._reconcile_counts()
         except BaseException:
-            await self.store.close()
+            await self._release()
             raise
         if background:
             self._indexer = asyncio.create_task(self._index_loop(), name="channelmind-indexer")
             self._wake.set()
+
+    async def _open_index(self) -> None:
+        """Open Chroma with the folder's naming key (made on first open; an index built
+        before there was one is rebuilt, as its collection names reveal ids)."""
+        key = await self.store.get_meta("index_key")
+        fresh = key is None
+        if key is None:
+            key = secrets.token_hex(32)
+            await self.store.set_meta("index_key", key)
+        path = self.data_dir / "chroma"
+        connect = functools.partial(open_chroma, str(path), self.chroma_url)
+        client_path = None if self.chroma_url else path
+        self.index = await asyncio.to_thread(VectorIndex, connect, bytes.fromhex(key), client_path)
+        if fresh and await self.store.count_indexed():
+            log.info("the vector index predates keyed names: rebuilding it")
+            await asyncio.to_thread(self.index.reset)
+            await self.store.mark_all_pending()
+            await self.store.request_scrub()
+
+    async def serving_at(self, url: str | None) -> None:
+        """Record in the folder's lock file where this process serves the memory API, so that
+        another command finds it (:func:`memory.folder.read_owner`); None when it stops."""
+        if self.folder is not None:
+            await asyncio.to_thread(self.folder.set_url, url)
 
     async def _check_embedder(self, allow_change: bool) -> None:
         stored = await self.store.get_meta("embedder")
@@ -168,7 +219,21 @@ class MemoryEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._indexer
             self._indexer = None
-        await self.store.close()
+        await self._release()
+
+    async def _release(self) -> None:
+        """Close Chroma, SQLite and the folder lock (whatever of them is open)."""
+        try:
+            if self.index is not None:
+                index, self.index = self.index, None
+                await asyncio.to_thread(index.close)
+        finally:
+            try:
+                await self.store.close()
+            finally:
+                if self.folder is not None:
+                    folder, self.folder = self.folder, None
+                    folder.release()
 
     async def __aenter__(self) -> MemoryEngine:
         return self
@@ -204,13 +269,19 @@ class MemoryEngine:
     async def index_step(self) -> bool:
         """Drop one batch of tombstoned vectors or embed one batch of pending rows.
         Returns False when there was nothing to do."""
+        async with self._index_lock:
+            return await self._index_step()
+
+    async def _index_step(self) -> bool:
         index = self._vectors()
         if await self._drop_tombstoned(self.index_batch * 4):
             return True
         pending = await self.store.pending(self.index_batch)
         if not pending:
             return False
-        vectors = await asyncio.to_thread(self.embedder.embed, [embed_text(e) for e in pending])
+        pending, vectors = await self._embed(pending)
+        if not pending:
+            return True
         items = [
             VectorItem(e.uid, e.org_id, e.project_id, e.produced_for, e.producer, e.thread_id)
             for e in pending
@@ -223,10 +294,63 @@ class MemoryEngine:
         for item in items:
             by_project.setdefault((item.org_id, item.project_id), []).append(item)
         for (org, proj), group in by_project.items():
-            alive = {e.uid for e in await self.store.get(org, proj, [i.uid for i in group])}
+            alive = set(await self.store.existing(org, proj, [i.uid for i in group]))
             for item in group:
                 if item.uid not in alive:
                     await asyncio.to_thread(index.delete, org, proj, item.produced_for, [item.uid])
+        return True
+
+    async def _embed(
+        self, pending: builtins.list[Episode]
+    ) -> tuple[builtins.list[Episode], Vectors]:
+        """Vectors for the rows that can be embedded; a row that cannot (the embedder fails on
+        it, or answers a non-finite vector) is set aside. When every row fails and so does a
+        plain probe text, the embedder itself is down: that raises, and the indexer retries."""
+        texts = [embed_text(e) for e in pending]
+        try:
+            vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        except Exception as batch_error:
+            if len(pending) == 1 and not await self._embedder_works():
+                raise
+            results: builtins.list[Vectors | BaseException] = []
+            for text in texts:
+                try:
+                    results.append(await asyncio.to_thread(self.embedder.embed, [text]))
+                except Exception as exc:
+                    results.append(exc)
+            if all(isinstance(r, BaseException) for r in results) and not (
+                await self._embedder_works()
+            ):
+                raise batch_error
+            rows = [np.asarray(r)[0] for r in results if not isinstance(r, BaseException)]
+            failed = [
+                (e.uid, "episode", f"cannot be embedded: {type(r).__name__}: {r}")
+                for e, r in zip(pending, results, strict=True)
+                if isinstance(r, BaseException)
+            ]
+            await self.store.set_aside(failed)
+            pending = [
+                e for e, r in zip(pending, results, strict=True) if not isinstance(r, BaseException)
+            ]
+            vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            await self.store.set_aside(
+                [
+                    (e.uid, "episode", "its vector is not finite")
+                    for e, ok in zip(pending, finite, strict=True)
+                    if not ok
+                ]
+            )
+            pending = [e for e, ok in zip(pending, finite, strict=True) if ok]
+            vectors = vectors[finite]
+        return pending, vectors
+
+    async def _embedder_works(self) -> bool:
+        try:
+            await asyncio.to_thread(self.embedder.embed, ["probe"])
+        except Exception:
+            return False
         return True
 
     async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
@@ -269,6 +393,8 @@ class MemoryEngine:
                 seen |= ids
         missing = rows - seen
         await self.store.requeue(missing)
+        if dropped:
+            await self._scrub()
         self._wake.set()
         return {"dropped_vectors": dropped, "requeued_rows": len(missing)}
 
@@ -277,7 +403,9 @@ class MemoryEngine:
         from tqdm import tqdm
 
         index = self._vectors()
-        await asyncio.to_thread(index.reset)
+        async with self._index_lock:
+            await asyncio.to_thread(index.reset)
+            await self._scrub()
         await self.store.clear_all_tombstones()
         await self.store.mark_all_pending()
         await self.store.set_meta("embedder", self.embedder.fingerprint)
@@ -307,9 +435,9 @@ class MemoryEngine:
         self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = ""
     ) -> Episode | None:
         """Replace a message's content, found by its source ref or by uid (then org and
-        project are required). Returns the edited episode, or None if it is unknown."""
-        if not content.strip():
-            raise InvalidInput("content must not be empty")
+        project are required). Returns the edited episode, or None if it is unknown. Nothing
+        of the old text is left when this returns: not in SQLite, its WAL or FTS, not in the
+        vector index, and no fact learned from it."""
         if isinstance(ref, SourceRef):
             found = await self.store.find_source(
                 ref.org_id, ref.project_id, ref.platform, ref.source_id
@@ -320,15 +448,20 @@ class MemoryEngine:
         if found is None:
             return None
         Episode.model_validate({**found.model_dump(), "content": content})
-        await self.store.edit(found.uid, content, utcnow())
+        async with self._index_lock:
+            if not await self.store.edit(found.uid, content, utcnow()):
+                return None
+            await self._drop_vectors()
+        await self.store.checkpoint()
         self._wake.set()
         return found.model_copy(update={"content": content})
 
     async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> builtins.list[str]:
         """Delete episodes of one org and project by uid (others are ignored); their vectors
-        and the facts that cite only them go too. Returns the uids that were deleted."""
-        present = await self.store.get(org_id, project_id, list(uids))
-        deleted = await self.store.delete([e.uid for e in present])
+        and the facts that cite only them go too. Rows set aside (unreadable) can be deleted
+        like any other. Returns the uids that were deleted."""
+        present = await self.store.existing(org_id, project_id, list(uids))
+        deleted = await self.store.delete(present)
         await self._after_forget(bool(deleted))
         return deleted
 
@@ -345,10 +478,14 @@ class MemoryEngine:
     ) -> ForgetReport:
         """Forget everything that matches: e.g. all a producer said in an org (every project),
         one channel, one thread. Facts citing the episodes go; with ``producer`` set, so do
-        the facts about that person."""
+        the facts about that person, and forgetting a whole channel drops the facts learned
+        in it."""
         check_safe_id(org_id, "org_id")
         filt = parse_filter(filters) if isinstance(filters, str) else filters
         projects = [project_id] if project_id else [p for o, p in await self.store.projects(org_id)]
+        whole_channel = (
+            produced_for is not None and producer is None and thread_id is None and filt is None
+        )
         uids: builtins.list[str] = []
         facts = 0
         for proj in projects:
@@ -364,22 +501,39 @@ class MemoryEngine:
             uids += await self.store.delete(matching)
             if producer is not None and facts_about_producer and filt is None:
                 await self.store.delete_facts_about(org_id, proj, producer, produced_for)
+            elif whole_channel:
+                await self.store.delete_facts_about(org_id, proj, None, produced_for)
             facts_after = await self.store.count_facts(org_id, proj)
             facts += facts_before - facts_after
         await self._after_forget(bool(uids or facts))
         return ForgetReport(episodes=len(uids), facts=facts, uids=uids)
 
     async def _after_forget(self, changed: bool) -> None:
-        """Make a forget complete when the call returns: vectors gone, WAL folded."""
+        """Make a forget complete when the call returns: vectors gone from Chroma and from
+        its files, WAL folded."""
         if not changed:
             return
-        self._wake.set()
-        if self._indexer is None:
-            while await self.index_step():
-                pass
-        else:
-            await self._drain_tombstones()
+        async with self._index_lock:
+            await self._drop_vectors()
         await self.store.checkpoint()
+        self._wake.set()
+
+    async def _drop_vectors(self) -> None:
+        """Drop every tombstoned vector and scrub the index's files (under the index lock)."""
+        await self._drain_tombstones()
+        await self._scrub()
+
+    async def _scrub(self) -> None:
+        """Leave no deleted vector in the vector index's files (embedded Chroma)."""
+        await self.store.request_scrub()
+        report = await asyncio.to_thread(self._vectors().scrub)
+        await self.store.scrubbed()
+        if report is not None and (report.queue_rows or report.hnsw_elements):
+            log.debug(
+                "scrubbed %d queue rows and %d HNSW elements",
+                report.queue_rows,
+                report.hnsw_elements,
+            )
 
     async def _drain_tombstones(self) -> None:
         while await self._drop_tombstoned(1000):
@@ -406,6 +560,12 @@ class MemoryEngine:
         self, org_id: str, project_id: str, uids: Sequence[str]
     ) -> builtins.list[Episode]:
         return await self.store.get(org_id, project_id, list(uids))
+
+    async def existing(
+        self, org_id: str, project_id: str, uids: Sequence[str]
+    ) -> builtins.list[str]:
+        """Which of ``uids`` are stored in this org and project, readable or set aside."""
+        return await self.store.existing(org_id, project_id, list(uids))
 
     async def get_by_source(self, ref: SourceRef) -> Episode | None:
         return await self.store.find_source(ref.org_id, ref.project_id, ref.platform, ref.source_id)
@@ -447,6 +607,7 @@ class MemoryEngine:
     ) -> SearchResult:
         """Hybrid retrieval inside one org and project, narrowed by the scope's producer,
         channel and thread, a time range and a filter (MemMachine's filter language)."""
+        check_text(query, "query")
         if top_k < 1 or top_k > 1000:
             raise InvalidInput("top_k must be between 1 and 1000")
         if expand_context < 0 or expand_context > 20:
@@ -587,7 +748,14 @@ class MemoryEngine:
         )
 
     async def supersede_fact(self, uid: str, by: str, when: datetime | None = None) -> None:
-        await self.store.supersede_fact(uid, by, when or utcnow())
+        when = check_time(when, "when") if when is not None else utcnow()
+        await self.store.supersede_fact(uid, by, when)
+
+    async def fact_uids(
+        self, org_id: str, project_id: str, uids: Sequence[str]
+    ) -> builtins.list[str]:
+        """Which of ``uids`` are facts of this org and project, readable or set aside."""
+        return await self.store.fact_uids(org_id, project_id, list(uids))
 
     async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
         return await self.store.delete_facts(org_id, project_id, uids)
@@ -616,7 +784,10 @@ class MemoryEngine:
         channels = await self.store.channels(org_id, project_id)
         report = await self.forget(org_id, project_id=project_id)
         await self.store.drop_project_row(org_id, project_id)
-        await asyncio.to_thread(self._vectors().drop_project, org_id, project_id, channels)
+        async with self._index_lock:
+            index = self._vectors()
+            await asyncio.to_thread(index.drop_project, org_id, project_id, channels)
+            await self._scrub()
         await self.store.checkpoint()
         return report
 

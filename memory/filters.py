@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from memory.model import InvalidInput, as_utc
+from memory.model import InvalidInput, as_utc, check_text
 
 MAX_FILTER_CHARS = 10_000
 #: Deepest nesting of parentheses and NOTs a parsed filter may have.
@@ -491,6 +491,7 @@ def parse_filter(text: str | None) -> Filter | None:
         return None
     if len(text) > MAX_FILTER_CHARS:
         raise FilterError(f"filter is longer than {MAX_FILTER_CHARS} characters")
+    check_text(text, "filter")
     return _Parser(text).parse()
 
 

@@ -12,48 +12,131 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: MemMachine's SafeId rule: Unicode letters and digits, ``_``, ``:`` and ``-``.
-SAFE_ID = re.compile(r"^[\w:-]+$", re.UNICODE)
+MAX_ID_CHARS = 256
 #: Largest message we accept. Slack caps messages at 40k characters and Discord at 4k; the
 #: REST API must take 100 KB documents, so the limit sits well above that.
 MAX_CONTENT_CHARS = 1_000_000
-MAX_ID_CHARS = 256
 ROLES = ("user", "assistant", "system")
 #: Metadata keys any entry point may set: the author's name as people read it, and a link back
 #: to the message where it was said.
 NAME_KEY = "display_name"
 LINK_KEY = "permalink"
 
+# -- the rules every record obeys, whichever way it comes in ------------------------------
+#
+# These are THE definitions: the engine's models, the REST v2 and ChannelMind routes and the
+# MCP tools all call them, and the OpenAPI schema states the patterns below, so that a body
+# valid by the schema is a body the server accepts. The patterns are written in the common
+# subset of Python's and ECMAScript's regular expressions.
+
+#: MemMachine's SafeId: Unicode letters and digits, ``_``, ``:`` and ``-`` (``\w`` is
+#: Unicode-aware in Python; an ECMAScript validator reads it as ASCII, a subset).
+ID_PATTERN = r"^[\w:-]+$"
+_ID = re.compile(r"[\w:-]+")
+#: A character that makes content non-blank: neither whitespace (by Python's definition or
+#: ECMAScript's) nor NUL.
+_MEANINGFUL = r"[^\s\x00\x1c-\x1f\ufeff]"
+_MEANINGFUL_RE = re.compile(_MEANINGFUL)
+#: Content: no NUL, and at least one meaningful character.
+CONTENT_PATTERN = rf"^[^\x00]*{_MEANINGFUL}[^\x00]*$"
+#: Producer, channel, thread and role references: no control characters.
+REF_PATTERN = r"^[^\x00-\x1f]*$"
+#: The valid time range of every stored time (UTC, inclusive). Times are stored as epoch
+#: seconds; every value in this range reads back as a ``datetime`` (a microsecond later than
+#: the maximum would round to year 10000 and could not be read).
+MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+TIME_RANGE_TEXT = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+
 
 class InvalidInput(ValueError):
     """Input the engine refuses, with a message that names the problem."""
 
 
-def check_safe_id(value: str, field: str) -> str:
-    """Validate an org or project id (MemMachine's SafeId rule)."""
-    if not value or not SAFE_ID.match(value) or len(value) > MAX_ID_CHARS:
+def check_text(value: str, field: str) -> str:
+    """Text must be valid Unicode: a lone surrogate (``"\\ud800"`` in JSON) cannot be stored
+    or searched (SQLite and the embedders take UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
         raise InvalidInput(
-            f"{field} must be 1-{MAX_ID_CHARS} letters, digits, '_', ':' or '-', got {value!r}"
+            f"{field} is not valid Unicode: lone surrogate U+{ord(value[exc.start]):04X} at"
+            f" position {exc.start}"
+        ) from None
+    return value
+
+
+def check_json(value: Any, field: str) -> Any:
+    """:func:`check_text` on every key and string inside a JSON-like value (metadata)."""
+    if isinstance(value, str):
+        check_text(value, field)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(str(key), f"{field} key")
+            check_json(item, f"{field}.{key}")
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            check_json(item, f"{field}[{n}]")
+    return value
+
+
+def check_safe_id(value: str, field: str = "") -> str:
+    """Validate an org, project, episode or fact id (MemMachine's SafeId rule, 1-256 chars)."""
+    if not value or len(value) > MAX_ID_CHARS or not _ID.fullmatch(value):
+        where = f"{field}: " if field else ""
+        raise InvalidInput(
+            f"{where}ID can only contain letters, numbers, underscore, hyphen, colon, or Unicode"
+            f" characters (1-{MAX_ID_CHARS} of them), found: {value[:300]!r}"
         )
     return value
 
 
 def check_ref(value: str, field: str, *, allow_empty: bool = False) -> str:
-    """Validate a producer / produced_for / thread reference: printable, bounded."""
+    """Validate a producer / produced_for / thread / role reference: printable, bounded."""
     if not value and not allow_empty:
         raise InvalidInput(f"{field} must not be empty")
     if len(value) > MAX_ID_CHARS:
         raise InvalidInput(f"{field} is longer than {MAX_ID_CHARS} characters")
     if any(ord(c) < 32 for c in value):
         raise InvalidInput(f"{field} contains control characters")
-    return value
+    return check_text(value, field)
+
+
+def check_content(value: str, field: str = "content") -> str:
+    """Message content: not blank, no NUL, valid Unicode, at most MAX_CONTENT_CHARS."""
+    if len(value) > MAX_CONTENT_CHARS:
+        raise InvalidInput(f"{field} is {len(value)} characters; the limit is {MAX_CONTENT_CHARS}")
+    if "\x00" in value:
+        raise InvalidInput(f"{field} contains a NUL character")
+    if not _MEANINGFUL_RE.search(value):
+        raise InvalidInput(f"{field} must not be empty")
+    return check_text(value, field)
 
 
 def as_utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC (as MemMachine does); aware ones are converted."""
+    """Naive datetimes are taken as UTC (as MemMachine does); aware ones are converted.
+    A time whose UTC form falls outside ``datetime``'s years 1-9999 (``0001-01-01T00:00+14:00``)
+    is refused with InvalidInput."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(f"{value.isoformat()} is out of range once converted to UTC") from None
+
+
+def check_time(value: datetime, field: str) -> datetime:
+    """A time to store: converted to UTC and inside the valid range (MIN_TIME..MAX_TIME)."""
+    try:
+        utc = as_utc(value)
+    except InvalidInput:
+        utc = None
+    if utc is None or not MIN_TIME <= utc <= MAX_TIME:
+        raise InvalidInput(
+            f"{field} {value.isoformat()} is out of range: times must fall within"
+            f" {TIME_RANGE_TEXT} (UTC)"
+        )
+    return utc
 
 
 def utcnow() -> datetime:
@@ -88,6 +171,11 @@ class Episode(BaseModel):
     def _safe_ids(cls, v: str, info: Any) -> str:
         return check_safe_id(v, info.field_name)
 
+    @field_validator("uid")
+    @classmethod
+    def _uid(cls, v: str) -> str:
+        return check_safe_id(v, "uid") if v else v
+
     @field_validator("producer", "platform")
     @classmethod
     def _refs(cls, v: str, info: Any) -> str:
@@ -108,23 +196,23 @@ class Episode(BaseModel):
     @field_validator("content")
     @classmethod
     def _content(cls, v: str) -> str:
-        if not v.strip():
-            raise InvalidInput("content must not be empty")
-        if len(v) > MAX_CONTENT_CHARS:
-            raise InvalidInput(f"content is {len(v)} characters; the limit is {MAX_CONTENT_CHARS}")
-        if "\x00" in v:
-            raise InvalidInput("content contains a NUL character")
-        return v
+        return check_content(v)
 
     @field_validator("created_at")
     @classmethod
     def _created_at(cls, v: datetime) -> datetime:
-        return as_utc(v)
+        return check_time(v, "created_at")
 
-    @field_validator("role")
+    @field_validator("role", "episode_type")
     @classmethod
-    def _role(cls, v: str) -> str:
-        return check_ref(v, "role", allow_empty=True)
+    def _role(cls, v: str, info: Any) -> str:
+        return check_ref(v, info.field_name, allow_empty=True)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_json(v, "metadata")
+        return v
 
     @property
     def display_name(self) -> str:
@@ -155,6 +243,11 @@ class Scope(BaseModel):
     @classmethod
     def _safe_ids(cls, v: str, info: Any) -> str:
         return check_safe_id(v, info.field_name)
+
+    @field_validator("producer", "produced_for", "thread_id")
+    @classmethod
+    def _narrowing(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else check_text(v, info.field_name)
 
 
 class TimeRange(BaseModel):
@@ -224,6 +317,49 @@ class Fact(BaseModel):
     def _safe_ids(cls, v: str, info: Any) -> str:
         return check_safe_id(v, info.field_name)
 
+    @field_validator("uid", "superseded_by")
+    @classmethod
+    def _uids(cls, v: str | None, info: Any) -> str | None:
+        return check_safe_id(v, info.field_name) if v else v
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        return check_ref(v, "subject")
+
+    @field_validator("produced_for")
+    @classmethod
+    def _produced_for(cls, v: str) -> str:
+        return check_ref(v, "produced_for", allow_empty=True)
+
+    @field_validator("category", "tag", "feature", "value")
+    @classmethod
+    def _texts(cls, v: str, info: Any) -> str:
+        if "\x00" in v:
+            raise InvalidInput(f"{info.field_name} contains a NUL character")
+        return check_text(v, info.field_name)
+
+    @field_validator("citations")
+    @classmethod
+    def _citations(cls, v: list[str]) -> list[str]:
+        return [check_safe_id(c, "citations") for c in v]
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at(cls, v: datetime) -> datetime:
+        return check_time(v, "created_at")
+
+    @field_validator("superseded_at")
+    @classmethod
+    def _superseded_at(cls, v: datetime | None) -> datetime | None:
+        return None if v is None else check_time(v, "superseded_at")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_json(v, "metadata")
+        return v
+
 
 class Stats(BaseModel):
     episodes: int
@@ -235,3 +371,5 @@ class Stats(BaseModel):
     channels: int
     embedder: str
     disk_bytes: int
+    #: Episodes set aside: stored, but unreadable or unembeddable (see MemoryEngine.set_aside).
+    set_aside: int = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Generator, Iterable, Sequence
 from datetime import UTC, datetime
@@ -28,7 +29,9 @@ from .filters import Filter, to_sql
 from .model import Episode, Fact, InvalidInput, Scope, TimeRange
 from .text import terms
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -119,7 +122,22 @@ MIGRATIONS: dict[int, list[str]] = {
         " WHERE indexed = 0",
         "DROP INDEX ep_pending",
     ],
+    3: [
+        # Records set aside: stored but unreadable (e.g. a time written before the valid range
+        # was enforced) or unembeddable. They are skipped, counted, logged once, and deletable;
+        # an episode set aside is also marked ``indexed = 2`` so that the indexer skips it.
+        """CREATE TABLE set_aside (
+            uid TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)""",
+    ],
 }
+#: Set in the transaction that deletes or edits episodes, cleared once the vector index's
+#: files hold nothing of them: a crash in between scrubs on the next open.
+_SCRUB_KEY = "vector_scrub_pending"
+_NEEDS_SCRUB = f"INSERT OR REPLACE INTO meta VALUES ('{_SCRUB_KEY}', '1')"
+#: ``episodes.indexed``: waiting for its vector, in the vector index, set aside.
+PENDING, INDEXED, SET_ASIDE = 0, 1, 2
+#: What a broken row raises when it is turned into a record.
+_UNREADABLE = (ValueError, OverflowError, OSError, TypeError, IndexError)
 
 EPISODE_COLUMNS = (
     "id, uid, org_id, project_id, producer, produced_for, role, content, created_at, platform,"
@@ -193,6 +211,33 @@ def row_to_episode(row: Sequence[Any]) -> Episode:
         thread_id=thread_id,
         episode_type=episode_type,
         metadata=json.loads(metadata),
+    )
+
+
+FACT_COLUMNS = (
+    "f.uid, f.org_id, f.project_id, f.subject, f.produced_for, f.category, f.tag, f.feature,"
+    " f.value, f.created_at, f.superseded_at, f.superseded_by, f.metadata,"
+    " (SELECT json_group_array(episode_uid) FROM fact_citations c WHERE c.fact_uid = f.uid)"
+)
+
+
+def row_to_fact(r: Sequence[Any]) -> Fact:
+    """Build a Fact from a row selected with FACT_COLUMNS."""
+    return Fact.model_construct(
+        uid=r[0],
+        org_id=r[1],
+        project_id=r[2],
+        subject=r[3],
+        produced_for=r[4],
+        category=r[5],
+        tag=r[6],
+        feature=r[7],
+        value=r[8],
+        created_at=from_epoch(r[9]),
+        superseded_at=from_epoch(r[10]) if r[10] is not None else None,
+        superseded_by=r[11],
+        metadata=json.loads(r[12]),
+        citations=json.loads(r[13]) if r[13] else [],
     )
 
 
@@ -288,14 +333,21 @@ class SQLiteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._set_aside_seen: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
-        await self._migrate()
-        self._reader = await self._connect()
+        try:
+            await self._migrate()
+            self._reader = await self._connect()
+            async with self.reader.execute("SELECT uid FROM set_aside") as cur:
+                self._set_aside_seen = {r[0] for r in await cur.fetchall()}
+        except BaseException:
+            await self.close()
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, timeout=30.0, isolation_level=None)
@@ -442,13 +494,38 @@ class SQLiteStore:
         return uids
 
     async def edit(self, uid: str, content: str, edited_at: datetime) -> bool:
-        """Replace an episode's content (FTS follows by trigger; the vector is redone)."""
+        """Replace an episode's content, leaving nothing of the old text behind: FTS follows by
+        trigger and its segments are merged, the old vector is tombstoned (the row waits for a
+        new one), and facts citing only this episode go, as they were learned from the old
+        text. The caller checkpoints the WAL and scrubs the vector index."""
         async with self._write_lock:
-            cur = await self.writer.execute(
-                "UPDATE episodes SET content = ?, edited_at = ?, indexed = 0 WHERE uid = ?",
-                (content, to_epoch(edited_at), uid),
-            )
-            return cur.rowcount > 0
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                async with conn.execute(
+                    "SELECT uid, org_id, project_id, produced_for FROM episodes WHERE uid = ?",
+                    (uid,),
+                ) as cur:
+                    found = await cur.fetchone()
+                if found is None:
+                    await conn.execute("ROLLBACK")
+                    return False
+                await conn.execute(
+                    f"UPDATE episodes SET content = ?, edited_at = ?, indexed = {PENDING}"
+                    " WHERE uid = ?",
+                    (content, to_epoch(edited_at), uid),
+                )
+                await conn.execute("DELETE FROM set_aside WHERE uid = ?", (uid,))
+                await conn.execute("INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", found)
+                await self._drop_citations(conn, [uid])
+                await conn.execute("INSERT INTO episodes_fts(episodes_fts) VALUES ('optimize')")
+                await conn.execute(_NEEDS_SCRUB)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+        self._set_aside_seen.discard(uid)
+        return True
 
     async def delete(self, uids: Sequence[str]) -> list[str]:
         """Delete episodes, queue their vectors for removal, and drop facts that cite only
@@ -478,6 +555,7 @@ class SQLiteStore:
                     gone = [r[0] for r in found]
                     marks = ",".join("?" * len(gone))
                     await conn.execute(f"DELETE FROM episodes WHERE uid IN ({marks})", gone)
+                    await conn.execute(f"DELETE FROM set_aside WHERE uid IN ({marks})", gone)
                     await self._drop_citations(conn, gone)
                     deleted.extend(gone)
                 if deleted:
@@ -486,6 +564,7 @@ class SQLiteStore:
                     # so that no word of a forgotten message is left in the index (freed pages
                     # are then zeroed by secure_delete). Costs ~0.5 s per 200k rows.
                     await conn.execute("INSERT INTO episodes_fts(episodes_fts) VALUES ('optimize')")
+                    await conn.execute(_NEEDS_SCRUB)
                 await conn.execute("COMMIT")
             except BaseException:
                 await conn.execute("ROLLBACK")
@@ -512,6 +591,18 @@ class SQLiteStore:
             facts,
         )
 
+    async def request_scrub(self) -> None:
+        async with self._write_lock:
+            await self.writer.execute(_NEEDS_SCRUB)
+
+    async def needs_scrub(self) -> bool:
+        """Whether vectors were dropped since the vector index's files were last scrubbed."""
+        return await self.get_meta(_SCRUB_KEY) is not None
+
+    async def scrubbed(self) -> None:
+        async with self._write_lock:
+            await self.writer.execute("DELETE FROM meta WHERE key = ?", (_SCRUB_KEY,))
+
     async def checkpoint(self) -> None:
         """Fold the WAL into the main file and truncate it, so forgotten text is not left in
         the log."""
@@ -532,7 +623,8 @@ class SQLiteStore:
             " ORDER BY org_id, project_id, produced_for, id LIMIT ?",
             (limit,),
         ) as cur:
-            return [row_to_episode(r) for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+        return [ep for _, ep in await self._episodes(rows)]
 
     async def mark_indexed(self, uids_and_contents: Iterable[tuple[str, str]]) -> None:
         """Mark rows as indexed, unless their content changed since they were read."""
@@ -544,7 +636,9 @@ class SQLiteStore:
 
     async def mark_all_pending(self) -> None:
         async with self._write_lock:
-            await self.writer.execute("UPDATE episodes SET indexed = 0")
+            await self.writer.execute(
+                f"UPDATE episodes SET indexed = {PENDING} WHERE indexed != {SET_ASIDE}"
+            )
 
     async def tombstones(self, limit: int) -> list[tuple[int, str, str, str, str]]:
         async with self.reader.execute(
@@ -567,7 +661,8 @@ class SQLiteStore:
         """Mark rows as waiting for their vectors again."""
         async with self._write_lock:
             await self.writer.executemany(
-                "UPDATE episodes SET indexed = 0 WHERE uid = ?", [(u,) for u in uids]
+                f"UPDATE episodes SET indexed = {PENDING} WHERE uid = ? AND indexed != {SET_ASIDE}",
+                [(u,) for u in uids],
             )
 
     async def clear_all_tombstones(self) -> None:
@@ -593,6 +688,93 @@ class SQLiteStore:
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    # -- rows that cannot be read ----------------------------------------------------------
+
+    async def _episodes(self, rows: Iterable[Sequence[Any]]) -> list[tuple[int, Episode]]:
+        """Rows selected with EPISODE_COLUMNS as (row id, episode); a row that cannot be
+        read is set aside instead of failing the whole query."""
+        out: list[tuple[int, Episode]] = []
+        broken: list[tuple[str, str, str]] = []
+        for r in rows:
+            try:
+                out.append((int(r[0]), row_to_episode(r)))
+            except _UNREADABLE as exc:
+                broken.append((str(r[1]), "episode", f"unreadable: {type(exc).__name__}: {exc}"))
+        if broken:
+            await self.set_aside(broken)
+        return out
+
+    async def _facts(self, rows: Iterable[Sequence[Any]]) -> list[Fact]:
+        out: list[Fact] = []
+        broken: list[tuple[str, str, str]] = []
+        for r in rows:
+            try:
+                out.append(row_to_fact(r))
+            except _UNREADABLE as exc:
+                broken.append((str(r[0]), "fact", f"unreadable: {type(exc).__name__}: {exc}"))
+        if broken:
+            await self.set_aside(broken)
+        return out
+
+    async def set_aside(self, items: Sequence[tuple[str, str, str]]) -> None:
+        """Set records aside: ``(uid, kind, reason)`` with kind ``episode`` or ``fact``. Each
+        is logged once (ever: the table remembers), counted, skipped by reads and by the
+        indexer, and stays deletable."""
+        new = [
+            (uid, kind, reason) for uid, kind, reason in items if uid not in self._set_aside_seen
+        ]
+        if not new:
+            return
+        for uid, kind, reason in new:
+            self._set_aside_seen.add(uid)
+            log.warning("set aside %s %s: %s", kind, uid, reason[:300])
+        async with self._write_lock:
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = datetime.now(UTC).timestamp()
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO set_aside VALUES (?, ?, ?, ?)",
+                    [(uid, kind, reason[:1000], now) for uid, kind, reason in new],
+                )
+                await conn.executemany(
+                    f"UPDATE episodes SET indexed = {SET_ASIDE} WHERE uid = ?",
+                    [(uid,) for uid, kind, _ in new if kind == "episode"],
+                )
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+    async def count_set_aside(self) -> int:
+        return await self._scalar("SELECT count(*) FROM set_aside")
+
+    async def existing(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        """Which of ``uids`` are episodes of this org and project, readable or not."""
+        found: set[str] = set()
+        for start in range(0, len(uids), 500):
+            chunk = list(uids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            async with self.reader.execute(
+                "SELECT uid FROM episodes WHERE org_id = ? AND project_id = ?"
+                f" AND uid IN ({marks})",
+                [org_id, project_id, *chunk],
+            ) as cur:
+                found.update(r[0] for r in await cur.fetchall())
+        return [u for u in dict.fromkeys(uids) if u in found]
+
+    async def fact_uids(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        """Which of ``uids`` are facts of this org and project, readable or not."""
+        if not uids:
+            return []
+        marks = ",".join("?" * len(uids))
+        async with self.reader.execute(
+            f"SELECT uid FROM facts WHERE org_id = ? AND project_id = ? AND uid IN ({marks})",
+            [org_id, project_id, *uids],
+        ) as cur:
+            found = {r[0] for r in await cur.fetchall()}
+        return [u for u in dict.fromkeys(uids) if u in found]
+
     async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
         """Episodes of one org and project by uid, in the order asked."""
         scope = Scope.model_construct(org_id=org_id, project_id=project_id)
@@ -616,8 +798,9 @@ class SQLiteStore:
                 f" CROSS JOIN episodes e ON e.uid = wanted.uid WHERE {where}",
                 [*chunk, *params],
             ) as cur:
-                for r in await cur.fetchall():
-                    out[r[1]] = (int(r[0]), row_to_episode(r))
+                rows = await cur.fetchall()
+            for rid, ep in await self._episodes(rows):
+                out[ep.uid] = (rid, ep)
         return out
 
     async def find_source(
@@ -628,8 +811,9 @@ class SQLiteStore:
             " AND platform = ? AND source_id = ?",
             (org_id, project_id, platform, source_id),
         ) as cur:
-            row = await cur.fetchone()
-        return row_to_episode(row) if row else None
+            rows = await cur.fetchall()
+        found = await self._episodes(rows)
+        return found[0][1] if found else None
 
     async def list_episodes(
         self,
@@ -647,7 +831,8 @@ class SQLiteStore:
             f" ORDER BY e.created_at {order}, e.id {order} LIMIT ? OFFSET ?",
             [*params, limit, offset],
         ) as cur:
-            return [row_to_episode(r) for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+        return [ep for _, ep in await self._episodes(rows)]
 
     async def uids_matching(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None
@@ -681,7 +866,8 @@ class SQLiteStore:
         )
         async with self.reader.execute(sql, [scope_match(scope, terms), *params, limit]) as cur:
             rows = await cur.fetchall()
-        return [(int(r[0]), row_to_episode(r), -float(r[-1])) for r in rows]
+        rank = {int(r[0]): -float(r[-1]) for r in rows}
+        return [(rid, ep, rank[rid]) for rid, ep in await self._episodes(rows)]
 
     async def adjacent_ids(
         self, row_ids: Sequence[int]
@@ -727,7 +913,8 @@ class SQLiteStore:
                     " WHERE c.id = ? ORDER BY n.created_at DESC, n.id DESC LIMIT ?",
                     (rid, before),
                 ) as cur:
-                    prev_rows = [(int(r[0]), row_to_episode(r)) for r in await cur.fetchall()]
+                    rows = await cur.fetchall()
+                prev_rows = await self._episodes(rows)
             if after:
                 async with self.reader.execute(
                     f"SELECT {cols} FROM episodes c JOIN episodes n ON {same}"
@@ -735,18 +922,39 @@ class SQLiteStore:
                     " WHERE c.id = ? ORDER BY n.created_at ASC, n.id ASC LIMIT ?",
                     (rid, after),
                 ) as cur:
-                    next_rows = [(int(r[0]), row_to_episode(r)) for r in await cur.fetchall()]
+                    rows = await cur.fetchall()
+                next_rows = await self._episodes(rows)
             out[rid] = (prev_rows, next_rows)
         return out
 
     # -- facts -----------------------------------------------------------------------------
 
     async def add_fact(self, fact: Fact) -> str:
+        """Store a fact. Every citation must be an episode of the fact's own org and project
+        (InvalidInput otherwise), so that no other org's delete can take it away."""
         uid = fact.uid or str(uuid.uuid4())
+        citations = list(dict.fromkeys(fact.citations))
         async with self._write_lock:
             conn = self.writer
             await conn.execute("BEGIN IMMEDIATE")
             try:
+                if citations:
+                    marks = ",".join("?" * len(citations))
+                    async with conn.execute(
+                        "SELECT uid FROM episodes WHERE org_id = ? AND project_id = ?"
+                        f" AND uid IN ({marks})",
+                        [fact.org_id, fact.project_id, *citations],
+                    ) as cur:
+                        known = {r[0] for r in await cur.fetchall()}
+                    missing = [c for c in citations if c not in known]
+                    if missing:
+                        raise InvalidInput(
+                            f"citations not found in {fact.org_id}/{fact.project_id}:"
+                            f" {', '.join(missing[:20])}"
+                        )
+                async with conn.execute("SELECT 1 FROM facts WHERE uid = ?", (uid,)) as cur:
+                    if await cur.fetchone() is not None:
+                        raise InvalidInput(f"fact uid {uid!r} cannot be used; leave it empty")
                 await conn.execute(
                     "INSERT INTO facts (uid, org_id, project_id, subject, produced_for, category,"
                     " tag, feature, value, created_at, superseded_at, superseded_by, metadata)"
@@ -769,7 +977,7 @@ class SQLiteStore:
                 )
                 await conn.executemany(
                     "INSERT OR IGNORE INTO fact_citations VALUES (?, ?)",
-                    [(uid, c) for c in fact.citations],
+                    [(uid, c) for c in citations],
                 )
                 await conn.execute("COMMIT")
             except BaseException:
@@ -811,33 +1019,12 @@ class SQLiteStore:
             clauses.append(f"f.uid IN ({','.join('?' * len(uids))})")
             params.extend(uids)
         sql = (
-            "SELECT f.uid, f.org_id, f.project_id, f.subject, f.produced_for, f.category, f.tag,"
-            " f.feature, f.value, f.created_at, f.superseded_at, f.superseded_by, f.metadata,"
-            " (SELECT json_group_array(episode_uid) FROM fact_citations c"
-            "  WHERE c.fact_uid = f.uid)"
-            f" FROM facts f WHERE {' AND '.join(clauses)} ORDER BY f.created_at DESC LIMIT ?"
+            f"SELECT {FACT_COLUMNS} FROM facts f WHERE {' AND '.join(clauses)}"
+            " ORDER BY f.created_at DESC LIMIT ?"
         )
         async with self.reader.execute(sql, [*params, limit]) as cur:
             rows = await cur.fetchall()
-        return [
-            Fact.model_construct(
-                uid=r[0],
-                org_id=r[1],
-                project_id=r[2],
-                subject=r[3],
-                produced_for=r[4],
-                category=r[5],
-                tag=r[6],
-                feature=r[7],
-                value=r[8],
-                created_at=from_epoch(r[9]),
-                superseded_at=from_epoch(r[10]) if r[10] is not None else None,
-                superseded_by=r[11],
-                metadata=json.loads(r[12]),
-                citations=json.loads(r[13]) if r[13] else [],
-            )
-            for r in rows
-        ]
+        return await self._facts(rows)
 
     async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
         if not uids:
@@ -909,6 +1096,7 @@ class SQLiteStore:
                 "SELECT count(*) FROM (SELECT DISTINCT org_id, project_id, produced_for"
                 " FROM episodes)"
             ),
+            "set_aside": await self.count_set_aside(),
         }
 
     # -- projects --------------------------------------------------------------------------

@@ -7,17 +7,33 @@ searches, and one per (org, project, produced_for) for the bot's common query, o
 Both are queried on Chroma's unfiltered path; only narrower filters (producer, thread) use a
 ``where`` clause, and those match few rows inside one channel.
 
+Names never reach Chroma: collection names and the producer / thread values a ``where`` clause
+matches are keyed hashes (BLAKE2b with the folder's own random key, kept in SQLite), and
+collections carry no metadata of ours. So Chroma's files say nothing about which orgs,
+projects, channels or people exist, and once SQLite forgets them no key can be matched to them.
+
+Forgetting (embedded Chroma): Chroma deletes only mark vectors deleted; the vector stays in its
+write-ahead queue (``embeddings_queue`` in ``chroma.sqlite3``) until Chroma purges it, in freed
+SQLite pages after that, and in the HNSW files (a deleted element keeps its data). After a
+forget the engine calls :meth:`VectorIndex.scrub`, which stops Chroma, scrubs its files
+(:mod:`memory.vector_scrub`) and starts it again, so that nothing of a forgotten vector is on
+disk when the call returns, and nothing comes back from memory later.
+
 Vectors are computed by the engine's embedder and passed in; no embedding function is attached
 to a collection (Chroma's default one would download a model at run time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import logging
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -28,8 +44,13 @@ from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 
 from .embedders import Vectors
+from .vector_scrub import ScrubReport, scrub_folder
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 4000  # below Chroma's max_batch_size (5461 here)
+PROJECT_PREFIX = "cmp_"
+CHANNEL_PREFIX = "cmc_"
 
 
 @dataclass(frozen=True)
@@ -40,19 +61,6 @@ class VectorItem:
     produced_for: str
     producer: str
     thread_id: str | None
-
-
-def _name(kind: str, *parts: str) -> str:
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
-    return f"cm{kind}_{digest}"
-
-
-def project_collection(org_id: str, project_id: str) -> str:
-    return _name("p", org_id, project_id)
-
-
-def channel_collection(org_id: str, project_id: str, produced_for: str) -> str:
-    return _name("c", org_id, project_id, produced_for)
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -70,6 +78,29 @@ def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
         raise ValueError("a Chroma path or url is needed")
     zero_heap_allocations()
     return chromadb.PersistentClient(path=path, settings=settings)
+
+
+def close_chroma(client: ClientAPI, embedded: bool) -> None:
+    """Close a client and, for an embedded one, stop its Chroma for good: Chroma shares one
+    system per folder and process and stops it only when its last client closes, and a scrub
+    must not run under a Chroma that still holds the folder (another client in this process on
+    the same folder is a misuse; it is stopped too)."""
+    with contextlib.suppress(Exception):
+        getattr(client, "close", lambda: None)()
+    if not embedded:
+        return
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+    except ImportError:  # pragma: no cover - a Chroma without the shared registry
+        return
+    identifier = getattr(client, "_identifier", None)
+    systems: dict[str, Any] = getattr(SharedSystemClient, "_identifier_to_system", {})
+    system = systems.pop(identifier, None) if identifier is not None else None
+    if system is not None:
+        log.warning("another Chroma client in this process used %s; it is closed", identifier)
+        getattr(SharedSystemClient, "_identifier_to_refcount", {}).pop(identifier, None)
+        with contextlib.suppress(Exception):
+            system.stop()
 
 
 _M_PERTURB = -6  # glibc mallopt(3) parameter
@@ -94,15 +125,81 @@ def zero_heap_allocations() -> bool:
         return False
 
 
-class VectorIndex:
-    """Synchronous; the engine calls it from a worker thread."""
+class _Gate:
+    """Many Chroma calls at a time, or one scrub alone (it stops and restarts Chroma)."""
 
-    def __init__(self, client: ClientAPI) -> None:
-        self.client = client
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._users = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._exclusive or self._users:
+                self._cond.wait()
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class VectorIndex:
+    """Synchronous; the engine calls it from worker threads.
+
+    ``key`` is the folder's secret for names (see the module docstring); ``path`` is the
+    embedded Chroma folder (None for a Chroma server, whose files are not ours to scrub).
+    """
+
+    def __init__(
+        self, connect: Callable[[], ClientAPI], key: bytes, path: Path | None = None
+    ) -> None:
+        self._connect = connect
+        self.key = key
+        self.path = path
+        self.client: ClientAPI = connect()
         self._collections: dict[str, Collection] = {}
         self._lock = threading.Lock()
+        self._gate = _Gate()
 
-    def _collection(self, name: str, meta: dict[str, str], create: bool) -> Collection | None:
+    # -- names -----------------------------------------------------------------------------
+
+    def _hash(self, kind: str, *parts: str) -> str:
+        data = "\x1f".join((kind, *parts)).encode("utf-8")
+        return hashlib.blake2b(data, key=self.key, digest_size=12).hexdigest()
+
+    def project_collection(self, org_id: str, project_id: str) -> str:
+        return PROJECT_PREFIX + self._hash("project", org_id, project_id)
+
+    def channel_collection(self, org_id: str, project_id: str, produced_for: str) -> str:
+        return CHANNEL_PREFIX + self._hash("channel", org_id, project_id, produced_for)
+
+    def token(self, kind: str, value: str) -> str:
+        """What a vector's metadata holds for a producer or thread: a keyed hash."""
+        return self._hash(kind, value)
+
+    # -- collections -----------------------------------------------------------------------
+
+    def _collection(self, name: str, create: bool) -> Collection | None:
         with self._lock:
             found = self._collections.get(name)
             if found is not None:
@@ -110,9 +207,7 @@ class VectorIndex:
             try:
                 if create:
                     found = self.client.get_or_create_collection(
-                        name,
-                        metadata={**meta, "hnsw:space": "cosine"},
-                        embedding_function=None,
+                        name, metadata={"hnsw:space": "cosine"}, embedding_function=None
                     )
                 else:
                     found = self.client.get_collection(name, embedding_function=None)
@@ -124,34 +219,30 @@ class VectorIndex:
             return found
 
     def upsert(self, items: list[VectorItem], vectors: Vectors) -> None:
-        groups: dict[str, tuple[dict[str, str], list[int]]] = {}
+        groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
-            pname = project_collection(item.org_id, item.project_id)
-            cname = channel_collection(item.org_id, item.project_id, item.produced_for)
-            pmeta = {"org_id": item.org_id, "project_id": item.project_id}
-            groups.setdefault(pname, (pmeta, []))[1].append(i)
-            groups.setdefault(cname, ({**pmeta, "produced_for": item.produced_for}, []))[1].append(
-                i
-            )
-        for name, (meta, rows) in groups.items():
-            collection = self._collection(name, meta, create=True)
-            assert collection is not None
-            for start in range(0, len(rows), MAX_BATCH):
-                chunk = rows[start : start + MAX_BATCH]
-                collection.upsert(
-                    ids=[items[i].uid for i in chunk],
-                    embeddings=np.asarray(vectors[chunk], dtype=np.float32),
-                    metadatas=[self._item_meta(items[i]) for i in chunk],
-                )
+            pname = self.project_collection(item.org_id, item.project_id)
+            cname = self.channel_collection(item.org_id, item.project_id, item.produced_for)
+            groups.setdefault(pname, []).append(i)
+            groups.setdefault(cname, []).append(i)
+        with self._gate.shared():
+            for name, rows in groups.items():
+                collection = self._collection(name, create=True)
+                assert collection is not None
+                for start in range(0, len(rows), MAX_BATCH):
+                    chunk = rows[start : start + MAX_BATCH]
+                    collection.upsert(
+                        ids=[items[i].uid for i in chunk],
+                        embeddings=np.asarray(vectors[chunk], dtype=np.float32),
+                        metadatas=[self._item_meta(items[i]) for i in chunk],
+                    )
 
-    @staticmethod
-    def _item_meta(item: VectorItem) -> dict[str, str | int | float | bool | None]:
+    def _item_meta(self, item: VectorItem) -> dict[str, str | int | float | bool | None]:
         meta: dict[str, str | int | float | bool | None] = {
-            "producer": item.producer,
-            "produced_for": item.produced_for,
+            "p": self.token("producer", item.producer)
         }
         if item.thread_id:
-            meta["thread_id"] = item.thread_id
+            meta["t"] = self.token("thread", item.thread_id)
         return meta
 
     def query(
@@ -166,90 +257,127 @@ class VectorIndex:
     ) -> list[tuple[str, float]]:
         """Nearest uids with their cosine similarity, best first."""
         if produced_for is None:
-            name = project_collection(org_id, project_id)
+            name = self.project_collection(org_id, project_id)
         else:
-            name = channel_collection(org_id, project_id, produced_for)
-        collection = self._collection(name, {}, create=False)
-        if collection is None:
-            return []
+            name = self.channel_collection(org_id, project_id, produced_for)
         conditions: list[dict[str, Any]] = []
         if producer is not None:
-            conditions.append({"producer": producer})
+            conditions.append({"p": self.token("producer", producer)})
         if thread_id is not None:
-            conditions.append({"thread_id": thread_id})
+            conditions.append({"t": self.token("thread", thread_id)})
         where: dict[str, Any] | None = None
         if len(conditions) == 1:
             where = conditions[0]
         elif conditions:
             where = {"$and": conditions}
-        result = collection.query(
-            query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
-            n_results=k,  # Chroma returns fewer when the collection is smaller
-            where=where,
-            include=["distances"],
-        )
+        with self._gate.shared():
+            collection = self._collection(name, create=False)
+            if collection is None:
+                return []
+            result = collection.query(
+                query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
+                n_results=k,  # Chroma returns fewer when the collection is smaller
+                where=where,
+                include=["distances"],
+            )
         ids = result["ids"][0]
         distances = (result.get("distances") or [[]])[0]
         return [(uid, 1.0 - float(d)) for uid, d in zip(ids, distances, strict=False)]
 
     def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:
-        for name in (
-            project_collection(org_id, project_id),
-            channel_collection(org_id, project_id, produced_for),
-        ):
-            collection = self._collection(name, {}, create=False)
-            if collection is not None and uids:
-                collection.delete(ids=uids)
+        with self._gate.shared():
+            for name in (
+                self.project_collection(org_id, project_id),
+                self.channel_collection(org_id, project_id, produced_for),
+            ):
+                collection = self._collection(name, create=False)
+                if collection is not None and uids:
+                    collection.delete(ids=uids)
 
     def drop_project(self, org_id: str, project_id: str, channels: list[str]) -> None:
-        names = [project_collection(org_id, project_id)]
-        names += [channel_collection(org_id, project_id, c) for c in channels]
-        for name in names:
-            with self._lock:
-                self._collections.pop(name, None)
-            try:
-                self.client.delete_collection(name)
-            except Exception:  # already gone
-                continue
+        names = [self.project_collection(org_id, project_id)]
+        names += [self.channel_collection(org_id, project_id, c) for c in channels]
+        with self._gate.shared():
+            for name in names:
+                self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            self._collections.pop(name, None)
+        try:
+            self.client.delete_collection(name)
+        except Exception:  # already gone
+            return
 
     def _our_collections(self) -> list[Collection]:
         out = []
         for entry in self.client.list_collections():
             name = entry if isinstance(entry, str) else entry.name
-            if name.startswith(("cmp_", "cmc_")):
-                found = self._collection(name, {}, create=False)
+            if name.startswith((PROJECT_PREFIX, CHANNEL_PREFIX)):
+                found = self._collection(name, create=False)
                 if found is not None:
                     out.append(found)
         return out
 
     def count(self) -> int:
         """Vectors in the project collections (each vector is counted once)."""
-        return sum(c.count() for c in self._our_collections() if c.name.startswith("cmp_"))
+        with self._gate.shared():
+            return sum(
+                c.count() for c in self._our_collections() if c.name.startswith(PROJECT_PREFIX)
+            )
 
     def all_ids(self) -> dict[str, set[str]]:
         """Every collection's ids (for deep reconciliation and tests)."""
         out: dict[str, set[str]] = {}
-        for collection in self._our_collections():
-            ids: set[str] = set()
-            offset = 0
-            while True:
-                page = collection.get(include=[], limit=5000, offset=offset)
-                ids.update(page["ids"])
-                if len(page["ids"]) < 5000:
-                    break
-                offset += 5000
-            out[collection.name] = ids
+        with self._gate.shared():
+            for collection in self._our_collections():
+                ids: set[str] = set()
+                offset = 0
+                while True:
+                    page = collection.get(include=[], limit=5000, offset=offset)
+                    ids.update(page["ids"])
+                    if len(page["ids"]) < 5000:
+                        break
+                    offset += 5000
+                out[collection.name] = ids
         return out
 
     def delete_ids(self, collection_name: str, uids: list[str]) -> None:
-        collection = self._collection(collection_name, {}, create=False)
-        if collection is not None and uids:
-            for start in range(0, len(uids), MAX_BATCH):
-                collection.delete(ids=uids[start : start + MAX_BATCH])
+        with self._gate.shared():
+            collection = self._collection(collection_name, create=False)
+            if collection is not None and uids:
+                for start in range(0, len(uids), MAX_BATCH):
+                    collection.delete(ids=uids[start : start + MAX_BATCH])
 
     def reset(self) -> None:
-        """Drop every collection of ours (before a full reindex)."""
-        for collection in self._our_collections():
-            self.client.delete_collection(collection.name)
+        """Drop every collection of ours (before a full reindex, or a new naming key)."""
+        with self._gate.shared():
+            for collection in self._our_collections():
+                self._drop(collection.name)
+            with self._lock:
+                self._collections.clear()
+
+    # -- files -----------------------------------------------------------------------------
+
+    def scrub(self) -> ScrubReport | None:
+        """Leave nothing of deleted vectors in an embedded Chroma's files: stop Chroma, scrub
+        its folder, start it again (its memory may still hold deleted vectors, which a later
+        save would write back). None for a Chroma server."""
+        if self.path is None:
+            return None
+        with self._gate.exclusive():
+            self._disconnect()
+            try:
+                return scrub_folder(self.path)
+            finally:
+                self.client = self._connect()
+
+    def _disconnect(self) -> None:
         with self._lock:
             self._collections.clear()
+        close_chroma(self.client, embedded=self.path is not None)
+
+    def close(self) -> None:
+        """Release Chroma (its files and threads); the index is unusable afterwards."""
+        with self._gate.exclusive():
+            self._disconnect()

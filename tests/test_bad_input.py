@@ -88,19 +88,19 @@ async def test_content_over_the_limit_is_refused(engine: MemoryEngine) -> None:
 # -- ids -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["a/b", "", "has space", "semi;colon", "x" * 300])
+@pytest.mark.parametrize("bad", ["a/b", "", "has space", "semi;colon", "x" * 300, "abc\n"])
 async def test_invalid_org_and_project_ids_are_refused(engine: MemoryEngine, bad: str) -> None:
-    with refused("org_id must be"):
+    with refused("org_id: ID can only contain"):
         episode("hello", org_id=bad)
-    with refused("project_id must be"):
+    with refused("project_id: ID can only contain"):
         episode("hello", project_id=bad)
-    with refused("org_id must be"):
+    with refused("org_id: ID can only contain"):
         Scope(org_id=bad, project_id=PROJECT)
-    with refused("project_id must be"):
+    with refused("project_id: ID can only contain"):
         Scope(org_id=ORG, project_id=bad)
-    with refused("org_id must be"):
+    with refused("org_id: ID can only contain"):
         await engine.forget(bad)
-    with refused("project_id must be"):
+    with refused("project_id: ID can only contain"):
         await engine.create_project(ORG, bad)
     assert (await engine.stats()).episodes == 0
 

@@ -17,7 +17,6 @@ import pytest
 
 from memory.engine import MemoryEngine
 from memory.model import Fact, Scope
-from memory.vector_index import channel_collection, project_collection
 from tests.conftest import BOB, GENERAL, ORG, PROJECT, episode
 
 
@@ -122,14 +121,14 @@ async def test_engine_on_a_chroma_server(chroma_url: str, data_dir: Path) -> Non
         client = chromadb.HttpClient(
             host=host, port=int(port), settings=chromadb.Settings(anonymized_telemetry=False)
         )
-        remote = client.get_collection(project_collection(ORG, PROJECT))
+        remote = client.get_collection(engine.index.project_collection(ORG, PROJECT))
         assert set(remote.get(include=[])["ids"]) == set(uids)
 
         report = await engine.forget(ORG, producer=BOB)
         assert report.uids == [uids[1]]
         assert report.facts == 1
         assert set(remote.get(include=[])["ids"]) == {uids[0], uids[2]}
-        general = client.get_collection(channel_collection(ORG, PROJECT, GENERAL))
+        general = client.get_collection(engine.index.channel_collection(ORG, PROJECT, GENERAL))
         assert set(general.get(include=[])["ids"]) == {uids[0]}
         assert engine.index is not None
         assert all(uids[1] not in ids for ids in engine.index.all_ids().values())

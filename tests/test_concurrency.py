@@ -159,9 +159,16 @@ async def test_delete_while_its_row_is_embedding_leaves_no_vector(data_dir: Path
         [doomed] = await engine.add([episode("deleted mid-embedding")])
         step = asyncio.create_task(engine.index_step())
         assert await asyncio.to_thread(gate.entered.wait, 30)
-        assert await engine.delete(ORG, PROJECT, [doomed]) == [doomed]
+        # The delete commits at once; it then waits for the step to finish before it drops
+        # the vectors and scrubs the index, so it returns only after the step's upsert.
+        deleting = asyncio.create_task(engine.delete(ORG, PROJECT, [doomed]))
+        for _ in range(3000):
+            if not await engine.existing(ORG, PROJECT, [doomed]):
+                break
+            await asyncio.sleep(0.01)
         gate.release.set()
         assert await step is True
+        assert await deleting == [doomed]
         await engine.wait_indexed()
         assert engine.index is not None
         for name, ids in engine.index.all_ids().items():

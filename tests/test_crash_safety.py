@@ -20,7 +20,6 @@ import pytest
 
 from memory.engine import MemoryEngine
 from memory.model import Scope
-from memory.vector_index import channel_collection, project_collection
 from tests.crash_writer import CHANNELS, ORG, PROJECT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,10 +157,10 @@ async def check_recovered(data_dir: Path, ledger: Ledger) -> None:
         assert set(present) <= set(rows)
         assert engine.index is not None
         ids = engine.index.all_ids()
-        assert ids[project_collection(ORG, PROJECT)] == set(rows)
+        assert ids[engine.index.project_collection(ORG, PROJECT)] == set(rows)
         for channel in CHANNELS:
             in_channel = {u for u, e in rows.items() if e.produced_for == channel}
-            assert ids[channel_collection(ORG, PROJECT, channel)] == in_channel
+            assert ids[engine.index.channel_collection(ORG, PROJECT, channel)] == in_channel
         orphans = set().union(*ids.values()) - set(rows)
         assert not orphans, f"{len(orphans)} vectors without a row"
         assert stats.vectors == stats.episodes == len(rows)

@@ -13,7 +13,6 @@ from memory.embedders import HashEmbedder
 from memory.engine import EmbedderMismatch, MemoryEngine, SourceRef, embed_text
 from memory.filters import matches, parse_filter
 from memory.model import Fact, Scope, TimeRange
-from memory.vector_index import channel_collection, project_collection
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
 
 SCOPE = Scope(org_id=ORG, project_id=PROJECT)
@@ -251,7 +250,12 @@ async def test_edit_by_source_ref_reindexes_keywords_and_vector(engine: MemoryEn
     # Vectors: both collections hold the embedding of the new text, not of the old.
     new_vec = engine.embedder.embed([embed_text(stored)])[0]
     old_vec = engine.embedder.embed([embed_text(target)])[0]
-    for name in (project_collection(ORG, PROJECT), channel_collection(ORG, PROJECT, GENERAL)):
+    assert engine.index is not None
+    index = engine.index
+    for name in (
+        index.project_collection(ORG, PROJECT),
+        index.channel_collection(ORG, PROJECT, GENERAL),
+    ):
         vec = stored_vector(engine, name, uid)
         assert vec is not None
         assert float(vec @ new_vec) == pytest.approx(1.0, abs=1e-4)
@@ -426,8 +430,8 @@ async def test_reindex_after_dropping_chroma(engine: MemoryEngine) -> None:
     await engine.wait_indexed()
     assert (await engine.stats()).vectors == 30
     ids = engine.index.all_ids()
-    assert ids[project_collection(ORG, PROJECT)] == set(uids)
-    assert ids[channel_collection(ORG, PROJECT, GENERAL)] == set(uids)
+    assert ids[engine.index.project_collection(ORG, PROJECT)] == set(uids)
+    assert ids[engine.index.channel_collection(ORG, PROJECT, GENERAL)] == set(uids)
     assert uids_of(await engine.search("note about topic7", SCOPE, mode="vector"))[0] == uids[7]
 
 
@@ -446,7 +450,7 @@ async def test_startup_repairs_a_lost_vector_index(data_dir: Path) -> None:
         await eng.wait_indexed()
         assert (await eng.stats()).vectors == 12
         assert eng.index is not None
-        assert eng.index.all_ids()[project_collection(ORG, PROJECT)] == set(uids)
+        assert eng.index.all_ids()[eng.index.project_collection(ORG, PROJECT)] == set(uids)
     finally:
         await eng.close()
 
@@ -472,7 +476,7 @@ async def test_changing_the_embedder_needs_reindex(data_dir: Path) -> None:
     try:
         assert await eng.reindex(progress=False) == 1
         assert eng.index is not None
-        vec = stored_vector(eng, project_collection(ORG, PROJECT), uid)
+        vec = stored_vector(eng, eng.index.project_collection(ORG, PROJECT), uid)
         assert vec is not None and vec.shape == (128,)
         found = await eng.search("persistent volume claims", SCOPE, mode="vector")
         assert uids_of(found) == [uid]

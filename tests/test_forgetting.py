@@ -75,9 +75,12 @@ def chroma_ids(data_dir: Path) -> dict[str, set[str]]:
     settings = chromadb.Settings(anonymized_telemetry=False, allow_reset=True)
     client = chromadb.PersistentClient(path=str(data_dir / "chroma"), settings=settings)
     out: dict[str, set[str]] = {}
-    for entry in client.list_collections():
-        name = entry if isinstance(entry, str) else entry.name
-        out[name] = set(client.get_collection(name).get(include=[])["ids"])
+    try:
+        for entry in client.list_collections():
+            name = entry if isinstance(entry, str) else entry.name
+            out[name] = set(client.get_collection(name).get(include=[])["ids"])
+    finally:
+        client.close()
     return out
 
 

@@ -170,6 +170,10 @@ def _install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, request_invalid)
     app.add_exception_handler(ValidationError, model_invalid)
     app.add_exception_handler(InvalidInput, invalid_input)
+    # A safety net: every text field is checked for lone surrogates where it comes in, but a
+    # string that slipped through would fail at SQLite's UTF-8 binding; that is still the
+    # caller's input, never a server error.
+    app.add_exception_handler(UnicodeError, invalid_input)
     app.add_exception_handler(ServiceError, service_error)
 
 
@@ -202,6 +206,8 @@ def create_app(
         if engine is None:
             owned = await MemoryEngine.open(settings=settings)
             app.state.service = MemoryService(owned, metrics, settings.short_term_episodes)
+            if settings.port:  # port 0: the bound port is not known here
+                await owned.serving_at(served_url(settings.host, settings.port))
         # A session manager runs once, so every start (a restarted app, a second test client)
         # gets a fresh MCP server behind the same mount.
         mcp = build_mcp(current_service, security=security)
@@ -236,6 +242,15 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(GuardMiddleware, max_body=settings.max_body_bytes)
     return app
+
+
+def served_url(host: str, port: int) -> str:
+    """The URL a local command uses to reach a server bound to ``host:port``."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 class ServeRefused(ValueError):

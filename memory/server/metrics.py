@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -29,6 +29,11 @@ class Metrics:
         )
         self.searches = Counter(
             "channelmind_searches", "Memory searches", ["api"], registry=self.registry
+        )
+        self.set_aside = Gauge(
+            "channelmind_records_set_aside",
+            "Records stored but set aside: unreadable or unembeddable (see the server log)",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memory.embedders import similarities
 from memory.engine import ForgetReport, SourceRef
@@ -20,7 +20,11 @@ from memory.model import Episode, Fact, Scope, SearchResult, Stats, TimeRange
 
 from .auth import principal_of
 from .rest_v2 import _ERRORS, authorize, service_of
-from .specs import MAX_EXPAND, MAX_PAGE_NUM, MAX_PAGE_SIZE, MAX_TOP_K, SafeId
+from .specs import MAX_EXPAND, MAX_PAGE_NUM, MAX_PAGE_SIZE, MAX_TOP_K, SafeId, Text
+
+#: Uids are the server's to assign: a caller-chosen one that another org already has could
+#: not be stored, and saying so would tell the caller that the other org has it.
+SERVER_ASSIGNS_UIDS = "uid is assigned by the server; leave it empty"
 
 router = APIRouter(prefix="/api/cm", responses=_ERRORS, tags=["channelmind"])
 
@@ -32,11 +36,18 @@ class _Body(BaseModel):
 class AddEpisodesBody(_Body):
     episodes: list[Episode] = Field(max_length=10_000)
 
+    @field_validator("episodes")
+    @classmethod
+    def _no_uids(cls, episodes: list[Episode]) -> list[Episode]:
+        if any(e.uid for e in episodes):
+            raise ValueError(SERVER_ASSIGNS_UIDS)
+        return episodes
+
 
 class SearchBody(_Body):
-    query: str = Field(max_length=100_000)
+    query: Text = Field(max_length=100_000)
     scope: Scope
-    filters: str | None = None
+    filters: Text | None = None
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
     expand_context: int = Field(default=0, ge=0, le=MAX_EXPAND)
     time: TimeRange | None = None
@@ -51,7 +62,7 @@ class RecentBody(_Body):
 
 class ListBody(_Body):
     scope: Scope
-    filters: str | None = None
+    filters: Text | None = None
     page_size: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
     page_num: int = Field(default=0, ge=0, le=MAX_PAGE_NUM)
     time: TimeRange | None = None
@@ -59,22 +70,22 @@ class ListBody(_Body):
 
 class CountBody(_Body):
     scope: Scope
-    filters: str | None = None
+    filters: Text | None = None
 
 
 class UidsBody(_Body):
     org_id: SafeId
     project_id: SafeId
-    uids: list[str] = Field(max_length=10_000)
+    uids: list[SafeId] = Field(max_length=10_000)
 
 
 class ForgetBody(_Body):
     org_id: SafeId
     project_id: SafeId | None = None
-    producer: str | None = None
-    produced_for: str | None = None
-    thread_id: str | None = None
-    filters: str | None = None
+    producer: Text | None = None
+    produced_for: Text | None = None
+    thread_id: Text | None = None
+    filters: Text | None = None
     facts_about_producer: bool = True
 
 
@@ -82,36 +93,43 @@ class EditBody(_Body):
     """Either ``ref`` (the platform's message) or ``uid`` with ``org_id`` and ``project_id``."""
 
     ref: SourceRef | None = None
-    uid: str | None = None
-    org_id: str = ""
-    project_id: str = ""
-    content: str
+    uid: SafeId | None = None
+    org_id: Text = ""
+    project_id: Text = ""
+    content: Text
 
 
 class FactsBody(_Body):
     org_id: SafeId
     project_id: SafeId
-    subject: str | None = None
-    produced_for: str | None = None
+    subject: Text | None = None
+    produced_for: Text | None = None
     include_superseded: bool = False
-    uids: list[str] | None = Field(default=None, max_length=10_000)
+    uids: list[SafeId] | None = Field(default=None, max_length=10_000)
 
 
 class AddFactBody(_Body):
     fact: Fact
 
+    @field_validator("fact")
+    @classmethod
+    def _no_uid(cls, fact: Fact) -> Fact:
+        if fact.uid:
+            raise ValueError(SERVER_ASSIGNS_UIDS)
+        return fact
+
 
 class SupersedeBody(_Body):
     org_id: SafeId
     project_id: SafeId
-    uid: str
-    by: str
+    uid: SafeId
+    by: SafeId
     when: datetime | None = None
 
 
 class SimilarityBody(_Body):
-    query: str = Field(max_length=100_000)
-    texts: list[str] = Field(max_length=1000)
+    query: Text = Field(max_length=100_000)
+    texts: list[Text] = Field(max_length=1000)
 
 
 class Similarities(BaseModel):
@@ -130,12 +148,12 @@ class Indexed(BaseModel):
 class SettingBody(_Body):
     org_id: SafeId
     project_id: SafeId
-    subject: str = Field(max_length=256)
-    key: str = Field(max_length=256)
+    subject: Text = Field(max_length=256)
+    key: Text = Field(max_length=256)
 
 
 class SetSettingBody(SettingBody):
-    value: str | None = Field(default=None, max_length=100_000)
+    value: Text | None = Field(default=None, max_length=100_000)
 
 
 class Uids(BaseModel):
@@ -272,14 +290,13 @@ async def add_fact(body: AddFactBody, request: Request) -> Uid:
 
 @router.post("/facts/supersede", status_code=204, response_class=Response)
 async def supersede_fact(body: SupersedeBody, request: Request) -> Response:
-    """Mark a fact replaced by another (404 unless the fact is in this org and project)."""
+    """Mark a fact replaced by another (404 unless both are facts of this org and project)."""
     authorize(request, body.org_id)
     engine = service_of(request).engine
-    known = await engine.facts(
-        body.org_id, body.project_id, uids=[body.uid], include_superseded=True
-    )
-    if not known:
-        raise HTTPException(404, f"no fact {body.uid!r} in {body.org_id}/{body.project_id}")
+    known = set(await engine.fact_uids(body.org_id, body.project_id, [body.uid, body.by]))
+    for uid in (body.uid, body.by):
+        if uid not in known:
+            raise HTTPException(404, f"no fact {uid!r} in {body.org_id}/{body.project_id}")
     await engine.supersede_fact(body.uid, body.by, body.when)
     return Response(status_code=204)
 

@@ -367,17 +367,15 @@ class MemoryService:
     async def delete_episodes(self, org_id: str, project_id: str, uids: Sequence[str]) -> None:
         """All or nothing: unknown ids (in this org and project) are a 404 and delete nothing.
         Facts citing only these episodes go too; complete when this returns."""
-        found = {e.uid for e in await self.engine.get(org_id, project_id, list(uids))}
+        found = set(await self.engine.existing(org_id, project_id, list(uids)))
         missing = sorted(set(uids) - found)
         if missing:
             raise NotFound(f"Episode(s) not found in {org_id}/{project_id}: {', '.join(missing)}")
         await self.engine.delete(org_id, project_id, list(uids))
 
     async def delete_features(self, org_id: str, project_id: str, uids: Sequence[str]) -> None:
-        facts = await self.engine.facts(
-            org_id, project_id, uids=list(uids), include_superseded=True
-        )
-        missing = sorted(set(uids) - {f.uid for f in facts})
+        found = set(await self.engine.fact_uids(org_id, project_id, list(uids)))
+        missing = sorted(set(uids) - found)
         if missing:
             raise NotFound(
                 f"Semantic feature(s) not found in {org_id}/{project_id}: {', '.join(missing)}"

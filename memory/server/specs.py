@@ -9,7 +9,6 @@ accepts nonsense (unbounded ``top_k``, non-finite numbers) these bound it with a
 from __future__ import annotations
 
 import math
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -19,39 +18,62 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
 
-from memory.model import MAX_ID_CHARS, as_utc
+from memory.model import (
+    CONTENT_PATTERN,
+    ID_PATTERN,
+    MAX_CONTENT_CHARS,
+    MAX_ID_CHARS,
+    MAX_TIME,
+    MIN_TIME,
+    REF_PATTERN,
+    TIME_RANGE_TEXT,
+    check_content,
+    check_json,
+    check_ref,
+    check_safe_id,
+    check_text,
+    check_time,
+)
 
 DEFAULT_ID = "universal"
 MemoryTypeName = Literal["episodic", "semantic"]
 ALL_TYPES: tuple[MemoryTypeName, ...] = ("episodic", "semantic")
-_ID_PUNCTUATION = frozenset("_:-")
 #: Bounds the engine enforces; stating them in the schema gives clients a clear 422.
 MAX_TOP_K = 1000
 MAX_EXPAND = 20
 MAX_PAGE_SIZE = 10_000
 MAX_PAGE_NUM = 1_000_000_000
+_UNICODE = "valid Unicode (no lone surrogates)"
+MIN_EPOCH = int(MIN_TIME.timestamp())
+MAX_EPOCH = int(MAX_TIME.timestamp())
+
+
+def stated(*, min_length: int, max_length: int, pattern: str) -> dict[str, Any]:
+    """Constraints stated in the OpenAPI schema only: the validators above enforce them (with
+    messages that name the problem), so pydantic must not check them a second time."""
+    return {"minLength": min_length, "maxLength": max_length, "pattern": pattern}
 
 
 def check_id(value: str) -> str:
-    """MemMachine's SafeId: Unicode letters and digits, ``_``, ``:`` and ``-`` (non-empty)."""
-    if (
-        not value
-        or len(value) > MAX_ID_CHARS
-        or not all(c in _ID_PUNCTUATION or unicodedata.category(c)[0] in "LN" for c in value)
-    ):
-        raise ValueError(
-            "ID can only contain letters, numbers, underscore, hyphen, colon, or Unicode"
-            f" characters (1-{MAX_ID_CHARS} of them), found: {value[:300]!r}"
-        )
-    return value
+    """The id rule (MemMachine's SafeId), as defined once in :mod:`memory.model`."""
+    return check_safe_id(value)
 
 
-_ID_DOC = "letters and digits (any script), '_', ':' or '-'"
-SafeId = Annotated[str, AfterValidator(check_id), Field(description=_ID_DOC, examples=["acme"])]
+_ID_DOC = f"letters and digits (any script), '_', ':' or '-'; 1-{MAX_ID_CHARS} characters"
+SafeId = Annotated[
+    str,
+    AfterValidator(check_id),
+    Field(
+        description=_ID_DOC,
+        examples=["acme"],
+        json_schema_extra=stated(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN),
+    ),
+]
 
 
 def _empty_is_none(value: Any) -> Any:
@@ -70,12 +92,73 @@ OptionalId = Annotated[
 ]
 
 
+def _text(value: str, info: ValidationInfo) -> str:
+    return check_text(value, str(info.field_name or "text"))
+
+
+#: Any text the server stores or searches: valid Unicode.
+Text = Annotated[str, AfterValidator(_text), Field(description=_UNICODE)]
+
+
+def _content(value: str) -> str:
+    return check_content(value)
+
+
+Content = Annotated[
+    str,
+    AfterValidator(_content),
+    Field(
+        description=f"not blank, no NUL, {_UNICODE}",
+        json_schema_extra=stated(
+            min_length=1, max_length=MAX_CONTENT_CHARS, pattern=CONTENT_PATTERN
+        ),
+    ),
+]
+
+
+def _required_ref(value: str, info: ValidationInfo) -> str:
+    return check_ref(value, str(info.field_name or "reference"))
+
+
+def _optional_ref(value: str, info: ValidationInfo) -> str:
+    return check_ref(value, str(info.field_name or "reference"), allow_empty=True)
+
+
+_REF_DOC = f"no control characters, {_UNICODE}"
+#: A producer / channel / role reference: no control characters, at most 256 characters.
+RequiredRef = Annotated[
+    str,
+    AfterValidator(_required_ref),
+    Field(
+        description=_REF_DOC,
+        json_schema_extra=stated(min_length=1, max_length=MAX_ID_CHARS, pattern=REF_PATTERN),
+    ),
+]
+OptionalRef = Annotated[
+    str,
+    AfterValidator(_optional_ref),
+    Field(
+        description=_REF_DOC + "; may be empty",
+        json_schema_extra=stated(min_length=0, max_length=MAX_ID_CHARS, pattern=REF_PATTERN),
+    ),
+]
+
+
+def _json(value: Any, info: ValidationInfo) -> Any:
+    return check_json(value, str(info.field_name or "value"))
+
+
+#: A JSON object whose keys and strings are valid Unicode (set_metadata).
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json)]
+
+
 def parse_timestamp(value: Any) -> datetime:
-    """ISO-8601 text, Unix seconds, or Unix milliseconds (values above 1e12); naive is UTC."""
+    """ISO-8601 text, Unix seconds, or Unix milliseconds (values above 1e12); naive is UTC.
+    The result must fall in the valid time range (:data:`memory.model.MIN_TIME`..MAX_TIME)."""
     if value is None:
         return datetime.now(UTC)
     if isinstance(value, datetime):
-        return as_utc(value)
+        return check_time(value, "timestamp")
     if isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
         if not math.isfinite(number):
@@ -83,14 +166,19 @@ def parse_timestamp(value: Any) -> datetime:
         if number > 1e12:
             number /= 1000
         try:
-            return datetime.fromtimestamp(number, tz=UTC)
+            parsed = datetime.fromtimestamp(number, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise ValueError(f"timestamp {value!r} is out of range") from None
+            raise ValueError(
+                f"timestamp {value!r} is out of range: times must fall within {TIME_RANGE_TEXT}"
+            ) from None
+        return check_time(parsed, "timestamp")
     if isinstance(value, str):
         try:
-            return as_utc(datetime.fromisoformat(value.strip()))
+            parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             pass
+        else:
+            return check_time(parsed, "timestamp")
     raise ValueError(
         f"unsupported timestamp {str(value)[:100]!r}: use ISO-8601, Unix seconds or Unix ms"
     )
@@ -101,8 +189,19 @@ Timestamp = Annotated[
     BeforeValidator(parse_timestamp),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
-            "description": "ISO-8601, Unix seconds, or Unix milliseconds (> 1e12); naive is UTC",
+            "anyOf": [
+                # The first and last days of the range are left out of the pattern: a time
+                # zone offset can carry a time on them out of range.
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": "^(?!0000|0001-01-01|9999-12-31)[0-9]{4}-",
+                },
+                {"type": "number", "minimum": MIN_EPOCH, "maximum": MAX_EPOCH},
+                {"type": "number", "exclusiveMinimum": 1e12, "maximum": MAX_EPOCH * 1000},
+            ],
+            "description": "ISO-8601, Unix seconds, or Unix milliseconds (> 1e12); naive is UTC;"
+            f" within {TIME_RANGE_TEXT}",
         }
     ),
 ]
@@ -123,11 +222,11 @@ class _OrgProject(_Body):
 
 class ProjectConfig(BaseModel):
     backend: Literal["declarative", "event"] | None = None
-    reranker: str = ""
-    embedder: str = ""
-    vector_graph_store: str = ""
-    vector_store: str = ""
-    segment_store: str = ""
+    reranker: Text = ""
+    embedder: Text = ""
+    vector_graph_store: Text = ""
+    vector_store: Text = ""
+    segment_store: Text = ""
     properties_schema: dict[str, Literal["bool", "int", "float", "str", "datetime"]] = Field(
         default_factory=dict
     )
@@ -136,7 +235,7 @@ class ProjectConfig(BaseModel):
 class CreateProjectSpec(_Body):
     org_id: SafeId
     project_id: SafeId
-    description: str = Field(default="", max_length=10_000)
+    description: Text = Field(default="", max_length=10_000)
     config: ProjectConfig = Field(default_factory=ProjectConfig)
 
 
@@ -165,12 +264,12 @@ class EpisodeCount(BaseModel):
 
 
 class MemoryMessage(_Body):
-    content: str
-    producer: str = "user"
-    produced_for: str = ""
+    content: Content
+    producer: RequiredRef = "user"
+    produced_for: OptionalRef = ""
     timestamp: Timestamp = Field(default_factory=lambda: datetime.now(UTC))
-    role: str = ""
-    metadata: dict[str, str] = Field(default_factory=dict)
+    role: OptionalRef = ""
+    metadata: dict[Text, Text] = Field(default_factory=dict)
     episode_type: Literal["message"] | None = None
 
 
@@ -191,10 +290,10 @@ class AddMemoriesResponse(BaseModel):
 
 
 class SearchMemoriesSpec(_OrgProject):
-    query: str = Field(max_length=100_000)
+    query: Text = Field(max_length=100_000)
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
-    filter: str = ""
-    set_metadata: dict[str, Any] | None = None
+    filter: Text = ""
+    set_metadata: JsonObject | None = None
     expand_context: int = Field(default=0, ge=0, le=MAX_EXPAND)
     score_threshold: Finite | None = None
     types: list[MemoryTypeName] = Field(default_factory=list)
@@ -204,8 +303,8 @@ class SearchMemoriesSpec(_OrgProject):
 class ListMemoriesSpec(_OrgProject):
     page_size: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
     page_num: int = Field(default=0, ge=0, le=MAX_PAGE_NUM)
-    filter: str = ""
-    set_metadata: dict[str, Any] | None = None
+    filter: Text = ""
+    set_metadata: JsonObject | None = None
     type: MemoryTypeName | None = None
 
 
