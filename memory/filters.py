@@ -170,9 +170,13 @@ def _is_number(value: object) -> bool:
 
 def _parse_datetime(text: str) -> datetime:
     try:
-        return as_utc(datetime.fromisoformat(text))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise FilterError(f"invalid ISO-8601 date {text!r}") from None
+    try:
+        return as_utc(parsed)
+    except InvalidInput as exc:  # e.g. 0001-01-01T00:00:00+14:00
+        raise FilterError(f"date {exc}") from None
 
 
 def _normalize(field: str, op: str, value: Value) -> Value:

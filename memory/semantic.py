@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .model import Episode, Fact, utcnow
+from .model import Episode, Fact, InvalidInput, utcnow
 from .text import one_line
 
 if TYPE_CHECKING:
@@ -146,7 +146,12 @@ async def supersede(memory: Memory, fact: Fact, old: Fact | None) -> str | None:
     written. Returns the new fact's uid, or None when nothing was stored."""
     if old is not None and same_value(old.value, fact.value):
         return None
-    uid = await memory.add_fact(fact)
+    try:
+        uid = await memory.add_fact(fact)
+    except InvalidInput:
+        # A cited message was forgotten in the meantime: a fact may cite only stored messages
+        # of its own org and project, so it is not learned.
+        return None
     if fact.citations and not await memory.get(fact.org_id, fact.project_id, fact.citations):
         await memory.delete_facts(fact.org_id, fact.project_id, [uid])
         return None

@@ -737,9 +737,15 @@ class SQLiteStore:
                     "INSERT OR IGNORE INTO set_aside VALUES (?, ?, ?, ?)",
                     [(uid, kind, reason[:1000], now) for uid, kind, reason in new],
                 )
+                episodes = [(uid,) for uid, kind, _ in new if kind == "episode"]
+                # Any vector it had goes: the index holds exactly the indexed rows.
                 await conn.executemany(
-                    f"UPDATE episodes SET indexed = {SET_ASIDE} WHERE uid = ?",
-                    [(uid,) for uid, kind, _ in new if kind == "episode"],
+                    "INSERT INTO vector_tombstones SELECT uid, org_id, project_id, produced_for"
+                    f" FROM episodes WHERE uid = ? AND indexed != {SET_ASIDE}",
+                    episodes,
+                )
+                await conn.executemany(
+                    f"UPDATE episodes SET indexed = {SET_ASIDE} WHERE uid = ?", episodes
                 )
                 await conn.execute("COMMIT")
             except BaseException:
