@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from .config import MemorySettings
 from .embedders import Embedder, Vectors, make_embedder
 from .filters import Filter, parse_filter
 from .folder import FolderLock
 from .model import (
+    ID_SCHEMA,
+    REF_SCHEMA,
     Episode,
     Fact,
     Hit,
@@ -67,10 +69,10 @@ class EmbedderMismatch(RuntimeError):
 class SourceRef(BaseModel):
     """A message as its platform knows it."""
 
-    org_id: str
-    project_id: str
-    platform: str
-    source_id: str
+    org_id: str = Field(json_schema_extra=ID_SCHEMA)
+    project_id: str = Field(json_schema_extra=ID_SCHEMA)
+    platform: str = Field(json_schema_extra=REF_SCHEMA)
+    source_id: str = Field(json_schema_extra=REF_SCHEMA)
 
     @field_validator("org_id", "project_id")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,6 +47,28 @@ REF_PATTERN = r"^[^\x00-\x1f]*$"
 MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 TIME_RANGE_TEXT = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+#: ISO-8601 times the schema calls valid: the first and last days of the range are left out,
+#: as a time zone offset can carry a time on them out of range.
+TIME_PATTERN = "^(?!0000|0001-01-01|9999-12-31)[0-9]{4}-"
+
+
+def stated(
+    *, pattern: str | None = None, min_length: int | None = None, max_length: int | None = None
+) -> dict[str, Any]:
+    """Constraints stated in the OpenAPI schema only: the validators enforce them (with messages
+    that name the problem), so pydantic must not check them a second time."""
+    out: dict[str, Any] = {"pattern": pattern, "minLength": min_length, "maxLength": max_length}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+ID_SCHEMA = stated(pattern=ID_PATTERN, min_length=1, max_length=MAX_ID_CHARS)
+#: A uid the caller may leave empty.
+UID_SCHEMA = stated(pattern=r"^[\w:-]*$", max_length=MAX_ID_CHARS)
+REF_SCHEMA = stated(pattern=REF_PATTERN, min_length=1, max_length=MAX_ID_CHARS)
+OPTIONAL_REF_SCHEMA = stated(pattern=REF_PATTERN, max_length=MAX_ID_CHARS)
+CONTENT_SCHEMA = stated(pattern=CONTENT_PATTERN, min_length=1, max_length=MAX_CONTENT_CHARS)
+NO_NUL_SCHEMA = stated(pattern=r"^[^\x00]*$")
+TIME_SCHEMA = stated(pattern=TIME_PATTERN)
 
 
 class InvalidInput(ValueError):
@@ -152,18 +174,18 @@ class Episode(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uid: str = ""
-    org_id: str
-    project_id: str
-    producer: str
-    produced_for: str = ""
-    role: str = "user"
-    content: str
-    created_at: datetime = Field(default_factory=utcnow)
-    platform: str = "api"
-    source_id: str | None = None
-    thread_id: str | None = None
-    episode_type: str = "message"
+    uid: str = Field("", json_schema_extra=UID_SCHEMA)
+    org_id: str = Field(json_schema_extra=ID_SCHEMA)
+    project_id: str = Field(json_schema_extra=ID_SCHEMA)
+    producer: str = Field(json_schema_extra=REF_SCHEMA)
+    produced_for: str = Field("", json_schema_extra=OPTIONAL_REF_SCHEMA)
+    role: str = Field("user", json_schema_extra=OPTIONAL_REF_SCHEMA)
+    content: str = Field(json_schema_extra=CONTENT_SCHEMA)
+    created_at: datetime = Field(default_factory=utcnow, json_schema_extra=TIME_SCHEMA)
+    platform: str = Field("api", json_schema_extra=REF_SCHEMA)
+    source_id: str | None = Field(None, json_schema_extra=OPTIONAL_REF_SCHEMA)
+    thread_id: str | None = Field(None, json_schema_extra=OPTIONAL_REF_SCHEMA)
+    episode_type: str = Field("message", json_schema_extra=OPTIONAL_REF_SCHEMA)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("org_id", "project_id")
@@ -233,8 +255,8 @@ class Scope(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    org_id: str
-    project_id: str
+    org_id: str = Field(json_schema_extra=ID_SCHEMA)
+    project_id: str = Field(json_schema_extra=ID_SCHEMA)
     producer: str | None = None
     produced_for: str | None = None
     thread_id: str | None = None
@@ -253,8 +275,8 @@ class Scope(BaseModel):
 class TimeRange(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    since: datetime | None = None
-    until: datetime | None = None
+    since: datetime | None = Field(None, json_schema_extra=TIME_SCHEMA)
+    until: datetime | None = Field(None, json_schema_extra=TIME_SCHEMA)
 
     @model_validator(mode="after")
     def _aware(self) -> TimeRange:
@@ -297,19 +319,21 @@ class Fact(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uid: str = ""
-    org_id: str
-    project_id: str
-    subject: str
-    produced_for: str = ""
-    category: str = "profile"
-    tag: str = ""
-    feature: str
-    value: str
-    citations: list[str] = Field(default_factory=list)
-    created_at: datetime = Field(default_factory=utcnow)
-    superseded_at: datetime | None = None
-    superseded_by: str | None = None
+    uid: str = Field("", json_schema_extra=UID_SCHEMA)
+    org_id: str = Field(json_schema_extra=ID_SCHEMA)
+    project_id: str = Field(json_schema_extra=ID_SCHEMA)
+    subject: str = Field(json_schema_extra=REF_SCHEMA)
+    produced_for: str = Field("", json_schema_extra=OPTIONAL_REF_SCHEMA)
+    category: str = Field("profile", json_schema_extra=NO_NUL_SCHEMA)
+    tag: str = Field("", json_schema_extra=NO_NUL_SCHEMA)
+    feature: str = Field(json_schema_extra=NO_NUL_SCHEMA)
+    value: str = Field(json_schema_extra=NO_NUL_SCHEMA)
+    citations: list[Annotated[str, Field(json_schema_extra=ID_SCHEMA)]] = Field(
+        default_factory=list
+    )
+    created_at: datetime = Field(default_factory=utcnow, json_schema_extra=TIME_SCHEMA)
+    superseded_at: datetime | None = Field(None, json_schema_extra=TIME_SCHEMA)
+    superseded_by: str | None = Field(None, json_schema_extra=UID_SCHEMA)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("org_id", "project_id")

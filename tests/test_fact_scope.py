@@ -86,8 +86,8 @@ async def test_a_fact_may_cite_only_its_own_org_and_project(
         response = await http.post(
             "/api/cm/facts/add", json={"fact": fact(GLOBEX, citations=citations)}
         )
-        assert response.status_code == 422, response.text
-        assert "citations not found in globex/support" in response.json()["detail"]["message"]
+        assert response.status_code == 404, response.text
+        assert "citations not found in globex/support" in response.json()["detail"]
     ok = await http.post(
         "/api/cm/facts/add", json={"fact": fact(GLOBEX, citations=[globex_episode])}
     )

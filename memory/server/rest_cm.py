@@ -16,11 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memory.embedders import similarities
 from memory.engine import ForgetReport, SourceRef
-from memory.model import Episode, Fact, Scope, SearchResult, Stats, TimeRange
+from memory.model import TIME_SCHEMA, Episode, Fact, Scope, SearchResult, Stats, TimeRange
 
 from .auth import principal_of
-from .rest_v2 import _ERRORS, authorize, service_of
-from .specs import MAX_EXPAND, MAX_PAGE_NUM, MAX_PAGE_SIZE, MAX_TOP_K, SafeId, Text
+from .rest_v2 import _ERRORS, _NOT_FOUND, authorize, service_of
+from .specs import (
+    MAX_EXPAND,
+    MAX_PAGE_NUM,
+    MAX_PAGE_SIZE,
+    MAX_TOP_K,
+    Content,
+    FilterText,
+    SafeId,
+    Text,
+)
 
 #: Uids are the server's to assign: a caller-chosen one that another org already has could
 #: not be stored, and saying so would tell the caller that the other org has it.
@@ -33,21 +42,45 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AddEpisodesBody(_Body):
-    episodes: list[Episode] = Field(max_length=10_000)
+def _server_assigns(uid: str) -> str:
+    if uid:
+        raise ValueError(SERVER_ASSIGNS_UIDS)
+    return uid
 
-    @field_validator("episodes")
+
+_NO_UID = Field("", description=SERVER_ASSIGNS_UIDS, json_schema_extra={"maxLength": 0})
+
+
+class NewEpisode(Episode):
+    """An episode to store."""
+
+    uid: str = _NO_UID
+
+    @field_validator("uid")
     @classmethod
-    def _no_uids(cls, episodes: list[Episode]) -> list[Episode]:
-        if any(e.uid for e in episodes):
-            raise ValueError(SERVER_ASSIGNS_UIDS)
-        return episodes
+    def _no_uid(cls, uid: str) -> str:
+        return _server_assigns(uid)
+
+
+class NewFact(Fact):
+    """A fact to store."""
+
+    uid: str = _NO_UID
+
+    @field_validator("uid")
+    @classmethod
+    def _no_uid(cls, uid: str) -> str:
+        return _server_assigns(uid)
+
+
+class AddEpisodesBody(_Body):
+    episodes: list[NewEpisode] = Field(max_length=10_000)
 
 
 class SearchBody(_Body):
     query: Text = Field(max_length=100_000)
     scope: Scope
-    filters: Text | None = None
+    filters: FilterText | None = None
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
     expand_context: int = Field(default=0, ge=0, le=MAX_EXPAND)
     time: TimeRange | None = None
@@ -62,7 +95,7 @@ class RecentBody(_Body):
 
 class ListBody(_Body):
     scope: Scope
-    filters: Text | None = None
+    filters: FilterText | None = None
     page_size: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
     page_num: int = Field(default=0, ge=0, le=MAX_PAGE_NUM)
     time: TimeRange | None = None
@@ -70,7 +103,7 @@ class ListBody(_Body):
 
 class CountBody(_Body):
     scope: Scope
-    filters: Text | None = None
+    filters: FilterText | None = None
 
 
 class UidsBody(_Body):
@@ -85,18 +118,35 @@ class ForgetBody(_Body):
     producer: Text | None = None
     produced_for: Text | None = None
     thread_id: Text | None = None
-    filters: Text | None = None
+    filters: FilterText | None = None
     facts_about_producer: bool = True
 
 
 class EditBody(_Body):
     """Either ``ref`` (the platform's message) or ``uid`` with ``org_id`` and ``project_id``."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["ref"], "properties": {"ref": {"type": "object"}}},
+                {
+                    "required": ["uid", "org_id", "project_id"],
+                    "properties": {
+                        "uid": {"type": "string"},
+                        "org_id": {"type": "string"},
+                        "project_id": {"type": "string"},
+                    },
+                },
+            ]
+        },
+    )
+
     ref: SourceRef | None = None
     uid: SafeId | None = None
-    org_id: Text = ""
-    project_id: Text = ""
-    content: Text
+    org_id: SafeId | None = None
+    project_id: SafeId | None = None
+    content: Content
 
 
 class FactsBody(_Body):
@@ -109,14 +159,7 @@ class FactsBody(_Body):
 
 
 class AddFactBody(_Body):
-    fact: Fact
-
-    @field_validator("fact")
-    @classmethod
-    def _no_uid(cls, fact: Fact) -> Fact:
-        if fact.uid:
-            raise ValueError(SERVER_ASSIGNS_UIDS)
-        return fact
+    fact: NewFact
 
 
 class SupersedeBody(_Body):
@@ -124,7 +167,7 @@ class SupersedeBody(_Body):
     project_id: SafeId
     uid: SafeId
     by: SafeId
-    when: datetime | None = None
+    when: datetime | None = Field(None, json_schema_extra=TIME_SCHEMA)
 
 
 class SimilarityBody(_Body):
@@ -254,7 +297,7 @@ async def edit(body: EditBody, request: Request) -> MaybeEpisode:
     if body.ref is not None:
         authorize(request, body.ref.org_id)
         return MaybeEpisode(episode=await engine.edit(body.ref, body.content))
-    if not body.uid or not body.org_id or not body.project_id:
+    if body.uid is None or body.org_id is None or body.project_id is None:
         raise HTTPException(422, "give ref, or uid with org_id and project_id")
     authorize(request, body.org_id)
     found = await engine.edit(
@@ -282,10 +325,18 @@ async def facts(body: FactsBody, request: Request) -> list[Fact]:
     )
 
 
-@router.post("/facts/add", response_model=Uid)
+@router.post("/facts/add", response_model=Uid, responses=_NOT_FOUND)
 async def add_fact(body: AddFactBody, request: Request) -> Uid:
-    authorize(request, body.fact.org_id)
-    return Uid(uid=await service_of(request).engine.add_fact(body.fact))
+    """Store a fact; 404 when a citation is not an episode of the fact's org and project."""
+    fact = body.fact
+    authorize(request, fact.org_id)
+    engine = service_of(request).engine
+    found = set(await engine.existing(fact.org_id, fact.project_id, fact.citations))
+    missing = [c for c in dict.fromkeys(fact.citations) if c not in found]
+    if missing:
+        where = f"{fact.org_id}/{fact.project_id}"
+        raise HTTPException(404, f"citations not found in {where}: {', '.join(missing[:20])}")
+    return Uid(uid=await engine.add_fact(fact))
 
 
 @router.post("/facts/supersede", status_code=204, response_class=Response)

@@ -31,13 +31,16 @@ from memory.model import (
     MAX_TIME,
     MIN_TIME,
     REF_PATTERN,
+    TIME_PATTERN,
     TIME_RANGE_TEXT,
+    UID_SCHEMA,
     check_content,
     check_json,
     check_ref,
     check_safe_id,
     check_text,
     check_time,
+    stated,
 )
 
 DEFAULT_ID = "universal"
@@ -51,12 +54,6 @@ MAX_PAGE_NUM = 1_000_000_000
 _UNICODE = "valid Unicode (no lone surrogates)"
 MIN_EPOCH = int(MIN_TIME.timestamp())
 MAX_EPOCH = int(MAX_TIME.timestamp())
-
-
-def stated(*, min_length: int, max_length: int, pattern: str) -> dict[str, Any]:
-    """Constraints stated in the OpenAPI schema only: the validators above enforce them (with
-    messages that name the problem), so pydantic must not check them a second time."""
-    return {"minLength": min_length, "maxLength": max_length, "pattern": pattern}
 
 
 def check_id(value: str) -> str:
@@ -88,7 +85,7 @@ OptionalId = Annotated[
     str | None,
     BeforeValidator(_empty_is_none),
     AfterValidator(_check_optional_id),
-    Field(description=_ID_DOC + "; empty means none"),
+    Field(description=_ID_DOC + "; empty means none", json_schema_extra=UID_SCHEMA),
 ]
 
 
@@ -148,6 +145,18 @@ def _json(value: Any, info: ValidationInfo) -> Any:
     return check_json(value, str(info.field_name or "value"))
 
 
+#: The name the schema gives the filter language's format (a grammar no JSON Schema states).
+FILTER_FORMAT = "memmachine-filter"
+FilterText = Annotated[
+    str,
+    AfterValidator(_text),
+    Field(
+        description="MemMachine's filter language, e.g. \"producer = 'alice' AND"
+        " m.topic IN ('a', 'b')\"; empty means no filter",
+        json_schema_extra={"format": FILTER_FORMAT, "maxLength": 10_000},
+    ),
+]
+
 #: A JSON object whose keys and strings are valid Unicode (set_metadata).
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json)]
 
@@ -190,13 +199,7 @@ Timestamp = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                # The first and last days of the range are left out of the pattern: a time
-                # zone offset can carry a time on them out of range.
-                {
-                    "type": "string",
-                    "format": "date-time",
-                    "pattern": "^(?!0000|0001-01-01|9999-12-31)[0-9]{4}-",
-                },
+                {"type": "string", "format": "date-time", "pattern": TIME_PATTERN},
                 {"type": "number", "minimum": MIN_EPOCH, "maximum": MAX_EPOCH},
                 {"type": "number", "exclusiveMinimum": 1e12, "maximum": MAX_EPOCH * 1000},
             ],
@@ -292,7 +295,7 @@ class AddMemoriesResponse(BaseModel):
 class SearchMemoriesSpec(_OrgProject):
     query: Text = Field(max_length=100_000)
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
-    filter: Text = ""
+    filter: FilterText = ""
     set_metadata: JsonObject | None = None
     expand_context: int = Field(default=0, ge=0, le=MAX_EXPAND)
     score_threshold: Finite | None = None
@@ -303,7 +306,7 @@ class SearchMemoriesSpec(_OrgProject):
 class ListMemoriesSpec(_OrgProject):
     page_size: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
     page_num: int = Field(default=0, ge=0, le=MAX_PAGE_NUM)
-    filter: Text = ""
+    filter: FilterText = ""
     set_metadata: JsonObject | None = None
     type: MemoryTypeName | None = None
 
@@ -390,7 +393,25 @@ class ListResponse(BaseModel):
 # -- deletes -------------------------------------------------------------------------------
 
 
+def _one_of_ids(kind: str) -> dict[str, Any]:
+    """At least one id, in ``<kind>_id`` or ``<kind>_ids``."""
+    return {
+        "anyOf": [
+            {
+                "required": [f"{kind}_id"],
+                "properties": {f"{kind}_id": {"type": "string", "minLength": 1}},
+            },
+            {
+                "required": [f"{kind}_ids"],
+                "properties": {f"{kind}_ids": {"type": "array", "minItems": 1}},
+            },
+        ]
+    }
+
+
 class DeleteEpisodicSpec(_OrgProject):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_one_of_ids("episodic"))
+
     episodic_id: OptionalId = None
     episodic_ids: list[SafeId] = Field(default_factory=list, max_length=10_000)
 
@@ -408,6 +429,8 @@ class DeleteEpisodicSpec(_OrgProject):
 
 
 class DeleteSemanticSpec(_OrgProject):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_one_of_ids("semantic"))
+
     semantic_id: OptionalId = None
     semantic_ids: list[SafeId] = Field(default_factory=list, max_length=10_000)
 
