@@ -122,6 +122,8 @@ class MemoryEngine:
         # Held by each indexing step and by whatever drops vectors (forget, edit): a step's
         # upsert never lands after a forget has scrubbed the index.
         self._index_lock = asyncio.Lock()
+        # Collections vectors were deleted from since the last scrub (None: maybe any).
+        self._touched: set[str] | None = None
         self._closed = False
         self.index_errors = 0
 
@@ -300,6 +302,10 @@ class MemoryEngine:
             for item in group:
                 if item.uid not in alive:
                     await asyncio.to_thread(index.delete, org, proj, item.produced_for, [item.uid])
+                    self._touch(
+                        index.project_collection(org, proj),
+                        index.channel_collection(org, proj, item.produced_for),
+                    )
         return True
 
     async def _embed(
@@ -391,6 +397,8 @@ class MemoryEngine:
             orphans = sorted(ids - rows)
             dropped += len(orphans) if name.startswith("cmp_") else 0
             await asyncio.to_thread(index.delete_ids, name, orphans)
+            if orphans:
+                self._touch(name)
             if name.startswith("cmp_"):
                 seen |= ids
         missing = rows - seen
@@ -528,7 +536,8 @@ class MemoryEngine:
     async def _scrub(self) -> None:
         """Leave no deleted vector in the vector index's files (embedded Chroma)."""
         await self.store.request_scrub()
-        report = await asyncio.to_thread(self._vectors().scrub)
+        touched, self._touched = self._touched, set()
+        report = await asyncio.to_thread(self._vectors().scrub, touched)
         await self.store.scrubbed()
         if report is not None and (report.queue_rows or report.hnsw_elements):
             log.debug(
@@ -553,8 +562,15 @@ class MemoryEngine:
             groups.setdefault((org, proj, chan), []).append(uid)
         for (org, proj, chan), uids in groups.items():
             await asyncio.to_thread(index.delete, org, proj, chan, uids)
+            self._touch(
+                index.project_collection(org, proj), index.channel_collection(org, proj, chan)
+            )
         await self.store.clear_tombstones([s[0] for s in stones])
         return True
+
+    def _touch(self, *names: str) -> None:
+        if self._touched is not None:
+            self._touched.update(names)
 
     # -- reads -----------------------------------------------------------------------------
 

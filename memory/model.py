@@ -30,8 +30,9 @@ LINK_KEY = "permalink"
 # subset of Python's and ECMAScript's regular expressions.
 
 #: MemMachine's SafeId: Unicode letters and digits, ``_``, ``:`` and ``-`` (``\w`` is
-#: Unicode-aware in Python; an ECMAScript validator reads it as ASCII, a subset).
-ID_PATTERN = r"^[\w:-]+$"
+#: Unicode-aware in Python; an ECMAScript validator reads it as ASCII, a subset). ``(?!\n)``
+#: keeps Python's ``$`` from matching before a final newline (``"abc\n"`` was accepted so).
+ID_PATTERN = r"^[\w:-]+(?!\n)$"
 _ID = re.compile(r"[\w:-]+")
 #: A character that makes content non-blank: neither whitespace (by Python's definition or
 #: ECMAScript's) nor NUL.
@@ -40,7 +41,7 @@ _MEANINGFUL_RE = re.compile(_MEANINGFUL)
 #: Content: no NUL, and at least one meaningful character.
 CONTENT_PATTERN = rf"^[^\x00]*{_MEANINGFUL}[^\x00]*$"
 #: Producer, channel, thread and role references: no control characters.
-REF_PATTERN = r"^[^\x00-\x1f]*$"
+REF_PATTERN = r"^[^\x00-\x1f]*(?!\n)$"
 #: The valid time range of every stored time (UTC, inclusive). Times are stored as epoch
 #: seconds; every value in this range reads back as a ``datetime`` (a microsecond later than
 #: the maximum would round to year 10000 and could not be read).
@@ -63,7 +64,7 @@ def stated(
 
 ID_SCHEMA = stated(pattern=ID_PATTERN, min_length=1, max_length=MAX_ID_CHARS)
 #: A uid the caller may leave empty.
-UID_SCHEMA = stated(pattern=r"^[\w:-]*$", max_length=MAX_ID_CHARS)
+UID_SCHEMA = stated(pattern=r"^[\w:-]*(?!\n)$", max_length=MAX_ID_CHARS)
 REF_SCHEMA = stated(pattern=REF_PATTERN, min_length=1, max_length=MAX_ID_CHARS)
 OPTIONAL_REF_SCHEMA = stated(pattern=REF_PATTERN, max_length=MAX_ID_CHARS)
 CONTENT_SCHEMA = stated(pattern=CONTENT_PATTERN, min_length=1, max_length=MAX_CONTENT_CHARS)

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 import chromadb
 import numpy as np
 from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
+from chromadb.api.models.Collection import Collection as ChromaCollection
 from chromadb.config import Settings as ChromaSettings
 
 from .embedders import Vectors
@@ -177,7 +177,7 @@ class VectorIndex:
         self.key = key
         self.path = path
         self.client: ClientAPI = connect()
-        self._collections: dict[str, Collection] = {}
+        self._collections: dict[str, ChromaCollection] = {}
         self._lock = threading.Lock()
         self._gate = _Gate()
 
@@ -199,7 +199,7 @@ class VectorIndex:
 
     # -- collections -----------------------------------------------------------------------
 
-    def _collection(self, name: str, create: bool) -> Collection | None:
+    def _collection(self, name: str, create: bool) -> ChromaCollection | None:
         with self._lock:
             found = self._collections.get(name)
             if found is not None:
@@ -309,7 +309,7 @@ class VectorIndex:
         except Exception:  # already gone
             return
 
-    def _our_collections(self) -> list[Collection]:
+    def _our_collections(self) -> list[ChromaCollection]:
         out = []
         for entry in self.client.list_collections():
             name = entry if isinstance(entry, str) else entry.name
@@ -359,16 +359,17 @@ class VectorIndex:
 
     # -- files -----------------------------------------------------------------------------
 
-    def scrub(self) -> ScrubReport | None:
+    def scrub(self, collections: Collection[str] | None = None) -> ScrubReport | None:
         """Leave nothing of deleted vectors in an embedded Chroma's files: stop Chroma, scrub
         its folder, start it again (its memory may still hold deleted vectors, which a later
-        save would write back). None for a Chroma server."""
+        save would write back). ``collections``: the names of the collections vectors were
+        deleted from (None: all). None for a Chroma server."""
         if self.path is None:
             return None
         with self._gate.exclusive():
             self._disconnect()
             try:
-                return scrub_folder(self.path)
+                return scrub_folder(self.path, collections)
             finally:
                 self.client = self._connect()
 

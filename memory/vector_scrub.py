@@ -10,14 +10,16 @@ of them at once:
 * the freed space of ``chroma.sqlite3``: Chroma's connection does not use ``secure_delete``,
   so purged and deleted rows stay readable in free pages and inside pages;
 * the HNSW files (``<segment>/data_level0.bin``): a deleted element is only flagged deleted, its
-  vector stays, and the copy in memory is written back at every save.
+  vector stays, and the copy in memory is written back at every save; and a dropped collection
+  leaves its segment folder, vectors and all, behind.
 
 :func:`scrub_folder` runs while Chroma is stopped (the caller stops and restarts it, so that
 memory is reloaded from the scrubbed files). It rewrites every queue row whose vector or
 metadata is no longer current (a later row for the same id supersedes it, or the id is gone)
 as a bare delete (the row keeps its sequence number, which Chroma's bookkeeping relies on),
 zeroes the vector of every HNSW element that is flagged deleted or belongs to an id that is
-gone, and VACUUMs ``chroma.sqlite3`` so that no freed space survives.
+gone, removes the segment folders of dropped collections, and VACUUMs ``chroma.sqlite3`` so that
+no freed space survives.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import logging
 import mmap
 import os
 import pickle
+import shutil
 import sqlite3
 import struct
-from collections.abc import Iterable
+import uuid
+from collections.abc import Collection, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +60,12 @@ class UnknownChromaFormat(RuntimeError):
 class ScrubReport:
     queue_rows: int = 0  # write-ahead rows emptied
     hnsw_elements: int = 0  # HNSW elements whose vector was zeroed
+    dropped_segments: int = 0  # folders of dropped collections removed
 
 
 @dataclass
 class _Collection:
+    name: str
     vector_segment: str
     metadata_segment: str
     live: set[str]  # ids the metadata segment holds
@@ -73,16 +79,18 @@ class _DataOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected {module}.{name} in an HNSW id map")
 
 
-def scrub_folder(path: Path) -> ScrubReport:
-    """Scrub the embedded Chroma folder ``path`` (Chroma must not be running on it)."""
+def scrub_folder(path: Path, collections: Collection[str] | None = None) -> ScrubReport:
+    """Scrub the embedded Chroma folder ``path`` (Chroma must not be running on it). The HNSW
+    files of the collections named in ``collections`` are scrubbed (all when None): the
+    others had no vector deleted since the last scrub."""
     db = path / "chroma.sqlite3"
     report = ScrubReport()
     if not db.exists():
         return report
     with closing(sqlite3.connect(db, isolation_level=None, timeout=30)) as conn:
         conn.execute("PRAGMA secure_delete = ON")
-        collections = _collections(conn)
-        stale, latest_ops = _stale_queue_rows(conn, collections)
+        known = _collections(conn)
+        stale, latest_ops = _stale_queue_rows(conn, known)
         if stale:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
@@ -92,13 +100,35 @@ def scrub_folder(path: Path) -> ScrubReport:
             )
             conn.execute("COMMIT")
         report.queue_rows = len(stale)
-        for cid, info in collections.items():
+        for cid, info in known.items():
+            if collections is not None and info.name not in collections:
+                continue
             last = latest_ops.get(cid, {})
             keep = {u for u in info.live if last.get(u) != DELETE}
             keep |= {u for u, op in last.items() if op != DELETE}
             report.hnsw_elements += _zero_hnsw(path / info.vector_segment, keep)
+        report.dropped_segments = _remove_dropped_segments(path, known)
         conn.execute("VACUUM")
     return report
+
+
+def _remove_dropped_segments(path: Path, known: dict[str, _Collection]) -> int:
+    """Remove the segment folders no collection has any more (Chroma leaves them behind)."""
+    live = {info.vector_segment for info in known.values()}
+    removed = 0
+    for folder in path.iterdir():
+        if folder.is_dir() and folder.name not in live and _is_segment(folder.name):
+            shutil.rmtree(folder)
+            removed += 1
+    return removed
+
+
+def _is_segment(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _collections(conn: sqlite3.Connection) -> dict[str, _Collection]:
@@ -106,9 +136,10 @@ def _collections(conn: sqlite3.Connection) -> dict[str, _Collection]:
     for seg_id, scope, collection in conn.execute("SELECT id, scope, collection FROM segments"):
         segments.setdefault(collection, {})[scope] = seg_id
     applied = dict(conn.execute("SELECT segment_id, seq_id FROM max_seq_id").fetchall())
+    names = dict(conn.execute("SELECT id, name FROM collections").fetchall())
     out: dict[str, _Collection] = {}
     for collection, scopes in segments.items():
-        if "VECTOR" not in scopes or "METADATA" not in scopes:
+        if "VECTOR" not in scopes or "METADATA" not in scopes or collection not in names:
             continue
         meta = scopes["METADATA"]
         live = {
@@ -117,7 +148,9 @@ def _collections(conn: sqlite3.Connection) -> dict[str, _Collection]:
                 "SELECT embedding_id FROM embeddings WHERE segment_id = ?", (meta,)
             )
         }
-        out[collection] = _Collection(scopes["VECTOR"], meta, live, int(applied.get(meta) or 0))
+        out[collection] = _Collection(
+            str(names[collection]), scopes["VECTOR"], meta, live, int(applied.get(meta) or 0)
+        )
     return out
 
 
@@ -178,14 +211,13 @@ def _zero_hnsw(folder: Path, keep: set[str]) -> int:
             f" (data at {data_at}, label at {label_at})"
         )
     id_map = _DataOnly(io.BytesIO(id_map_path.read_bytes())).load()
-    label_to_id: dict[int, str] = id_map.get("label_to_id") or {}
+    id_to_label: dict[str, int] = id_map.get("id_to_label") or {}
+    kept_labels = np.fromiter((label for uid, label in id_to_label.items() if uid in keep), _LABEL)
     with data_path.open("r+b") as data, mmap.mmap(data.fileno(), size) as mem:
         table = np.frombuffer(mem, dtype=np.uint8).reshape(count, per_element)
         deleted = (table[:, offset0 + 2] & _DELETE_MARK) != 0
         labels = table[:, label_at : label_at + 8].copy().view(_LABEL).ravel()
-        doomed = deleted | np.fromiter(
-            (label_to_id.get(int(label)) not in keep for label in labels), bool, count
-        )
+        doomed = deleted | ~np.isin(labels, kept_labels)
         dirty = doomed & table[:, data_at:label_at].any(axis=1)
         rows = np.nonzero(dirty)[0]
         for row in rows:

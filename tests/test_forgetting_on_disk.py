@@ -122,7 +122,11 @@ async def seed(server: Server, project: str = PROJECT) -> Seeded:
         message(f"the launch code is {MARKER} {i}", PERSON, CHANNEL, project) for i in range(5)
     ]
     secret = (await server.post("/api/cm/episodes/add", {"episodes": secret_messages}))["uids"]
-    filler = [message(f"routine status update {i}", FILLER_PERSON, CHANNEL) for i in range(FILLER)]
+    # Filler shares the channel (and project), so that Chroma saves its HNSW files.
+    filler = [
+        message(f"routine status update {i}", FILLER_PERSON, CHANNEL, project)
+        for i in range(FILLER)
+    ]
     filler.append(message("the kept channel stays", FILLER_PERSON, KEPT_CHANNEL))
     kept = (await server.post("/api/cm/episodes/add", {"episodes": filler}))["uids"]
     fact = {
@@ -189,7 +193,7 @@ ACTIONS: dict[str, tuple[Action, str, dict[str, bytes]]] = {
     "v2 project delete": (
         delete_project,
         DOOMED_PROJECT,
-        {**TEXT, "project name": DOOMED_PROJECT.encode()},
+        {**TEXT, "project name": DOOMED_PROJECT.encode(), "filler text": b"routine status"},
     ),
     "edit": (edit, PROJECT, TEXT),
 }

@@ -125,9 +125,9 @@ async def test_mcp_needs_a_key_and_an_allowed_org(server: Running) -> None:
             async with ClientSession(read, write) as client:
                 await asyncio.wait_for(client.initialize(), 10)
 
-    headers = {**ACME, "user-id": "patient-001"}
+    # Without identity headers the arguments choose the org, among those the key grants.
     async with (
-        streamablehttp_client(server.url + "/mcp/", headers=headers) as (read, write, _),
+        streamablehttp_client(server.url + "/mcp/", headers=ACME) as (read, write, _),
         ClientSession(read, write) as client,
     ):
         await client.initialize()
@@ -143,6 +143,18 @@ async def test_mcp_needs_a_key_and_an_allowed_org(server: Running) -> None:
         assert found.structuredContent and found.structuredContent["status"] == 0
         forbidden = await client.call_tool("search_memory", {"query": "x", "org_id": "initech"})
         assert forbidden.structuredContent and forbidden.structuredContent["status"] == 403
+
+    # A user-id header pins the org too (its default, or the org-id header's).
+    headers = {**ACME, "user-id": "patient-001", "org-id": "acme"}
+    async with (
+        streamablehttp_client(server.url + "/mcp/", headers=headers) as (read, write, _),
+        ClientSession(read, write) as client,
+    ):
+        await client.initialize()
+        allowed = await client.call_tool("add_memory", {"content": "x"})
+        assert allowed.structuredContent == {"status": 200, "message": "Success"}
+        switched = await client.call_tool("search_memory", {"query": "x", "org_id": "globex"})
+        assert switched.structuredContent and switched.structuredContent["status"] == 403
 
     org_header = {**ACME, "org-id": "initech"}  # a header cannot widen what the key grants
     async with (
