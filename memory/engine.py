@@ -408,28 +408,32 @@ class MemoryEngine:
         self._wake.set()
         return {"dropped_vectors": dropped, "requeued_rows": len(missing)}
 
+    async def start_reindex(self) -> int:
+        """Drop the vector index and queue every row to be embedded again with the configured
+        embedder; the indexer (or :meth:`reindex`) does the rest. Returns the rows queued."""
+        index = self._vectors()
+        async with self._index_lock:
+            await asyncio.to_thread(index.reset)
+            await self.store.clear_all_tombstones()
+            await self.store.mark_all_pending()
+            await self.store.set_meta("embedder", self.embedder.fingerprint)
+            await self._scrub()
+        self._wake.set()
+        return await self.store.count_pending()
+
     async def reindex(self, progress: bool = True) -> int:
         """Rebuild the vector index from SQLite with the configured embedder."""
         from tqdm import tqdm
 
-        index = self._vectors()
-        async with self._index_lock:
-            await asyncio.to_thread(index.reset)
-            await self._scrub()
-        await self.store.clear_all_tombstones()
-        await self.store.mark_all_pending()
-        await self.store.set_meta("embedder", self.embedder.fingerprint)
-        total = await self.store.count_pending()
-        done = 0
+        total = await self.start_reindex()
+        left = total
         with tqdm(total=total, disable=not progress, unit="msg", desc="reindex") as bar:
-            while True:
-                before = await self.store.count_pending()
-                if not await self.index_step():
-                    break
-                after = await self.store.count_pending()
-                bar.update(before - after)
-                done += before - after
-        return done
+            # A background indexer may take some of the batches; every step waits for its.
+            while await self.index_step():
+                now = await self.store.count_pending()
+                bar.update(max(0, left - now))
+                left = now
+        return total
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -100,6 +100,32 @@ async def test_a_second_opener_of_a_served_folder_is_told_the_owner_and_its_url(
     assert read_owner(data_dir) is None
 
 
+async def test_reindex_runs_inside_the_server_that_owns_the_folder(
+    data_dir: Path, served: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    """``reindex`` on a served folder must not open it a second time: the server rebuilds its
+    own index (POST /api/cm/index/rebuild), and search by meaning works throughout after."""
+    _, url = served
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        body = {
+            "org_id": "acme",
+            "project_id": "ops",
+            "messages": [{"content": f"backup job {i} finished"} for i in range(30)],
+        }
+        assert (await http.post("/api/v2/memories", json=body)).status_code == 200
+        assert (await http.post("/api/cm/index/wait", json={"timeout": 60})).json()["done"]
+        rebuilt = await http.post("/api/cm/index/rebuild")
+        assert rebuilt.status_code == 202 and rebuilt.json() == {"queued": 30}
+        assert (await http.post("/api/cm/index/wait", json={"timeout": 120})).json()["done"]
+        stats = (await http.get("/api/cm/stats")).json()
+        assert (stats["episodes"], stats["vectors"], stats["pending_index"]) == (30, 30, 0)
+        scope = {"org_id": "acme", "project_id": "ops"}
+        found = await http.post(
+            "/api/cm/search", json={"query": "backup job 7", "scope": scope, "mode": "vector"}
+        )
+        assert found.json()["hits"][0]["episode"]["content"] == "backup job 7 finished"
+
+
 OPEN_AND_REPORT = """
 import asyncio, sys
 from memory.engine import MemoryEngine

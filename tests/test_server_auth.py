@@ -83,6 +83,9 @@ async def test_rest_needs_a_key_for_the_org(server: Running) -> None:
         stats = await raw.get("/api/cm/stats", headers=ACME)
         assert stats.status_code == 403
         assert (await raw.get("/api/cm/stats", headers=ROOT)).json()["episodes"] == 3
+        assert (await raw.post("/api/cm/index/rebuild", headers=ACME)).status_code == 403
+        rebuilt = await raw.post("/api/cm/index/rebuild", headers=ROOT)
+        assert rebuilt.status_code == 202 and rebuilt.json() == {"queued": 3}
         scoped = await raw.post(
             "/api/cm/episodes/count",
             json={"scope": {"org_id": "initech", "project_id": "p"}},

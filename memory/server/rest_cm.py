@@ -398,6 +398,23 @@ async def wait_indexed(body: WaitBody, request: Request) -> Indexed:
     return Indexed(done=True)
 
 
+class Rebuild(BaseModel):
+    queued: int
+
+
+@router.post("/index/rebuild", status_code=202, response_model=Rebuild)
+async def rebuild_index(request: Request) -> Rebuild:
+    """Rebuild the vector index from the stored episodes inside the server, the process that
+    owns the data folder (a second process must not open it). Answers at once with the rows
+    queued; ``/index/wait`` tells when they are embedded. Needs a key granting every org."""
+    if not principal_of(request.scope).all_orgs:
+        raise HTTPException(
+            403, "rebuilding the index covers every org; it needs a key granting '*'"
+        )
+    queued = await service_of(request).engine.start_reindex()
+    return Rebuild(queued=queued)
+
+
 @router.get("/stats", response_model=Stats)
 async def stats(request: Request) -> Stats:
     """Counts over every org, so only a key granting every org (``*``) may read them."""
