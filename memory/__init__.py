@@ -2,6 +2,7 @@
 
 from .engine import EmbedderMismatch, ForgetReport, MemoryEngine, SourceRef
 from .filters import FilterError, parse_filter
+from .folder import FolderError, FolderInUse, FolderNotWritable, read_owner
 from .model import Episode, Fact, Hit, InvalidInput, Scope, SearchResult, Source, TimeRange
 
 __all__ = [
@@ -9,6 +10,9 @@ __all__ = [
     "Episode",
     "Fact",
     "FilterError",
+    "FolderError",
+    "FolderInUse",
+    "FolderNotWritable",
     "ForgetReport",
     "Hit",
     "InvalidInput",
@@ -19,4 +23,5 @@ __all__ = [
     "SourceRef",
     "TimeRange",
     "parse_filter",
+    "read_owner",
 ]

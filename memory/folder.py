@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from memory.store.base import StoreUnavailable
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on Linux or macOS: no locking
@@ -40,8 +42,9 @@ class FolderOwner:
         return f"{who} (serving {self.url})" if self.url else who
 
 
-class FolderError(RuntimeError):
-    """The data folder cannot be used by this process; the message says why and what to do."""
+class FolderError(StoreUnavailable):
+    """The data folder cannot be used by this process; the message (one line) says why and
+    what to do."""
 
     def __init__(self, path: Path, message: str) -> None:
         super().__init__(message)

@@ -1,6 +1,6 @@
 """A writer to be killed: ingests batches into an engine and acknowledges each one on stdout.
 
-Usage: python tests/crash_writer.py DATA_DIR RUN BATCHES BATCH_SIZE
+Usage: python -m tests.crash_writer DATA_DIR RUN BATCHES BATCH_SIZE
 
 After ``add`` returns for a batch it prints ``ACK <uid> <word> <uid> <word> ...`` (each
 message carries one unique word, unique across runs too); every fifth batch it deletes two

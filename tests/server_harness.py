@@ -8,12 +8,18 @@ Synchronous clients (memmachine-client uses ``requests``) must run in a worker t
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -64,3 +70,55 @@ async def running(engine: MemoryEngine, **values: Any) -> AsyncIterator[Running]
     app = create_app(engine, settings(**values))
     async with serve(app) as url:
         yield Running(app=app, url=url, engine=engine)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def channelmind_serve(
+    data_dir: Path, log: IO[str] | None = None, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``channelmind serve`` on ``data_dir`` (hashing embedder, no API keys) as a user starts
+    it, until the block ends (then SIGTERM); yields the process and its URL. ``log`` receives
+    its output (a file: a full pipe would stall the server)."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "CHANNELMIND_DATA_DIR": str(data_dir),
+        "CHANNELMIND_EMBEDDER": "hash",
+        **env,
+    }
+    environ.pop("CHANNELMIND_API_KEYS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
+        env=environ,
+        cwd=ROOT,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # a start-up guard, not a timing
+            try:
+                if httpx.get(f"{url}/api/v2/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "the server exited"
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -23,7 +23,9 @@ from memory.model import Scope
 from tests.crash_writer import CHANNELS, ORG, PROJECT
 
 ROOT = Path(__file__).resolve().parent.parent
-WRITER = Path(__file__).resolve().parent / "crash_writer.py"
+#: Run as a module from the repository root: run as a script, its folder (tests/) would come
+#: first on sys.path, and tests/memory/ would shadow the memory package.
+WRITER = "tests.crash_writer"
 BATCHES, BATCH_SIZE = 400, 40
 MIN_ACKS = 12
 
@@ -77,7 +79,7 @@ def run_and_kill(data_dir: Path, run: int, ledger: Ledger) -> tuple[int, int]:
     (indexed, pending) seen just before the kill."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CHANNELMIND_CHROMA_URL": ""}
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(data_dir), str(run), str(BATCHES), str(BATCH_SIZE)],
+        [sys.executable, "-m", WRITER, str(data_dir), str(run), str(BATCHES), str(BATCH_SIZE)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -14,10 +14,8 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,48 +26,14 @@ from memory.engine import MemoryEngine
 from memory.folder import FolderInUse, FolderNotWritable, read_owner
 
 from .conftest import episode
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from .server_harness import ROOT, channelmind_serve
 
 
 @pytest.fixture
 def served(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``channelmind serve`` on the folder, as a user starts it."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "CHANNELMIND_DATA_DIR": str(data_dir),
-        "CHANNELMIND_EMBEDDER": "hash",
-    }
-    env.pop("CHANNELMIND_API_KEYS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):  # a start-up guard, not a timing
-            try:
-                if httpx.get(f"{url}/api/v2/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "the server exited"
-            time.sleep(0.1)
+    with channelmind_serve(data_dir) as (process, url):
         yield process, url
-    finally:
-        process.kill()
-        process.wait()
 
 
 async def test_a_second_opener_of_a_served_folder_is_told_the_owner_and_its_url(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,9 +30,9 @@ from memory.engine import embed_text
 from memory.model import Episode
 
 from .disk_scan import DenseEmbedder, scan
+from .server_harness import ROOT, free_port
 
 ORG, PROJECT, DOOMED_PROJECT = "acme-industries", "support-desk", "secretproj"
-ROOT = Path(__file__).resolve().parent.parent
 CHANNEL, KEPT_CHANNEL = "slack:CSECRETCHAN", "slack:CKEPTCHANNEL"
 PERSON, FILLER_PERSON = "slack:USECRETUSER", "slack:UFILLER"
 MARKER = "zorblaxquint"  # appears nowhere else; the porter stemmer leaves it alone
@@ -78,13 +77,6 @@ class Server:
         response = await self.http.post(route, json=body)
         assert response.status_code < 300, (route, response.status_code, response.text)
         return response.json() if response.content else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -32,11 +29,11 @@ from schemathesis.specs.openapi.checks import (
 from memory.server.app import create_app
 
 from .schemathesis_hooks import no_traceback
+from .server_harness import ROOT, channelmind_serve
 from .server_harness import settings as server_settings
 
 MAX_EXAMPLES = 12
 STATEFUL_EXAMPLES = 60
-ROOT = Path(__file__).resolve().parent.parent
 
 # Loaded at import (schemathesis' from_fixture does not work with pytest 9): the schema comes
 # from app.openapi() without starting anything; the engine opens in the app's lifespan, which
@@ -74,45 +71,17 @@ def test_no_server_errors_or_tracebacks(case: schemathesis.Case) -> None:
     case.validate_response(response, checks=CHECKS)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_stateful_workflows_through_the_schemathesis_cli(tmp_path: Path) -> None:
     """Schemathesis' stateful phase, as CI runs it: ``schemathesis run`` against
     ``channelmind serve``, following the links it infers (a created project's org and project
     into every route that takes them), with the same checks and no traceback in any answer."""
-    port = free_port()
     env = {
         **os.environ,
-        "CHANNELMIND_DATA_DIR": str(tmp_path / "data"),
-        "CHANNELMIND_EMBEDDER": "hash",
         "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("CHANNELMIND_API_KEYS", None)
     log_path = tmp_path / "server.log"
-    log_file = log_path.open("w")  # a file, not a pipe: a full pipe would stall the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):  # a start-up guard, not a timing
-            try:
-                if httpx.get(f"{url}/api/v2/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, "the server exited"
-            time.sleep(0.1)
+    with log_path.open("w") as log, channelmind_serve(tmp_path / "data", log) as (_, url):
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("schemathesis")),
@@ -137,11 +106,7 @@ def test_stateful_workflows_through_the_schemathesis_cli(tmp_path: Path) -> None
             timeout=600,
             check=False,
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log_file.close()
-    log = log_path.read_text()
+    log_text = log_path.read_text()
     assert run.returncode == 0, run.stdout[-6000:]
     assert "Stateful" in run.stdout and " passed" in run.stdout, run.stdout[-3000:]
-    assert "Traceback" not in log, log[-6000:]
+    assert "Traceback" not in log_text, log_text[-6000:]

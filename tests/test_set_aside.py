@@ -144,7 +144,7 @@ async def test_a_row_that_cannot_be_read_does_not_block_the_indexer_after_a_rest
 ) -> None:
     engine = await MemoryEngine.open(data_dir, "hash")
     try:
-        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url, timeout=120) as http:
             [broken] = await add(http, ORG, "stored by an older version")
     finally:
         await engine.close()
@@ -155,7 +155,7 @@ async def test_a_row_that_cannot_be_read_does_not_block_the_indexer_after_a_rest
         conn.commit()
     engine = await MemoryEngine.open(data_dir, "hash")
     try:
-        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url, timeout=120) as http:
             await add(http, OTHER_ORG, *(f"globex note {i}" for i in range(5)))
             assert await indexed(http)
             assert (await stats(http))["vectors"] == 5
@@ -199,7 +199,7 @@ async def test_a_row_that_cannot_be_embedded_is_set_aside(
     embedder = PoisonEmbedder()
     engine = await MemoryEngine.open(data_dir, embedder)
     try:
-        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url, timeout=120) as http:
             uids = await add(http, ORG, "first note", f"poisoned {POISON} note", "third note")
             await add(http, OTHER_ORG, "globex note")
             assert await indexed(http)
@@ -222,7 +222,7 @@ async def test_a_dead_embedder_sets_nothing_aside(data_dir: Path) -> None:
     embedder = PoisonEmbedder()
     engine = await MemoryEngine.open(data_dir, embedder, background=False)
     try:
-        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url, timeout=120) as http:
             await add(http, ORG, "first note", "second note")
             embedder.down = True
             with pytest.raises(ValueError, match="cannot take"):

@@ -42,35 +42,25 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _server_assigns(uid: str) -> str:
-    if uid:
-        raise ValueError(SERVER_ASSIGNS_UIDS)
-    return uid
+class _ServerAssignsUid(BaseModel):
+    """A record to store: its uid is the server's to assign."""
+
+    uid: str = Field("", description=SERVER_ASSIGNS_UIDS, json_schema_extra={"maxLength": 0})
+
+    @field_validator("uid")
+    @classmethod
+    def _no_uid(cls, uid: str) -> str:
+        if uid:
+            raise ValueError(SERVER_ASSIGNS_UIDS)
+        return uid
 
 
-_NO_UID = Field("", description=SERVER_ASSIGNS_UIDS, json_schema_extra={"maxLength": 0})
-
-
-class NewEpisode(Episode):
+class NewEpisode(_ServerAssignsUid, Episode):
     """An episode to store."""
 
-    uid: str = _NO_UID
 
-    @field_validator("uid")
-    @classmethod
-    def _no_uid(cls, uid: str) -> str:
-        return _server_assigns(uid)
-
-
-class NewFact(Fact):
+class NewFact(_ServerAssignsUid, Fact):
     """A fact to store."""
-
-    uid: str = _NO_UID
-
-    @field_validator("uid")
-    @classmethod
-    def _no_uid(cls, uid: str) -> str:
-        return _server_assigns(uid)
 
 
 class AddEpisodesBody(_Body):
