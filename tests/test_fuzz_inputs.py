@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client`:Dep
 
 OTHER = {"org_id": "zz-other-org", "project_id": "watched"}
 FUZZ = settings(
-    max_examples=50,
+    max_examples=35,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
