@@ -238,6 +238,7 @@ class MemoryClient:
         time: TimeRange | None = None,
         mode: Literal["hybrid", "keyword", "vector"] = "hybrid",
         score_threshold: float | None = None,
+        statements_only: bool = False,
     ) -> SearchResult:
         body = {
             "query": query,
@@ -248,6 +249,7 @@ class MemoryClient:
             "time": time.model_dump(mode="json") if time else None,
             "mode": mode,
             "score_threshold": score_threshold,
+            "statements_only": statements_only,
         }
         return SearchResult.model_validate(await self._post("/api/cm/search", body))
 

@@ -51,6 +51,7 @@ from .model import (
 )
 from .retrieval import Candidate, Query, Ranking
 from .sqlite_store import SQLiteStore
+from .text import asks
 from .vector_index import VectorIndex, VectorItem, open_chroma
 
 log = logging.getLogger(__name__)
@@ -626,9 +627,14 @@ class MemoryEngine:
         time: TimeRange | None = None,
         mode: SearchMode = "hybrid",
         score_threshold: float | None = None,
+        statements_only: bool = False,
     ) -> SearchResult:
         """Hybrid retrieval inside one org and project, narrowed by the scope's producer,
-        channel and thread, a time range and a filter (MemMachine's filter language)."""
+        channel and thread, a time range and a filter (MemMachine's filter language).
+
+        ``statements_only`` leaves out messages that ask (:func:`memory.text.asks`), as hits
+        and as the neighbours added for context: what callers want as evidence. They are left
+        out after ranking, so a statement still borrows from the question it answers."""
         check_text(query, "query")
         if top_k < 1 or top_k > 1000:
             raise InvalidInput("top_k must be between 1 and 1000")
@@ -639,11 +645,13 @@ class MemoryEngine:
             query, scope, filt, time=time, depth=max(SEARCH_DEPTH, top_k * 5), mode=mode
         )
         ranked = self.ranking.rank(candidates, q)
+        if statements_only:
+            ranked = [c for c in ranked if not asks(c.episode.content)]
         if score_threshold is not None:
             ranked = [c for c in ranked if c.score >= score_threshold]
         hits = [self._hit(c.episode, c.score) for c in ranked[:top_k]]
         if expand_context and hits:
-            hits = await self._expand(ranked[:top_k], expand_context, top_k)
+            hits = await self._expand(ranked[:top_k], expand_context, top_k, statements_only)
         return SearchResult(hits=hits, query=query)
 
     async def candidates(
@@ -722,7 +730,7 @@ class MemoryEngine:
         )
 
     async def _expand(
-        self, ranked: builtins.list[Candidate], n: int, top_k: int
+        self, ranked: builtins.list[Candidate], n: int, top_k: int, statements_only: bool = False
     ) -> builtins.list[Hit]:
         """Each hit with up to ``n`` neighbours either side, in conversation order; the list
         is cut at ``top_k`` entries, neighbours counting."""
@@ -734,7 +742,7 @@ class MemoryEngine:
             before, after = around.get(c.row_id, ([], []))
             group = [ep for _, ep in reversed(before)] + [c.episode] + [ep for _, ep in after]
             for ep in group:
-                if ep.uid in seen:
+                if ep.uid in seen or (statements_only and asks(ep.content)):
                     continue
                 seen.add(ep.uid)
                 if ep.uid in matched:  # a match in its own right, even if also a neighbour

@@ -87,6 +87,7 @@ class Memory(Protocol):
         time: TimeRange | None = None,
         mode: Literal["hybrid", "keyword", "vector"] = "hybrid",
         score_threshold: float | None = None,
+        statements_only: bool = False,
     ) -> SearchResult: ...
 
     # -- facts -----------------------------------------------------------------------------

@@ -23,6 +23,27 @@ STOPWORDS = frozenset(
     yeah yes hey hi oh""".split()
 )
 
+#: A message that asks rather than states: a question mark ending a sentence (not one inside
+#: a link), or a question word or a request to recall first. "Do not ...", "List of ..." and
+#: the like state things, so a question word is one only when a negation or "of" does not
+#: follow it.
+_ASKS = re.compile(
+    r"\?(?=[\s\"')\]]|$)"
+    r"|^\W*(?:what|who|whom|whose|when|where|why|how|which|do|does|did|is|are|was|were|can"
+    r"|could|should|would|will|have|has|any|anyone|anybody|remind|tell|show|list|find"
+    r"|summari[sz]e|recall|explain|describe)\b(?!\s+(?:not|of)\b)",
+    re.IGNORECASE,
+)
+_LINK = re.compile(r"\S+://\S+")
+
+
+def asks(text: str) -> bool:
+    """Whether a message asks (a question, or a request like "remind me of...") rather than
+    states something. A rough rule for text alone: it decides which messages are evidence
+    for an answer (what people stated, not what they asked) and whether a message said to the
+    bot wants an answer."""
+    return bool(_ASKS.search(_LINK.sub(" ", text.strip())))
+
 
 def words(text: str) -> list[str]:
     """The words of ``text``, lower-cased, in order."""

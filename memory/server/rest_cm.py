@@ -76,6 +76,7 @@ class SearchBody(_Body):
     time: TimeRange | None = None
     mode: Literal["hybrid", "keyword", "vector"] = "hybrid"
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
+    statements_only: bool = False  # leave out messages that ask (see MemoryEngine.search)
 
 
 class RecentBody(_Body):
@@ -230,6 +231,7 @@ async def search(body: SearchBody, request: Request) -> SearchResult:
         time=body.time,
         mode=body.mode,
         score_threshold=body.score_threshold,
+        statements_only=body.statements_only,
     )
 
 
