@@ -1,1 +1,2 @@
-"""Benchmarks of the bot's own work (apart from the runtime modules)."""
+"""Benchmarks of the bot's own work (apart from the runtime modules): ``bench import``,
+``bench answers``."""

@@ -1,5 +1,5 @@
-"""``channelmind bench locomo``, ``bench exact`` and ``bench scale``: retrieval quality and
-speed at size."""
+"""``channelmind bench locomo``, ``bench exact``, ``bench scale``, ``bench import`` and
+``bench answers``: retrieval quality, speed at size, and what the bot answers."""
 
 from __future__ import annotations
 
@@ -62,6 +62,16 @@ def cmd_bench_import(args: argparse.Namespace) -> int:
     return importing.main(args.messages, args.channels, args.embed, args.embedder, args.json)
 
 
+def cmd_bench_answers(args: argparse.Namespace) -> int:
+    from bot.bench import answers
+
+    try:
+        return answers.main(args.scenarios, args.embedder, args.json)
+    except answers.ScenarioError as exc:
+        print(f"channelmind: {exc}", file=sys.stderr)
+        return 2
+
+
 def add(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     loc = bench.add_parser("locomo", help="LoCoMo retrieval recall against baselines")
@@ -100,3 +110,13 @@ def add(sub: Any) -> None:
     imp.add_argument("--embedder", default="local", choices=["local", "hash"])
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(func=cmd_bench_import)
+
+    from bot.bench.answers import SCENARIOS
+
+    ans = bench.add_parser("answers", help="what the bot answers: newest word, evidence, facts")
+    ans.add_argument("--embedder", default="hash", choices=["local", "hash"])
+    ans.add_argument(
+        "--scenarios", type=Path, default=SCENARIOS, help="a folder of scenario *.yaml files"
+    )
+    ans.add_argument("--json", action="store_true", help="print one JSON object")
+    ans.set_defaults(func=cmd_bench_answers)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from bot.settings import Settings
-from memory import Episode, Scope, SourceRef, parse_filter
+from memory import Episode, Fact, Scope, SourceRef, TimeRange, parse_filter
 from memory.client import MemoryAccessDenied
 from memory.engine import embed_text
+from memory.filters import Comparison, Filter
 from memory.interface import Memory, similarities
 from memory.model import LINK_KEY, NAME_KEY, utcnow
 from memory.semantic import SemanticMemory
@@ -26,6 +27,21 @@ from memory.text import plural
 
 from .backfill import mark_forgotten
 from .events import MessageEvent, Place, dm_org, pid, platform_of
+from .evidence import (
+    FACT_KEY,
+    Kind,
+    Lead,
+    about_asker,
+    candidate,
+    fact_candidate,
+    fact_key,
+    fact_text,
+    first_person,
+    kind_of,
+    order,
+    strong,
+)
+from .subjects import Question, terms, values
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +53,19 @@ MENTIONS_BOT = "mentions_bot"  # the message mentioned the bot (or replied to it
 IS_DM = "is_dm"
 CHANNEL_NAME = "channel_name"
 
-PEOPLE = parse_filter("role != 'assistant'")  # what people (and other bots) said
-BOT_REPLIES = parse_filter("role = 'assistant'")
+BOT_REPLIES = parse_filter("role = 'assistant'")  # narrows the rows read for answer metadata
 PAGE = 1000
+FOLLOWED = 3  # the best matches whose later updates an answer looks for
+LATER_TOP_K = 5
+
+
+def by(producer: str) -> Filter:
+    """Messages produced by ``producer`` (the bot's replies: by the bot's id, not a role)."""
+    return Comparison("producer", "=", producer)
+
+
+def not_by(producer: str) -> Filter:
+    return Comparison("producer", "!=", producer)
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,20 @@ class Found:
     episode: Episode
     relevant: bool  # matches the words of the query, or (real embedders) its meaning
     expanded: bool  # a neighbour added for context, not a match of its own
+    kind: Kind = "statement"  # evidence, or a question / the bot's reply (context)
+    score: float = 0.0  # the search's score (a neighbour's is its anchor's, a little less)
+
+
+@dataclass
+class Evidence:
+    """What an answer may cite, and in which order (:mod:`bot.core.evidence`)."""
+
+    found: list[Found]  # best first; later updates found for them at the end
+    leads: list[Lead]  # the answer order, over episode uids and fact keys
+    facts: dict[str, Fact]  # the asker's facts that match the question, by key
+
+    def episode(self, key: str) -> Episode | None:
+        return next((f.episode for f in self.found if f.episode.uid == key), None)
 
 
 @dataclass
@@ -203,33 +243,143 @@ class ChannelMemory:
         expand: int = 0,
         exclude: Iterable[str] = (),
     ) -> list[Found]:
-        """What people said in this place's channel about ``query``, best first.
+        """What was stated in this place's channel about ``query``, best first; when nothing
+        stated is relevant, the questions and the bot's replies that are (the evidence rule,
+        :mod:`bot.core.evidence`).
 
         Hybrid search ranks; a hit is *relevant* when it shares words with the query (the
         keyword index, stemmed) or, with a real embedding model, is close enough in meaning.
         Vector search always returns the nearest messages, near or not, so this is what lets
         the bot say "the conversation does not tell" instead of quoting noise."""
+        bot = self.bot_id(place)
+        found = await self._search(query, place, top_k, expand, exclude, not_by(bot), True)
+        if any(f.relevant for f in found):
+            return found
+        everything = await self._search(query, place, top_k, expand, exclude, None, False)
+        return [replace(f, kind=kind_of(f.episode, bot)) for f in everything]
+
+    async def _search(
+        self,
+        query: str,
+        place: Place,
+        top_k: int,
+        expand: int,
+        exclude: Iterable[str],
+        filters: Filter | None,
+        statements_only: bool,
+    ) -> list[Found]:
         scope = self.scope(place)
         skip = set(exclude)
         hybrid, keyword = await asyncio.gather(
             self.memory.search(
-                query, scope, PEOPLE, top_k=top_k + len(skip), expand_context=expand
+                query,
+                scope,
+                filters,
+                top_k=top_k + len(skip),
+                expand_context=expand,
+                statements_only=statements_only,
             ),
-            self.memory.search(query, scope, PEOPLE, top_k=max(50, top_k * 5), mode="keyword"),
+            self.memory.search(
+                query,
+                scope,
+                filters,
+                top_k=max(50, top_k * 5),
+                mode="keyword",
+                statements_only=statements_only,
+            ),
         )
+        # The keyword index drops one-character tokens, so "4.2" or "9:30" match by value.
+        asked = values(query)
         words = {h.episode.uid for h in keyword.hits}
-        hits = [
-            h for h in hybrid.hits if h.episode.uid not in skip and h.episode.role != "assistant"
-        ][:top_k]
+        hits = [h for h in hybrid.hits if h.episode.uid not in skip][:top_k]
+        words |= {h.episode.uid for h in hits if asked & values(h.episode.content)}
         # Neighbours are judged too: the engine marks a match "expanded" when it is also the
         # neighbour of a better hit, and a neighbour near in meaning is relevant anyway.
         near = await self._near_in_meaning(
             query, [h.episode for h in hits if h.episode.uid not in words]
         )
         return [
-            Found(h.episode, h.episode.uid in words or h.episode.uid in near, h.expanded)
+            Found(
+                h.episode,
+                h.episode.uid in words or h.episode.uid in near,
+                h.expanded,
+                score=h.score,
+            )
             for h in hits
         ]
+
+    async def later(
+        self, episode: Episode, place: Place, top_k: int = LATER_TOP_K
+    ) -> list[Episode]:
+        """Statements made after ``episode`` in its channel on its subject (by its words, or
+        its meaning with a real embedder): where an update of it would be."""
+        result = await self.memory.search(
+            episode.content,
+            self.scope(place),
+            not_by(self.bot_id(place)),
+            top_k=top_k,
+            time=TimeRange(since=episode.created_at),
+            statements_only=True,
+        )
+        return [
+            h.episode
+            for h in result.hits
+            if h.episode.created_at > episode.created_at and h.episode.uid != episode.uid
+        ]
+
+    async def evidence(
+        self,
+        text: str,
+        asker: str,
+        place: Place,
+        *,
+        top_k: int,
+        expand: int = 0,
+        exclude: Iterable[str] = (),
+        facts: Sequence[Fact] = (),
+    ) -> Evidence:
+        """What answers ``text`` asked by ``asker`` (a display name) in ``place``, in the
+        answer order of :mod:`bot.core.evidence`: the channel's relevant statements (else its
+        relevant questions and bot replies), later updates of the best of them, and the
+        asker's facts that a question in the first person matches."""
+        query = about_asker(text, asker)
+        question = Question.of(query)
+        found = await self.search(query, place, top_k=top_k, expand=expand, exclude=exclude)
+        candidates = [
+            candidate(
+                f.episode.uid,
+                f.episode.content,
+                f.episode.created_at,
+                -f.score,
+                update_only=not f.relevant,
+            )
+            for f in found
+            if f.relevant or f.kind == "statement"
+        ]
+        asked_about = question.terms - terms(asker)
+        matching = {
+            fact_key(f): f
+            for f in facts
+            if first_person(text) and asked_about & terms(fact_text(f))
+        }
+        best = max((-c.rank for c in candidates), default=0.0)
+        candidates += [fact_candidate(f, asker, -best - 1.0) for f in matching.values()]
+        if any(f.relevant and f.kind == "statement" for f in found):
+            known = {f.episode.uid for f in found} | set(exclude)
+            followed = [c for c in strong(question, candidates) if not c.key.startswith(FACT_KEY)][
+                :FOLLOWED
+            ]
+            for c in followed:
+                episode = next(f.episode for f in found if f.episode.uid == c.key)
+                for b in await self.later(episode, place):
+                    if b.uid in known:
+                        continue
+                    known.add(b.uid)
+                    found.append(Found(b, relevant=False, expanded=False, score=-c.rank))
+                    candidates.append(
+                        candidate(b.uid, b.content, b.created_at, c.rank, update_only=True)
+                    )
+        return Evidence(found, order(question, candidates), matching)
 
     async def _near_in_meaning(self, query: str, episodes: Sequence[Episode]) -> set[str]:
         """The episodes close to the query in meaning, by the memory's embedder (the server's,

@@ -30,9 +30,10 @@ from memory import Episode, InvalidInput, interface
 from memory.lru import LruSet
 from memory.semantic import SemanticMemory
 
-from .channel_memory import BOT_REPLIES, MENTIONS_BOT, ChannelMemory, Forgotten, role_of
+from .channel_memory import MENTIONS_BOT, ChannelMemory, Evidence, Forgotten, by, role_of
 from .commands import Commands
 from .events import CommandEvent, DeleteEvent, EditEvent, MessageEvent, Place, Replier
+from .evidence import kind_of
 from .responder import Answer, AnswerContext, Quote, Responder, answer_metadata, citation
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Conversation:
             return True
         try:
             thread = self.channels.scope(place, thread=True)
-            joined = bool(await self.memory.count(thread, BOT_REPLIES))
+            joined = bool(await self.memory.count(thread, by(self.channels.bot_id(place))))
             if not joined and root is not None:
                 first = await self.memory.get_by_source(self.channels.ref(place, root))
                 joined = first is not None and (
@@ -197,10 +198,12 @@ class Conversation:
             log.exception("memory: storing the bot's reply failed")
 
     async def gather(self, event: MessageEvent, asked: Episode | None = None) -> AnswerContext:
-        """The context of an answer, under the privacy rules: this channel's relevant past
-        messages, the recent window of the channel (or thread), the asker's facts learned
-        in this channel. Each part that fails is left out and flagged, never fatal."""
+        """The context of an answer, under the privacy rules: the asker's facts learned in
+        this channel, the evidence from this channel's memory in answer order
+        (:meth:`ChannelMemory.evidence`), and the recent window of the channel (or thread).
+        Each part that fails is left out and flagged, never fatal."""
         place = event.place
+        bot = self.channels.bot_id(place)
         ctx = AnswerContext(
             question=event.text,
             asker=event.author.display_name,
@@ -208,24 +211,6 @@ class Conversation:
             stored=asked is not None,
         )
         exclude = [asked.uid] if asked is not None else []
-        found = []
-        try:
-            found = await self.channels.search(
-                event.text, place, top_k=self.settings.context_top_k, expand=1, exclude=exclude
-            )
-        except Exception:
-            log.exception("memory: search failed")
-            ctx.memory_error = True
-        recent: list[Episode] = []
-        try:
-            recent = await self.channels.recent(
-                place,
-                self.settings.recent_messages,
-                exclude=exclude + [f.episode.uid for f in found],
-            )
-        except Exception:
-            log.exception("memory: reading the recent window failed")
-            ctx.memory_error = True
         try:
             facts = await self.memory.facts(
                 place.org_id,
@@ -236,14 +221,40 @@ class Conversation:
             ctx.facts = facts[:MAX_FACTS_IN_PROMPT]
         except Exception:
             log.exception("memory: reading facts failed")
-        rank = {f.episode.uid: i for i, f in enumerate(found)}
-        by_time = sorted(found, key=lambda f: f.episode.created_at)
+        found = Evidence([], [], {})
+        try:
+            found = await self.channels.evidence(
+                event.text,
+                event.author.display_name,
+                place,
+                top_k=self.settings.context_top_k,
+                expand=1,
+                exclude=exclude,
+                facts=ctx.facts,
+            )
+        except Exception:
+            log.exception("memory: search failed")
+            ctx.memory_error = True
+        recent: list[Episode] = []
+        try:
+            recent = await self.channels.recent(
+                place,
+                self.settings.recent_messages,
+                exclude=exclude + [f.episode.uid for f in found.found],
+            )
+        except Exception:
+            log.exception("memory: reading the recent window failed")
+            ctx.memory_error = True
+        by_time = sorted(found.found, key=lambda f: f.episode.created_at)
         ctx.memories = [
-            Quote(n, f.episode, relevant=f.relevant, rank=rank[f.episode.uid])
-            for n, f in enumerate(by_time, 1)
+            Quote(n, f.episode, relevant=f.relevant, kind=f.kind) for n, f in enumerate(by_time, 1)
         ]
         start = len(ctx.memories) + 1
-        ctx.recent = [Quote(n, ep, relevant=False) for n, ep in enumerate(recent, start)]
+        ctx.recent = [
+            Quote(n, ep, relevant=False, kind=kind_of(ep, bot))
+            for n, ep in enumerate(recent, start)
+        ]
+        ctx.leads, ctx.matching_facts = found.leads, found.facts
         return ctx
 
     async def _render(self, answer: Answer, replier: Replier, platform: Platform) -> str:

@@ -227,7 +227,10 @@ def conversation(
 
 # -- a tiny "LLM" for the fake server: answers from the numbered messages of its prompt ---------
 
-QUOTE = re.compile(r'^\[(\d+)\] [^|]+\| (?P<who>[^|]+) \| (?P<text>".*")$')
+QUOTE = re.compile(
+    r'^\[(\d+)\] [^|]+\| (?P<who>[^|]+) \| (?P<text>".*")(?P<updated> \(updated later by'
+    r" \[(?P<by>\d+)\]\))?$"
+)
 
 
 def quoted(prompt: str) -> list[tuple[int, str, str]]:

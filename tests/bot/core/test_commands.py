@@ -317,7 +317,7 @@ async def test_remember_is_used_in_that_channel_only(engine: MemoryEngine) -> No
             ch.message(ALICE, "what should I review today?", addressed=True), RecordingReplier()
         )
         prompt = fake.last_prompt()
-        assert '- role: "tech lead"' in prompt and "I prefer short answers" in prompt
+        assert ': role: "tech lead"' in prompt and "I prefer short answers" in prompt
         assert "backend developer" not in prompt  # superseded
         await conv.handle_message(
             other.message(CAROL, "Campaign review at 3pm"), RecordingReplier()

@@ -260,7 +260,7 @@ async def test_facts_reach_the_prompt_of_their_channel_only(
     await say(conv, ENG, ALICE, "Please always answer me in bullet points")
     await sem.flush()
     await conv.handle_message(ENG.message(ALICE, "what's new?", addressed=True), RecordingReplier())
-    assert '- answer_style: "bullet points"' in fake.last_prompt()
+    assert ': answer_style: "bullet points"' in fake.last_prompt()
     other = Channel("CMKT", "marketing")
     await say(conv, other, BOB, "campaign news")
     await conv.handle_message(
