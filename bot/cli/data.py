@@ -19,27 +19,38 @@ from .common import engine, org, qualify, run, settings
 def cmd_recall(args: argparse.Namespace) -> int:
     from bot.core.channel_memory import ChannelMemory
     from bot.core.events import Place, platform_of
+    from bot.core.responder import EARLIER
+    from bot.platforms.console.adapter import console_id
 
     config = settings()
     channel = qualify(args.channel)
 
     async def go() -> int:
         org_id = org(args, channel)
-        place = Place(platform=platform_of(channel), org_id=org_id, channel_id=channel)
+        platform = platform_of(channel)
+        bot = console_id(config.bot_name) if platform == "console" else None
+        place = Place(platform=platform, org_id=org_id, channel_id=channel, bot_id=bot)
         async with engine(config) as memory:
             await memory.wait_indexed()
-            found = await ChannelMemory(memory, config).search(
-                " ".join(args.query), place, top_k=args.top_k
+            found = await ChannelMemory(memory, config).evidence(
+                " ".join(args.query), "", place, top_k=args.top_k
             )
-        hits = [f.episode for f in found if f.relevant]
+        shown = [
+            item
+            for lead in found.leads
+            for item in [(lead.key, ""), *((k, f"  {EARLIER} ") for k in lead.earlier)]
+        ]
+        hits = [(e, prefix) for key, prefix in shown if (e := found.episode(key)) is not None]
         if args.json:
-            print(json.dumps([json.loads(e.model_dump_json()) for e in hits], indent=2))
+            print(json.dumps([json.loads(e.model_dump_json()) for e, _ in hits], indent=2))
         elif not hits:
             print(f"nothing about that in {channel}")
         else:
-            for ep in hits:
+            for ep, prefix in hits:
                 link = f"  {ep.link}" if ep.link else ""
-                print(f"{ep.created_at:%Y-%m-%d %H:%M} {ep.display_name}: {ep.content}{link}")
+                print(
+                    f"{prefix}{ep.created_at:%Y-%m-%d %H:%M} {ep.display_name}: {ep.content}{link}"
+                )
         return 0
 
     return run(go())

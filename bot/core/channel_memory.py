@@ -38,6 +38,7 @@ from .evidence import (
     fact_text,
     first_person,
     kind_of,
+    may_answer,
     order,
     strong,
 )
@@ -53,7 +54,11 @@ MENTIONS_BOT = "mentions_bot"  # the message mentioned the bot (or replied to it
 IS_DM = "is_dm"
 CHANNEL_NAME = "channel_name"
 
-BOT_REPLIES = parse_filter("role = 'assistant'")  # narrows the rows read for answer metadata
+#: The records of the bot's answers: every reply it stores says what it answered and cited
+#: (``answer_metadata``), which is what forgetting follows. (Whether a message *is* the bot's
+#: is who produced it: :meth:`ChannelMemory.bot_id`; never the role, which agents use too.)
+ANSWER_KIND = "answer_kind"
+ANSWERS = parse_filter(f"metadata.{ANSWER_KIND} IS NOT NULL")
 PAGE = 1000
 FOLLOWED = 3  # the best matches whose later updates an answer looks for
 LATER_TOP_K = 5
@@ -242,20 +247,21 @@ class ChannelMemory:
         top_k: int,
         expand: int = 0,
         exclude: Iterable[str] = (),
+        fallback: bool = True,
     ) -> list[Found]:
         """What was stated in this place's channel about ``query``, best first; when nothing
-        stated is relevant, the questions and the bot's replies that are (the evidence rule,
-        :mod:`bot.core.evidence`).
+        stated is relevant (and ``fallback``), the questions and the bot's replies that are
+        (the evidence rule, :mod:`bot.core.evidence`).
 
         Hybrid search ranks; a hit is *relevant* when it shares words with the query (the
         keyword index, stemmed) or, with a real embedding model, is close enough in meaning.
         Vector search always returns the nearest messages, near or not, so this is what lets
         the bot say "the conversation does not tell" instead of quoting noise."""
         bot = self.bot_id(place)
-        found = await self._search(query, place, top_k, expand, exclude, not_by(bot), True)
-        if any(f.relevant for f in found):
+        found = await self._search(query, place, top_k, expand, exclude, bot)
+        if any(f.relevant for f in found) or not fallback:
             return found
-        everything = await self._search(query, place, top_k, expand, exclude, None, False)
+        everything = await self._search(query, place, top_k, expand, exclude, None)
         return [replace(f, kind=kind_of(f.episode, bot)) for f in everything]
 
     async def _search(
@@ -265,11 +271,14 @@ class ChannelMemory:
         top_k: int,
         expand: int,
         exclude: Iterable[str],
-        filters: Filter | None,
-        statements_only: bool,
+        bot: str | None,
     ) -> list[Found]:
+        """Search the channel: without ``bot``'s replies and questions when ``bot`` is given,
+        everything when not."""
         scope = self.scope(place)
         skip = set(exclude)
+        filters = not_by(bot) if bot else None
+        statements_only = bot is not None
         hybrid, keyword = await asyncio.gather(
             self.memory.search(
                 query,
@@ -291,7 +300,10 @@ class ChannelMemory:
         # The keyword index drops one-character tokens, so "4.2" or "9:30" match by value.
         asked = values(query)
         words = {h.episode.uid for h in keyword.hits}
-        hits = [h for h in hybrid.hits if h.episode.uid not in skip][:top_k]
+        # (The engine adds neighbours for context whatever the filter: the bot's are dropped.)
+        hits = [h for h in hybrid.hits if h.episode.uid not in skip and h.episode.producer != bot][
+            :top_k
+        ]
         words |= {h.episode.uid for h in hits if asked & values(h.episode.content)}
         # Neighbours are judged too: the engine marks a match "expanded" when it is also the
         # neighbour of a better hit, and a neighbour near in meaning is relevant anyway.
@@ -337,14 +349,24 @@ class ChannelMemory:
         expand: int = 0,
         exclude: Iterable[str] = (),
         facts: Sequence[Fact] = (),
+        asker_id: str | None = None,
     ) -> Evidence:
-        """What answers ``text`` asked by ``asker`` (a display name) in ``place``, in the
-        answer order of :mod:`bot.core.evidence`: the channel's relevant statements (else its
-        relevant questions and bot replies), later updates of the best of them, and the
-        asker's facts that a question in the first person matches."""
+        """What answers ``text`` asked by ``asker`` (a display name; ``asker_id`` when known)
+        in ``place``, in the answer order of :mod:`bot.core.evidence`: the channel's relevant
+        statements (else its relevant questions and bot replies that may answer), later
+        updates of the best of them, and the asker's facts that a question in the first
+        person matches."""
         query = about_asker(text, asker)
         question = Question.of(query)
-        found = await self.search(query, place, top_k=top_k, expand=expand, exclude=exclude)
+        asked_about = question.terms - terms(asker)
+        matching = {
+            fact_key(f): f
+            for f in facts
+            if first_person(text) and asked_about & terms(fact_text(f))
+        }
+        found = await self.search(
+            query, place, top_k=top_k, expand=expand, exclude=exclude, fallback=not matching
+        )
         candidates = [
             candidate(
                 f.episode.uid,
@@ -354,14 +376,9 @@ class ChannelMemory:
                 update_only=not f.relevant,
             )
             for f in found
-            if f.relevant or f.kind == "statement"
+            if may_answer(f.kind, f.episode, question, asker_id)
+            and (f.relevant or f.kind == "statement")
         ]
-        asked_about = question.terms - terms(asker)
-        matching = {
-            fact_key(f): f
-            for f in facts
-            if first_person(text) and asked_about & terms(fact_text(f))
-        }
         best = max((-c.rank for c in candidates), default=0.0)
         candidates += [fact_candidate(f, asker, -best - 1.0) for f in matching.values()]
         if any(f.relevant and f.kind == "statement" for f in found):
@@ -430,9 +447,9 @@ class ChannelMemory:
             org_id, {e.produced_for for e in episodes}, gone, producer=None
         )
         result = Forgotten(
-            messages=sum(1 for e in episodes if e.role != "assistant"),
+            messages=sum(1 for e in episodes if ANSWER_KIND not in e.metadata),
             facts=facts,
-            replies=sum(1 for e in episodes if e.role == "assistant"),
+            replies=sum(1 for e in episodes if ANSWER_KIND in e.metadata),
         )
         if replies:
             result += await self.forget_uids(org_id, replies)
@@ -465,7 +482,7 @@ class ChannelMemory:
         """Everything said in a channel (the bot's answers too) and every fact learned there."""
         org, project, channel = place.org_id, self.project, place.channel_id
         scope = Scope(org_id=org, project_id=project, produced_for=channel)
-        replies = await self.memory.count(scope, BOT_REPLIES)
+        replies = await self.memory.count(scope, by(self.bot_id(place)))
         report = await self.memory.forget(org, project_id=project, produced_for=channel)
         # Facts that cite no message (``/remember``) were learned here too.
         left = await self.memory.facts(org, project, produced_for=channel, include_superseded=True)
@@ -490,7 +507,7 @@ class ChannelMemory:
         for scope in scopes:
             page = 0
             while True:
-                rows = await self.memory.list(scope, BOT_REPLIES, page_size=PAGE, page_num=page)
+                rows = await self.memory.list(scope, ANSWERS, page_size=PAGE, page_num=page)
                 for ep in rows:
                     meta = ep.metadata
                     cited = set(meta.get("cited_uids") or ())

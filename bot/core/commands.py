@@ -20,9 +20,10 @@ from memory.semantic import current_fact, normalize_feature, supersede
 from memory.text import one_line, plural
 
 from .backfill import BackfillState, Requester, describe, read_state, write_state
-from .channel_memory import ChannelMemory, Forgotten
+from .channel_memory import ChannelMemory, Forgotten, not_by
 from .events import CommandEvent, Place, Replier
-from .responder import day
+from .evidence import fact_text
+from .responder import EARLIER, day
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ HELP = {
     "recall": "Usage: /recall <what to look for>, e.g. /recall database decision",
     "forget": (
         "Usage: /forget me (everything you said here), /forget <message link or id> (one"
-        " message of yours), /forget channel (channel admins: the whole channel)"
+        " message of yours; the id may be the memory's uid), /forget channel (channel admins:"
+        " the whole channel)"
     ),
     "remember": "Usage: /remember <a fact about you>, e.g. /remember role: backend developer",
     "memory": (
@@ -107,24 +109,48 @@ class Commands:
     # -- /recall ---------------------------------------------------------------------------
 
     async def recall(self, event: CommandEvent, query: str, replier: Replier) -> str:
+        """What the channel's memory holds on ``query``, in the order an answer would give it
+        (:mod:`bot.core.evidence`): statements, newest word first with what it replaced."""
         if not query:
             return HELP["recall"]
         place = event.place
-        found = await self.channels.search(query, place, top_k=self.settings.recall_top_k)
-        hits = [f.episode for f in found if f.relevant]
+        facts = await self.channels.memory.facts(
+            place.org_id,
+            self.settings.project,
+            subject=event.author.id,
+            produced_for=place.channel_id,
+        )
+        found = await self.channels.evidence(
+            query,
+            event.author.display_name,
+            place,
+            top_k=self.settings.recall_top_k,
+            facts=facts,
+            asker_id=event.author.id,
+        )
         write = self.platforms.of(place.platform)
         shown = write.escape(one_line(query, 80))
-        if not hits:
+        if not found.leads:
             return f"I don't remember anything about “{shown}” in {here(place)}."
-        lines = [f"What I remember about “{shown}” in {here(place)}:"]
-        for ep in hits:
+
+        async def line(key: str) -> str:
+            if key in found.facts:
+                fact = found.facts[key]
+                told = write.escape(one_line(fact_text(fact), 200))
+                return f"you told me on {day(fact.created_at)}: {told}"
+            ep = found.episode(key)
+            assert ep is not None
             url = ep.link
             if url is None and ep.source_id:
                 url = await _permalink(replier, ep.source_id)
             when = write.link(url, day(ep.created_at))
             author = write.escape(ep.display_name)
-            excerpt = write.escape(one_line(ep.content, 200))
-            lines.append(f"• {author}, {when}: {excerpt}")
+            return f"{author}, {when}: {write.escape(one_line(ep.content, 200))}"
+
+        lines = [f"What I remember about “{shown}” in {here(place)}:"]
+        for lead in found.leads:
+            lines.append(f"• {await line(lead.key)}")
+            lines += [f"  {EARLIER} {await line(key)}" for key in lead.earlier]
         return "\n".join(lines)
 
     # -- /forget ---------------------------------------------------------------------------
@@ -175,11 +201,16 @@ class Commands:
         if ref.org_id is not None and ref.org_id != place.org_id:
             where = self.platforms.of(place.platform).org_word
             return f"That message is from another {where}; I can only forget messages of this one."
-        episode = await self.channels.memory.get_by_source(self.channels.ref(place, ref.source_id))
+        memory = self.channels.memory
+        episode = await memory.get_by_source(self.channels.ref(place, ref.source_id))
+        if episode is None and ref.org_id is None:  # a memory uid (as /recall and export show)
+            found = await memory.get(place.org_id, self.settings.project, [ref.source_id])
+            episode = found[0] if found else None
         if episode is None:
             return "I have no such message in memory (it may be forgotten already)."
         answer_to_asker = (
-            episode.role == "assistant" and episode.metadata.get("reply_to") == event.author.id
+            episode.producer == self.channels.bot_id(place)
+            and episode.metadata.get("reply_to") == event.author.id
         )
         if episode.producer != event.author.id and not answer_to_asker:
             return (
@@ -288,7 +319,9 @@ class Commands:
         facts = await self.channels.memory.facts(
             place.org_id, project, subject=user, produced_for=place.channel_id
         )
-        channel = await self.channels.memory.count(self.channels.scope(place))
+        channel = await self.channels.memory.count(  # what was said, not the bot's replies
+            self.channels.scope(place), not_by(self.channels.bot_id(place))
+        )
         days = self.settings.retention_days
         retention = f"for {days} days" if days else "until they are deleted"
         where = org_word(place, self.platforms)

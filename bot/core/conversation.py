@@ -231,6 +231,7 @@ class Conversation:
                 expand=1,
                 exclude=exclude,
                 facts=ctx.facts,
+                asker_id=event.author.id,
             )
         except Exception:
             log.exception("memory: search failed")

@@ -3,9 +3,10 @@
 **Evidence is what people (and agents) stated.** A message that asks (a question, or a request
 like "remind me...", by :func:`memory.text.asks`) and the bot's own replies are context: they
 stay in the recent window an LLM sees, but an answer cites them only when nothing stated
-answers. The bot's replies are recognised by who produced them, the bot's id in that place,
-never by their role: other agents store memories with ``role: "assistant"`` too, and what they
-store in a channel is evidence there like anything a person says.
+answers (:func:`may_answer`). The bot's replies are recognised by who produced them, the
+bot's id in that place, never by their role: other agents store memories with
+``role: "assistant"`` too, and what they store in a channel is evidence there like anything a
+person says.
 
 **The asker is a person the question names.** "I", "me", "my" in a question mean the asker
 ("What do I own?" asked by Bob looks for Bob), and the asker's facts (``/remember``, or learned
@@ -30,7 +31,7 @@ from typing import Literal
 from memory import Episode, Fact
 from memory.text import asks
 
-from .subjects import Question, Said, read, updates
+from .subjects import Question, Said, read, terms, updates
 
 Kind = Literal["statement", "question", "bot"]
 
@@ -43,6 +44,22 @@ def kind_of(episode: Episode, bot_id: str) -> Kind:
     if episode.producer == bot_id:
         return "bot"
     return "question" if asks(episode.content) else "statement"
+
+
+def may_answer(kind: Kind, episode: Episode, question: Question, asker_id: str | None) -> bool:
+    """Whether a match may be cited: a statement always; when nothing stated answers, a
+    question that says more than the one asked now (the same question again answers
+    nothing), or an earlier answer of the bot's *to the asker* (what it told someone else,
+    "you told me..." included, is theirs)."""
+    if kind == "statement":
+        return True
+    if kind == "question":
+        return bool(terms(episode.content) - question.terms)
+    return (
+        asker_id is not None
+        and episode.metadata.get("reply_to") == asker_id
+        and episode.metadata.get("answer_kind") not in (None, "nothing")
+    )
 
 
 def first_person(text: str) -> bool:
@@ -99,12 +116,17 @@ def fact_candidate(fact: Fact, asker: str, rank: float) -> Candidate:
 
 
 def strong(question: Question, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The matches that match at least half as many question terms as the best one (all of
-    them when none matches a term: then the search's sense of meaning decides), leaving out
-    those about another version than the question names."""
+    """The matches that match at least half as many terms of one of the question's parts as
+    the best match of that part (all of them when none matches a term: then the search's
+    sense of meaning decides), leaving out those about another version than the question
+    names."""
     matches = [c for c in candidates if not c.update_only and not question.names_other(c.said)]
-    best = max((len(question.matched(c.said)) for c in matches), default=0)
-    return [c for c in matches if 2 * len(question.matched(c.said)) >= best]
+    kept: dict[str, Candidate] = {}
+    for part in question.parts:
+        best = max((len(part & c.said.terms) for c in matches), default=0)
+        if best:
+            kept.update({c.key: c for c in matches if 2 * len(part & c.said.terms) >= best})
+    return [c for c in matches if c.key in kept] if kept else matches
 
 
 def order(question: Question, candidates: Sequence[Candidate]) -> list[Lead]:

@@ -382,7 +382,7 @@ def answer_metadata(answer: Answer, asker_id: str, asker_uid: str | None) -> dic
     """What the stored reply remembers about its answer, so that forgetting a message or a
     person also forgets the bot's answers that were given to it or quoted it."""
     return {
-        "answer_kind": answer.kind,
+        "answer_kind": answer.kind,  # channel_memory.ANSWER_KIND: marks an answer's record
         "reply_to": asker_id,
         "reply_to_uid": asker_uid,
         "cited_uids": [m.episode.uid for m in answer.cited],

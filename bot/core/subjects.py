@@ -90,6 +90,12 @@ _LATEST = re.compile(
 )
 #: A yes/no question in the present tense asks about the current state ("Is checkout down?").
 _PRESENT = re.compile(r"^\W*(is|are|am|can|does|do|has|have)\b", re.IGNORECASE)
+#: Where a question asks another: "..., and who ...", "...? What ...".
+_CLAUSES = re.compile(
+    r"(?:[?;]|,|\b(?:and|or|also|plus)\b)\s*(?=(?:and\s+)?(?:who|whom|whose|what|when|where|why"
+    r"|how|which|is|are|do|does|did|can)\b)",
+    re.IGNORECASE,
+)
 #: The kind of value a question word asks for.
 _QUESTION_KINDS = (
     (re.compile(r"\b(when|what time|what day|which day|how long)\b", re.IGNORECASE), "when"),
@@ -191,6 +197,9 @@ class Question:
     """A question as this module reads it."""
 
     terms: frozenset[str]
+    #: The terms of each question it asks ("When is the launch and who owns the docs?" asks
+    #: two): an answer covers each.
+    parts: tuple[frozenset[str], ...]
     ids: frozenset[str]  # the versions and other dotted numbers it names ("4.2")
     asks_for: frozenset[str]  # the kinds of value its question words ask for
     latest: bool  # says it wants the newest ("now", "currently", "still")
@@ -201,7 +210,8 @@ class Question:
         kinds = frozenset(kind for pattern, kind in _QUESTION_KINDS if pattern.search(text))
         ids = frozenset(v for k, v in _values(_tokens(text)) if k == "id")
         latest, present = bool(_LATEST.search(text)), bool(_PRESENT.search(text))
-        return cls(terms(text), ids, kinds, latest, present)
+        parts = tuple(p for p in (terms(part) for part in _CLAUSES.split(text)) if p)
+        return cls(terms(text), parts or (frozenset(),), ids, kinds, latest, present)
 
     def matched(self, said: Said) -> frozenset[str]:
         """The question's terms that ``said`` contains."""

@@ -5,6 +5,11 @@ It translates and nothing else: a typed line becomes a :class:`~bot.core.events.
 ``/forget``, ``/remember`` or ``/memory``, a :class:`~bot.core.events.CommandEvent`; the core's
 replies are printed. The person at the terminal owns the local memory, so they count as the
 channel's admin.
+
+The terminal can speak as several people, typed or scripted alike: a line ``name: text`` is
+said by ``name``, and ``/as name`` makes ``name`` the one who speaks from then on. Each stored
+message's id is shown under it (``(id 3f9a2c1b)``): ``/forget <id>`` forgets that message, as
+a link does on Slack or Discord.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from bot.core.events import (
     pid,
 )
 from bot.platforms.base import Core
+from memory import Episode
 
 from .format import PLATFORM
 
@@ -34,7 +40,12 @@ if TYPE_CHECKING:
 
 ORG = "console:local"
 COMMANDS: tuple[str, ...] = get_args(CommandName)
-SCRIPT_LINE = re.compile(r"^\s*(?P<user>[^:/#][^:]{0,63}?)\s*:\s*(?P<text>.*)$")
+#: ``name: text``: a name of one to three words (not a command, a comment or a link's scheme).
+SCRIPT_LINE = re.compile(
+    r"^\s*(?P<user>[^\W\d_][\w.'-]{0,31}(?: [\w.'-]{1,32}){0,2})\s*:(?!//)\s*(?P<text>.*)$"
+)
+AS = "/as"
+ID_CHARS = 8
 
 
 def console_id(name: str) -> str:
@@ -93,6 +104,13 @@ class ConsoleAdapter:
             bot_id=console_id(bot_name),
         )
 
+    async def _new_id(self) -> str:
+        """A short message id, unused in this org (the id ``/forget`` takes)."""
+        while True:
+            source_id = uuid.uuid4().hex[:ID_CHARS]
+            if await self.core.find_message(self.place, source_id) is None:
+                return source_id
+
     async def say(self, user: str, line: str) -> None:
         """One line typed by ``user``: a command or an (addressed) message."""
         text = line.strip()
@@ -114,44 +132,72 @@ class ConsoleAdapter:
                 place=self.place,
                 author=author,
                 text=text,
-                source_id=uuid.uuid4().hex,
+                source_id=await self._new_id(),
                 created_at=datetime.now(UTC),
                 mentions_bot=True,
             )
-            await self.core.handle_message(message, self.replier)
+            stored = await self.core.handle_message(message, self.replier)
+            if isinstance(stored, Episode):
+                self.out.write(f"  (id {stored.source_id})\n")
+                self.out.flush()
         if self.after_each is not None:
             await self.after_each()
 
+    def speaker(self, line: str, current: str) -> tuple[str, str] | None:
+        """Who says what on a typed or scripted line: ``name: text`` is ``name``'s, anything
+        else the current speaker's. ``/as name`` changes the current speaker: then the new
+        name and "" are returned. None for blank lines and ``#`` comments."""
+        if not line.strip() or line.lstrip().startswith("#"):
+            return None
+        word, _, rest = line.strip().partition(" ")
+        if word.lower() == AS:
+            return (rest.strip() or current), ""
+        m = SCRIPT_LINE.match(line)
+        return (m["user"].strip(), m["text"].strip()) if m else (current, line.strip())
+
     async def run_script(self, lines: Iterable[str], default_user: str) -> int:
-        """Lines ``user: message`` (or just ``message``, said by ``default_user``); blank
-        lines and ``#`` comments are skipped. Each line is echoed, then the bot's answer."""
+        """Lines ``user: message`` (or just ``message``, said by the current speaker: the
+        default user, or the one ``/as name`` named); blank lines and ``#`` comments are
+        skipped. Each line is echoed, then the bot's answer."""
         said = 0
+        current = default_user
         for raw in lines:
             line = raw.rstrip("\n")
-            if not line.strip() or line.lstrip().startswith("#"):
+            parsed = self.speaker(line, current)
+            if parsed is None:
                 continue
-            m = SCRIPT_LINE.match(line)
-            user, text = (m["user"], m["text"]) if m else (default_user, line)
-            self.out.write(f"{user}: {text.strip()}\n")
+            user, text = parsed
+            if not text:  # /as name
+                current = user
+                continue
+            self.out.write(f"{user}: {text}\n")
             await self.say(user, text)
             said += 1
         return said
 
-    async def run_interactive(
-        self, user: str, read: Callable[[str], str] = input
-    ) -> int:  # pragma: no cover - needs a terminal
-        """Read lines until EOF or ``/quit``."""
+    async def run_interactive(self, user: str, read: Callable[[str], str] = input) -> int:
+        """Read lines until EOF or ``/quit``; ``name: text`` and ``/as name`` as in scripts."""
         said = 0
         self.out.write(
             f"Chatting in #{self.place.channel_name} as {user}. Everything you type is"
-            " remembered; /recall, /forget, /remember, /memory work; /quit leaves.\n"
+            " remembered; /recall, /forget, /remember, /memory work; 'name: text' speaks as"
+            " someone else, /as name switches who you are; /quit leaves.\n"
         )
+        current = user
         while True:
             try:
-                line = await asyncio.to_thread(read, f"{user}> ")
+                line = await asyncio.to_thread(read, f"{current}> ")
             except EOFError:
                 return said
             if line.strip() in ("/quit", "/exit"):
                 return said
-            await self.say(user, line)
+            parsed = self.speaker(line, current)
+            if parsed is None:
+                continue
+            speaker, text = parsed
+            if not text:
+                current = speaker
+                self.out.write(f"  (you are {current} now)\n")
+                continue
+            await self.say(speaker, text)
             said += 1
