@@ -32,13 +32,13 @@ from .evidence import (
     Kind,
     Lead,
     about_asker,
-    candidate,
     fact_candidate,
     fact_key,
     fact_text,
     first_person,
     kind_of,
     may_answer,
+    message_candidate,
     order,
     strong,
 )
@@ -357,8 +357,8 @@ class ChannelMemory:
         updates of the best of them, and the asker's facts that a question in the first
         person matches."""
         query = about_asker(text, asker)
-        question = Question.of(query)
-        asked_about = question.terms - terms(asker)
+        question = Question.of(query, asker if first_person(text) else "")
+        asked_about = question.terms - question.asker
         matching = {
             fact_key(f): f
             for f in facts
@@ -368,13 +368,7 @@ class ChannelMemory:
             query, place, top_k=top_k, expand=expand, exclude=exclude, fallback=not matching
         )
         candidates = [
-            candidate(
-                f.episode.uid,
-                f.episode.content,
-                f.episode.created_at,
-                -f.score,
-                update_only=not f.relevant,
-            )
+            message_candidate(f.episode, -f.score, update_only=not f.relevant)
             for f in found
             if may_answer(f.kind, f.episode, question, asker_id)
             and (f.relevant or f.kind == "statement")
@@ -393,9 +387,7 @@ class ChannelMemory:
                         continue
                     known.add(b.uid)
                     found.append(Found(b, relevant=False, expanded=False, score=-c.rank))
-                    candidates.append(
-                        candidate(b.uid, b.content, b.created_at, c.rank, update_only=True)
-                    )
+                    candidates.append(message_candidate(b, c.rank, update_only=True))
         return Evidence(found, order(question, candidates), matching)
 
     async def _near_in_meaning(self, query: str, episodes: Sequence[Episode]) -> set[str]:

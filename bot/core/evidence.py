@@ -9,7 +9,8 @@ bot's id in that place, never by their role: other agents store memories with
 person says.
 
 **The asker is a person the question names.** "I", "me", "my" in a question mean the asker
-("What do I own?" asked by Bob looks for Bob), and the asker's facts (``/remember``, or learned
+("What do I own?" asked by Bob looks for Bob), as they mean its author in a message ("I'll
+take the flaky test" is about its author), and the asker's facts (``/remember``, or learned
 by the LLM) are evidence when a question in the first person matches them.
 
 **The newest word wins.** Among the evidence that matches the question well (at least half as
@@ -110,6 +111,13 @@ def candidate(
     return Candidate(key, read(text, at), rank, update_only)
 
 
+def message_candidate(episode: Episode, rank: float, *, update_only: bool = False) -> Candidate:
+    """A message, read with its own "I" naming its author ("I'll review the PR", said by Vic,
+    answers Vic's "What am I reviewing?")."""
+    text = about_asker(episode.content, episode.display_name)
+    return candidate(episode.uid, text, episode.created_at, rank, update_only=update_only)
+
+
 def fact_candidate(fact: Fact, asker: str, rank: float) -> Candidate:
     """A fact of the asker's, read as if it named them ("role: engineer" is Alice's role)."""
     return candidate(fact_key(fact), f"{asker} {fact_text(fact)}", fact.created_at, rank)
@@ -119,13 +127,17 @@ def strong(question: Question, candidates: Sequence[Candidate]) -> list[Candidat
     """The matches that match at least half as many terms of one of the question's parts as
     the best match of that part (all of them when none matches a term: then the search's
     sense of meaning decides), leaving out those about another version than the question
-    names."""
+    names. The asker's name counts only when nothing else matches: "What am I reviewing?"
+    asks about reviewing, not everything said about the asker."""
     matches = [c for c in candidates if not c.update_only and not question.names_other(c.said)]
     kept: dict[str, Candidate] = {}
     for part in question.parts:
-        best = max((len(part & c.said.terms) for c in matches), default=0)
+        asked = part - question.asker
+        if not any(asked & c.said.terms for c in matches):
+            asked = part  # only the asker's name matches: what is said about them
+        best = max((len(asked & c.said.terms) for c in matches), default=0)
         if best:
-            kept.update({c.key: c for c in matches if 2 * len(part & c.said.terms) >= best})
+            kept.update({c.key: c for c in matches if 2 * len(asked & c.said.terms) >= best})
     return [c for c in matches if c.key in kept] if kept else matches
 
 

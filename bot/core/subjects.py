@@ -12,12 +12,14 @@ Words are compared as stems ("moved" = "moves"), stopwords left out; times, date
 
 1. **It says so.** ``b`` carries an update cue ("update", "moved", "changed", "correction",
    "actually", "instead", "reversal", "switched", "postponed", "lifted", "takes over",
-   "after all", "no longer"...) and *answers what ``a`` answered*: it contains every question
-   term ``a`` contains, except the terms that ask for a value ``b`` gives anew (a date or time
-   for "date"/"schedule"/"deadline", a number for "budget"/"count"/"value", a name for
-   "owns"/"lead"/"responsible"). "Update: launch moved to March 21" answers "What is the launch
-   date?" as "Launch date is March 14" did; "Acme renewal moved to July 15" does not answer
-   "What is the Acme contract value?", though it updates the same customer's record.
+   "after all", "no longer", "is out"...) and *answers what ``a`` answered*: it shares a
+   question term with ``a``, and gives anew the kind of value the question asks for (a date or
+   time for "when"/"date"/"schedule", a number for "how many"/"budget"/"value", a name for
+   "who"/"owns"/"lead") or else contains every other question term ``a`` contains.
+   "Update: launch moved to March 21" answers "What is the launch date for billing v2?" as
+   "Launch date for billing v2 is March 14" did; "Acme renewal moved to July 15" does not
+   answer "What is the Acme contract value?", though it updates the same customer's record,
+   and "Freeze lifted" does not answer "Why was the freeze extended?".
 2. **The question asks for the current state** ("now", "currently", "still", or a yes/no
    question in the present: "Is checkout down?") and ``b`` answers what ``a`` answered, as
    in 1 (with "now"/"still" spelled out, sharing a question term is enough: the asker said
@@ -148,7 +150,7 @@ class Said:
 
     terms: frozenset[str]  # stems of its content words, values whole
     values: frozenset[tuple[str, str]]  # (kind, value): ("when", "9:30"), ("id", "4.2")...
-    names: bool  # it names someone or something (a capitalised word past its first)
+    names: frozenset[str]  # who or what it names: capitalised words past its first, lower-cased
     cue: bool  # it says it changes something
     at: datetime
 
@@ -161,7 +163,7 @@ class Said:
         return frozenset(v for k, v in self.values if k == kind)
 
     def gives(self, kind: str) -> bool:
-        return self.names if kind == "name" else bool(self.of_kind(kind))
+        return bool(self.names) if kind == "name" else bool(self.of_kind(kind))
 
 
 def _values(tokens: list[str]) -> frozenset[tuple[str, str]]:
@@ -189,7 +191,8 @@ def read(text: str, at: datetime) -> Said:
     cue = bool(_CUE_PHRASES.search(text)) or any(
         _stem(w) in _CUES for w in re.findall(r"[^\W\d_]+", text.lower())
     )
-    return Said(terms(text), _values(_tokens(text)), bool(_NAME.search(text)), cue, at)
+    names = frozenset(n.lower() for n in _NAME.findall(text))
+    return Said(terms(text), _values(_tokens(text)), names, cue, at)
 
 
 @dataclass(frozen=True)
@@ -201,17 +204,22 @@ class Question:
     #: two): an answer covers each.
     parts: tuple[frozenset[str], ...]
     ids: frozenset[str]  # the versions and other dotted numbers it names ("4.2")
+    #: The asker's name, when "I"/"me"/"my" put it in the question: who it is about, not
+    #: what it asks ("What am I reviewing?" asks about reviewing).
+    asker: frozenset[str]
     asks_for: frozenset[str]  # the kinds of value its question words ask for
     latest: bool  # says it wants the newest ("now", "currently", "still")
     present: bool  # a yes/no question in the present tense: about the current state
 
     @classmethod
-    def of(cls, text: str) -> Question:
+    def of(cls, text: str, asker: str = "") -> Question:
+        """``text`` with the asker's name where it said "I" (``asker``: that name)."""
         kinds = frozenset(kind for pattern, kind in _QUESTION_KINDS if pattern.search(text))
         ids = frozenset(v for k, v in _values(_tokens(text)) if k == "id")
         latest, present = bool(_LATEST.search(text)), bool(_PRESENT.search(text))
         parts = tuple(p for p in (terms(part) for part in _CLAUSES.split(text)) if p)
-        return cls(terms(text), parts or (frozenset(),), ids, kinds, latest, present)
+        who = terms(asker) if asker else frozenset()
+        return cls(terms(text), parts or (frozenset(),), ids, who, kinds, latest, present)
 
     def matched(self, said: Said) -> frozenset[str]:
         """The question's terms that ``said`` contains."""
@@ -226,23 +234,20 @@ class Question:
 
 def answers_as(b: Said, a: Said, question: Question) -> bool:
     """``b`` answers what ``a`` answered (rule 1 of the module): it shares a question term with
-    ``a``, and each other question term of ``a``'s is in ``b`` too, or is a value ``b`` gives
-    another of (a time for a time; a version never: it names the subject), or asks for a kind
-    of value ``b`` gives (the term itself, "date", "budget", "owner"; or the question word,
-    "when", "how many", "who", with a value ``a`` did not give)."""
+    ``a``, and either gives anew the kind of value the question asks for (a date or time for
+    "when" or "date", a number for "how many" or "budget", a name for "who" or "owns"), or
+    has each other question term of ``a``'s too (for a value: another of its kind; a version
+    never, it names the subject)."""
     qa, qb = question.matched(a), question.matched(b)
     if not qa & qb:
         return False
+    asked = question.asks_for | {_ASKS_FOR[t] for t in question.terms if t in _ASKS_FOR}
+    if _new_value(b, a, asked):
+        return True
     kind_of_value = {v: k for k, v in a.values}
     for term in qa - qb:
         kind = kind_of_value.get(term)
-        if kind is not None:  # a value of a's that the question names: b gives another
-            if kind == "id" or not b.of_kind(kind):
-                return False
-        elif term in _ASKS_FOR:  # "date", "budget", "owner": b gives a value of that kind
-            if not b.gives(_ASKS_FOR[term]):
-                return False
-        elif not _new_value(b, a, question.asks_for):  # "When does it ship?": a new time
+        if kind is None or kind == "id" or not b.of_kind(kind):
             return False
     return True
 
@@ -250,7 +255,7 @@ def answers_as(b: Said, a: Said, question: Question) -> bool:
 def _new_value(b: Said, a: Said, kinds: frozenset[str]) -> bool:
     """``b`` gives a value of one of ``kinds`` that ``a`` did not."""
     return any(
-        (b.names and not a.names) if kind == "name" else bool(b.of_kind(kind) - a.of_kind(kind))
+        bool(b.names - a.names) if kind == "name" else bool(b.of_kind(kind) - a.of_kind(kind))
         for kind in kinds
     )
 

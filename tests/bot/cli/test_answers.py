@@ -116,6 +116,18 @@ def test_the_later_correction_leads_and_marks_what_it_replaced(
     assert recall[2].startswith("earlier: alice, ") and "March 14" in recall[2]
 
 
+def test_an_update_the_search_did_not_rank_is_found_after_the_best_match(
+    data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one relevant message to a prompt, search finds the best match only; the answer
+    still looks for what was said after it on its subject."""
+    monkeypatch.setenv("CHANNELMIND_CONTEXT_TOP_K", "1")
+    out = chat(capsys, data, LAUNCH + "dave: What is the launch date for billing v2?\n")
+    lines = answer(out, "dave: What is the launch date for billing v2?")
+    assert "Update: launch moved to March 21" in lines[1]
+    assert "earlier: [2] alice" in lines[2] and "March 14" in lines[2]
+
+
 # -- 2. questions and bot replies are context, not evidence ----------------------------------
 
 
