@@ -110,8 +110,12 @@ def load(path: Path) -> Scenario:
     """Read and check one scenario file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        raise ScenarioError(f"{path}: not YAML ({exc.problem}, {where})") from exc
     except (OSError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: {exc}") from exc
+        raise ScenarioError(f"{path}: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("chat"), list):
         raise ScenarioError(f"{path}: needs a 'chat' list and a 'questions' list")
     channel = str(data.get("channel") or "general")
