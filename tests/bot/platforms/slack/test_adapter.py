@@ -530,6 +530,47 @@ async def test_http_mode_verifies_signatures_and_sits_beside_the_memory_api(
         assert not fake.calls_to("apps.connections.open")
 
 
+async def test_http_mode_answers_malformed_signature_headers_with_401(
+    fake: RecordingSlack, engine: MemoryEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A timestamp that is not a number (or one too long for Python's int) and a signature
+    that is not ASCII are bad signatures like any other: 401, nothing stored, nothing logged
+    as an error."""
+    async with running(
+        fake, engine, slack_app_token=None, slack_signing_secret=SECRET, api_keys=f"{API_KEY}:*"
+    ) as adapter:
+        app = create_app(engine=engine, settings=adapter.settings)
+        adapter.mount(app)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://bot.example") as http:
+            event = message_event(ALICE, "the vault code is 4711", GENERAL)
+            body = json.dumps(fake.event_payload(event)).encode()
+            good = {"Content-Type": "application/json", **sign_request(body, SECRET)}
+            signature = good["X-Slack-Signature"]
+            malformed: list[dict[str, str | bytes]] = [
+                {"X-Slack-Request-Timestamp": "abc"},
+                {"X-Slack-Request-Timestamp": ""},
+                {"X-Slack-Request-Timestamp": "9" * 5000},
+                {"X-Slack-Request-Timestamp": "-1"},
+                {"X-Slack-Request-Timestamp": "1e9"},
+                {"X-Slack-Request-Timestamp": "\u00b2".encode("latin-1")},
+                {"X-Slack-Signature": signature[:-1].encode() + b"\xe9"},
+                {"X-Slack-Signature": ""},
+            ]
+            with caplog.at_level(logging.ERROR):
+                for change in malformed:
+                    headers = {**good, **change}
+                    response = await http.post("/slack/events", content=body, headers=headers)
+                    assert response.status_code == 401, change
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert await engine.get_by_source(ref(GENERAL, event["ts"])) is None
+
+            # Control: the same body, signed, is taken.
+            response = await http.post("/slack/events", content=body, headers=good)
+            assert response.status_code == 200
+            await stored(engine, event)
+
+
 # -- pieces -------------------------------------------------------------------------------------
 
 
