@@ -8,12 +8,11 @@ production uses, not through the fake's own patch helper.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,6 +81,33 @@ class Bot:
     conversation: Conversation
     adapter: DiscordAdapter
     data_dir: Path
+    #: gateway events the adapter has finished with: ("message" | "delete", message id)
+    finished: set[tuple[str, str]] = field(default_factory=set)
+
+    def watch(self) -> None:
+        """Note each gateway message and deletion once the adapter's handler has returned,
+        so a test that asserts something did NOT happen waits for the handling to be over
+        (a real condition), not for a fixed time."""
+        adapter = self.adapter
+        on_message, on_delete = adapter.on_message, adapter.on_raw_message_delete
+
+        async def message(msg: discord.Message) -> None:
+            try:
+                await on_message(msg)
+            finally:
+                self.finished.add(("message", str(msg.id)))
+
+        async def delete(payload: discord.RawMessageDeleteEvent) -> None:
+            try:
+                await on_delete(payload)
+            finally:
+                self.finished.add(("delete", str(payload.message_id)))
+
+        adapter.on_message = message  # type: ignore[method-assign, assignment]
+        adapter.on_raw_message_delete = delete  # type: ignore[method-assign, assignment]
+
+    async def handled(self, kind: str, message_id: int | str) -> None:
+        await eventually(lambda: (kind, str(message_id)) in self.finished)
 
     async def stored(self, message_id: int | str, org: str = ORG) -> Episode | None:
         ref = SourceRef(
@@ -177,7 +203,9 @@ async def running(
                 await retention.start()
             await fake.wait_ready()
             await adapter.wait_until_ready()
-            yield Bot(fake, engine, conversation, adapter, data_dir)
+            bot = Bot(fake, engine, conversation, adapter, data_dir)
+            bot.watch()
+            yield bot
         finally:
             if retention is not None:
                 await retention.close()
@@ -276,7 +304,7 @@ async def test_server_conversation_is_cited_and_stays_in_its_place(bot: Bot) -> 
     [posted] = [m for m in fake.channel_messages(CHANNEL) if m["content"] == reply.json["content"]]
     answer = await eventually(lambda: bot.stored(posted["id"]))
     assert answer.role == "assistant" and answer.producer == did(fake.bot_user_id)
-    await asyncio.sleep(0.1)  # its echo over the gateway is not stored a second time
+    await bot.handled("message", posted["id"])  # its echo over the gateway, not stored again
     assert await bot.engine.count(Scope(org_id=ORG, project_id=PROJECT)) == 3
 
     # Another channel does not see #general.
@@ -645,9 +673,8 @@ async def test_a_quick_delete_is_not_overtaken_by_the_message(bot: Bot) -> None:
     fake = bot.fake
     said = await fake.send_message(CHANNEL, ALICE, "oops, wrong channel")
     await fake.send_delete(CHANNEL, int(said["id"]))  # no waiting in between
-    marker = await fake.send_message(CHANNEL, BOB, "later message")
-    await bot.wait_stored(marker)
-    await asyncio.sleep(0.1)
+    await bot.handled("message", said["id"])
+    await bot.handled("delete", said["id"])
     assert await bot.stored(said["id"]) is None
 
 
@@ -698,8 +725,7 @@ async def test_long_answers_are_split_and_never_ping(fake: FakeDiscord, tmp_path
                 CHANNEL, ALICE, "tell me the history of everything", mentions_bot=True
             )
             first = await bot.answer_to(CHANNEL, asked)
-            await eventually(lambda: bot.posts(CHANNEL)[2:])
-            await asyncio.sleep(0.1)
+            await bot.handled("message", asked["id"])  # the whole answer is posted
             pieces = bot.posts(CHANNEL)
     assert llm.chat_requests, "the LLM was not asked"
     assert pieces[0] is first and len(pieces) == 3
