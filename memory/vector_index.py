@@ -44,6 +44,7 @@ from chromadb.api.models.Collection import Collection as ChromaCollection
 from chromadb.config import Settings as ChromaSettings
 
 from .embedders import Vectors
+from .store.base import StoreUnavailable
 from .vector_scrub import ScrubReport, scrub_folder
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,20 @@ def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
     settings = ChromaSettings(anonymized_telemetry=False, allow_reset=True)
     if url:
         parsed = urlparse(url)
-        return chromadb.HttpClient(
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-            ssl=parsed.scheme == "https",
-            settings=settings,
-        )
+        host = parsed.hostname or "127.0.0.1"
+        port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+        try:
+            return chromadb.HttpClient(
+                host=host, port=port, ssl=parsed.scheme == "https", settings=settings
+            )
+        except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
+            cause = exc.__cause__ or exc.__context__
+            reason = str(cause) if cause is not None else str(exc)
+            raise StoreUnavailable(
+                f"cannot reach the Chroma server at {host}:{port} (CHANNELMIND_CHROMA_URL):"
+                f" {reason};"
+                " start it (`chroma run`) or correct CHANNELMIND_CHROMA_URL"
+            ) from exc
     if path is None:
         raise ValueError("a Chroma path or url is needed")
     zero_heap_allocations()
