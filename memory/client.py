@@ -268,6 +268,12 @@ class MemoryClient:
         if not response.json().get("done"):
             raise TimeoutError(f"the memory server did not finish indexing in {wait} s")
 
+    async def rebuild_index(self) -> int:
+        """Rebuild the vector index inside the server (the process that owns the data folder);
+        the number of episodes queued. :meth:`wait_indexed` tells when they are embedded. The
+        key must grant every org (``*``)."""
+        return int((await self._post("/api/cm/index/rebuild", None))["queued"])
+
     async def similarities(self, query: str, texts: Sequence[str]) -> builtins.list[float] | None:
         """:func:`memory.embedders.similarities` under the server's embedder (None for the
         hashing one); :func:`memory.interface.similarities` uses it to judge relevance."""
