@@ -14,10 +14,10 @@ SIGINT/SIGTERM stop everything cleanly. Tokens are never printed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -28,6 +28,7 @@ from .platforms.base import Adapter, Platform, StartupError
 from .platforms.console.format import CONSOLE
 from .platforms.discord.format import DISCORD
 from .platforms.slack.format import SLACK
+from .settings import mask_url
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -259,23 +260,34 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family, reuse_port=False)
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except OSError as exc:  # create_server adds the address to strerror: ours says it
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
     sock.setblocking(False)
     return sock
 
 
 class Runner:
-    """Everything ``channelmind run`` starts, in order, and stops in reverse."""
+    """Everything ``channelmind run`` starts, in order, and stops in reverse. With
+    ``bot=False`` it is ``channelmind serve``: the memory and its server, no platforms."""
 
-    def __init__(self, settings: Settings, host: str | None = None, port: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        bot: bool = True,
+    ) -> None:
         self.settings = settings
         self.host = host or settings.host
         self.port = settings.port if port is None else port
+        self.bot = bot
         self.memory: Memory | None = None
         self.conversation: Conversation | None = None
         self.app: FastAPI | None = None
         self.server: _Server | None = None
+        self.url: str | None = None  # where the server listens, once it does
         self.slack: SlackAdapter | None = None
         self.discord: DiscordAdapter | None = None
         self.retention: Retention | None = None
@@ -293,33 +305,43 @@ class Runner:
             raise
 
     async def _start(self) -> None:
-        from memory.server.app import ServeRefused, check_bind
+        from memory.server.app import ServeRefused, check_bind, served_url
         from memory.server.auth import ApiKeyError, ApiKeys
 
+        from .memory_access import open_memory
+
         settings = self.settings
-        remote = bool(settings.memory_url)
-        http_mode = _set(settings.slack_bot_token) and not _set(settings.slack_app_token)
+        remote = self.bot and bool(settings.memory_url)
+        http_mode = (
+            self.bot and _set(settings.slack_bot_token) and not _set(settings.slack_app_token)
+        )
         if not remote:
             try:
                 check_bind(self.host, ApiKeys.parse(settings.api_keys_text()))
             except (ServeRefused, ApiKeyError) as exc:
                 raise StartupError(str(exc)) from None
+        else:
+            log.info("memory: the server at %s", mask_url(settings.memory_url or ""))
 
-        self.memory = memory = await self._open_memory(remote)
-        self.conversation = conversation = build_conversation(settings, memory)
+        self.memory = memory = await open_memory(settings, "bot" if self.bot else "server")
+        conversation = None
+        if self.bot:
+            self.conversation = conversation = build_conversation(settings, memory)
 
+        engine = None
         if not remote:
             from memory import MemoryEngine
             from memory.server.app import create_app
 
             assert isinstance(memory, MemoryEngine)
-            self.app = create_app(engine=memory, settings=settings)
+            engine = memory
+            self.app = create_app(engine=engine, settings=settings)
         elif http_mode:  # the memory lives elsewhere; serve only Slack's endpoint
             from fastapi import FastAPI
 
             self.app = FastAPI(title="ChannelMind bot", openapi_url=None)
 
-        if _set(settings.slack_bot_token):
+        if conversation is not None and _set(settings.slack_bot_token):
             from .platforms.slack.adapter import SlackAdapter
 
             try:
@@ -334,10 +356,16 @@ class Runner:
 
         if self.app is not None:
             self.server = _Server(self.app, self.host, self.port)
+            self.url = served_url(self.host, self.server.port)
+            # Commands on this data folder now go through it. Recorded once the socket
+            # listens (connections wait in its backlog) and before the server answers, so
+            # whoever sees the server answer also finds its URL in the lock file.
+            if engine is not None:
+                await engine.serving_at(self.url)
             await self.server.start()
-            log.info("listening on http://%s:%d", self.host, self.server.port)
+            log.info("listening on %s", self.url)
 
-        if _set(settings.discord_token):
+        if conversation is not None and _set(settings.discord_token):
             try:  # imported only when Discord is wanted
                 from .platforms.discord.adapter import DiscordAdapter
             except ImportError as exc:
@@ -358,22 +386,9 @@ class Runner:
             backfill_metrics(self.app, self.backfills)
         for backfill in self.backfills:
             await backfill.start()  # in the background: one channel at a time
-        if settings.retention_days:
+        if conversation is not None and settings.retention_days:
             self.retention = Retention(conversation)
             await self.retention.start()
-
-    async def _open_memory(self, remote: bool) -> Memory:
-        if remote:
-            from memory.client import MemoryClient
-
-            assert self.settings.memory_url
-            secret = self.settings.memory_api_key
-            key = secret.get_secret_value() if secret is not None else None
-            log.info("memory: the server at %s", self.settings.memory_url)
-            return MemoryClient(self.settings.memory_url, key)
-        from memory import MemoryEngine
-
-        return await MemoryEngine.open(settings=self.settings)
 
     async def stop(self) -> None:
         """Retention and the adapters first (no new events), then the web server, the core,
@@ -409,8 +424,11 @@ class Runner:
             self.memory = None
 
 
-async def run(settings: Settings, host: str | None = None, port: int | None = None) -> int:
-    runner = Runner(settings, host, port)
+async def run(
+    settings: Settings, host: str | None = None, port: int | None = None, *, bot: bool = True
+) -> int:
+    """``channelmind run`` (``bot=False``: ``channelmind serve``) until SIGINT or SIGTERM."""
+    runner = Runner(settings, host, port, bot=bot)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -418,8 +436,11 @@ async def run(settings: Settings, host: str | None = None, port: int | None = No
             loop.add_signal_handler(sig, stop.set)
     try:
         await runner.start()
-        parts = [p for p, on in (("Slack", runner.slack), ("Discord", runner.discord)) if on]
-        log.info("channelmind is running on %s; Ctrl-C stops it", " and ".join(parts))
+        if bot:
+            parts = [p for p, on in (("Slack", runner.slack), ("Discord", runner.discord)) if on]
+            log.info("channelmind is running on %s; Ctrl-C stops it", " and ".join(parts))
+        else:
+            log.info("the memory server is running at %s; Ctrl-C stops it", runner.url)
         await stop.wait()
     finally:
         await runner.stop()
@@ -429,23 +450,15 @@ async def run(settings: Settings, host: str | None = None, port: int | None = No
     return 0
 
 
-def main(args: argparse.Namespace) -> int:
-    from .settings import load
-
-    try:
-        settings = load()
-    except StartupError as exc:
-        print(f"channelmind run: {exc}", file=sys.stderr)
-        return 2
-    missing = check(settings)
-    if missing is not None:
-        print(missing, file=sys.stderr)
-        return 2
+def main(settings: Settings, host: str | None, port: int | None, *, bot: bool = True) -> int:
+    """``channelmind run`` (``bot=False``: ``serve``). A part that cannot start raises
+    StartupError (or one of memory's one-line errors): the CLI prints it, exit status 2."""
+    if bot:
+        missing = check(settings)
+        if missing is not None:
+            print(missing, file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return asyncio.run(run(settings, getattr(args, "host", None), getattr(args, "port", None)))
-    except StartupError as exc:
-        print(f"channelmind run: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(run(settings, host, port, bot=bot))

@@ -142,7 +142,7 @@ def env_name(settings_cls: type[Settings], field: str) -> str:
     return f"{prefix}{field}".upper()
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
     """Hide a password given inside a URL (``https://user:secret@host``)."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -168,7 +168,7 @@ def _show(value: Any) -> str:
     if value == "":
         return "(empty)"
     if isinstance(value, str) and "://" in value:
-        return _mask_url(value)
+        return mask_url(value)
     return str(value)
 
 

@@ -2,7 +2,9 @@
 
 Each subcommand is a small function that imports what it needs when it runs, so that
 ``channelmind --help`` stays fast and a broken optional part (say, Discord) never stops the
-others.
+others. An expected failure (a bad setting, an unreachable service, a data folder that another
+process owns or this one cannot write) is one line naming the cause and what to do, with exit
+status 2; ``--debug`` shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from . import bench, chat, config, data, importing, maintenance, run, server
+from .common import expected_failure
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -19,6 +22,9 @@ Handler = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="channelmind", description="Channel memory for Slack and Discord bots."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an expected failure too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (bench, maintenance, server, run, chat, data, importing, config):
@@ -34,11 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one clear line, never a traceback for expected failures
-        from bot.platforms.base import StartupError
-        from memory import EmbedderMismatch, InvalidInput
-
-        if isinstance(exc, EmbedderMismatch | InvalidInput | StartupError):
-            print(f"channelmind: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as exc:
+        line = expected_failure(exc)
+        if line is None or args.debug:
+            raise
+        print(f"channelmind {args.command}: {line}", file=sys.stderr)
+        return 2

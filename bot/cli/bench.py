@@ -65,11 +65,12 @@ def cmd_bench_import(args: argparse.Namespace) -> int:
 def cmd_bench_answers(args: argparse.Namespace) -> int:
     from bot.bench import answers
 
+    from .common import UsageError
+
     try:
         return answers.main(args.scenarios, args.embedder, args.json)
-    except answers.ScenarioError as exc:
-        print(f"channelmind: {exc}", file=sys.stderr)
-        return 2
+    except answers.ScenarioError as exc:  # one line, as every expected failure (bot.cli)
+        raise UsageError(str(exc)) from None
 
 
 def add(sub: Any) -> None:

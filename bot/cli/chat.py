@@ -1,4 +1,4 @@
-"""``channelmind chat``: the bot in the terminal, on the embedded memory."""
+"""``channelmind chat``: the bot in the terminal (its memory: :mod:`bot.memory_access`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import engine, run, settings
+from .common import memory, run, settings
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -21,8 +21,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        async with engine(config) as memory:
-            conversation = build_conversation(config, memory)
+        async with memory(config) as mem:
+            conversation = build_conversation(config, mem)
             try:
                 await conversation.purge_expired()
                 adapter = ConsoleAdapter(
@@ -31,7 +31,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     bot_name=config.bot_name,
                     out=sys.stdout,
                     # Deterministic demos: what was said is searchable by meaning at once.
-                    after_each=memory.wait_indexed,
+                    after_each=mem.wait_indexed,
                 )
                 if args.script is not None:
                     lines = args.script.read_text(encoding="utf-8").splitlines()

@@ -1,22 +1,43 @@
-"""What the subcommands share: settings read once, ids as typed, the embedded memory, and
-one clear line (exit status 2) for a command line that cannot work."""
+"""What the subcommands share: settings read once, ids as typed, the memory a command works
+on, and the one line (exit status 2) for each expected failure."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bot.settings import Settings
-    from memory import MemoryEngine
+    from memory.client import MemoryClient
+    from memory.engine import MemoryEngine
 
 
 class UsageError(Exception):
     """A command line that cannot work; printed as one line, exit status 2."""
+
+
+def expected_failure(exc: BaseException) -> str | None:
+    """The one line for a failure the operator can fix (a setting, a service, the data
+    folder, the command line), or None for anything else: a bug, whose traceback shows."""
+    from bot.platforms.base import StartupError
+    from memory import EmbedderMismatch, InvalidInput
+    from memory.client import MemoryAccessDenied, MemoryServerError
+    from memory.store.base import StoreUnavailable
+
+    if isinstance(exc, UsageError | StartupError | EmbedderMismatch | StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, InvalidInput):
+        return str(exc)
+    if isinstance(exc, MemoryAccessDenied):
+        return f"{exc}; set CHANNELMIND_MEMORY_API_KEY to a key of the server that allows it"
+    if isinstance(exc, MemoryServerError):
+        from bot.memory_access import server_reason
+
+        return f"the memory server failed: {server_reason(exc)}"
+    return None
 
 
 def settings() -> Settings:
@@ -47,19 +68,29 @@ def org(args: argparse.Namespace, *ids: str) -> str:
 
 
 @asynccontextmanager
-async def engine(config: Settings) -> AsyncIterator[MemoryEngine]:
-    from memory import MemoryEngine
+async def memory(
+    config: Settings, *, background: bool = True
+) -> AsyncIterator[MemoryEngine | MemoryClient]:
+    """The memory a command works on: the server at CHANNELMIND_MEMORY_URL, else the server
+    that owns the data folder, else the folder itself (:mod:`bot.memory_access`)."""
+    from bot.memory_access import open_memory
 
-    opened = await MemoryEngine.open(settings=config)
+    opened = await open_memory(config, "command", background=background)
     try:
         yield opened
     finally:
         await opened.close()
 
 
+async def indexed(mem: MemoryEngine | MemoryClient) -> None:
+    """Until everything stored is in the vector index, however long that takes."""
+    while True:
+        try:
+            await mem.wait_indexed(timeout=300)
+            return
+        except TimeoutError:
+            continue
+
+
 def run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        return asyncio.run(coro)
-    except UsageError as exc:
-        print(f"channelmind: {exc}", file=sys.stderr)
-        return 2
+    return asyncio.run(coro)

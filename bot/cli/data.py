@@ -1,5 +1,5 @@
-"""``channelmind recall``, ``forget`` and ``export``: what the embedded memory keeps, from
-the command line.
+"""``channelmind recall``, ``forget`` and ``export``: what the memory keeps, from the command
+line (the data folder, or the server that owns it: :mod:`bot.memory_access`).
 
 Ids: a bare name (``alice``, ``general``) means the console's user or channel
 (``console:alice``); a platform-qualified id (``slack:U123``, ``discord:8138...``) is taken as
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import engine, org, qualify, run, settings
+from .common import memory, org, qualify, run, settings
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
@@ -30,9 +30,9 @@ def cmd_recall(args: argparse.Namespace) -> int:
         platform = platform_of(channel)
         bot = console_id(config.bot_name) if platform == "console" else None
         place = Place(platform=platform, org_id=org_id, channel_id=channel, bot_id=bot)
-        async with engine(config) as memory:
-            await memory.wait_indexed()
-            found = await ChannelMemory(memory, config).evidence(
+        async with memory(config) as mem:
+            await mem.wait_indexed()
+            found = await ChannelMemory(mem, config).evidence(
                 " ".join(args.query), "", place, top_k=args.top_k
             )
         shown = [
@@ -68,8 +68,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         channel = qualify(args.channel) if args.channel else ""
         org_id = org(args, user, channel)
         platform = platform_of(org_id)
-        async with engine(config) as memory:
-            channels = ChannelMemory(memory, config)
+        async with memory(config) as mem:
+            channels = ChannelMemory(mem, config)
             if user:
                 done = await channels.forget_user(org_id, user)
             elif channel:
@@ -82,7 +82,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
                     platform=platform,
                     source_id=args.message,
                 )
-                found = await memory.get_by_source(ref)
+                found = await mem.get_by_source(ref)
                 done = await channels.forget_uids(org_id, [found.uid]) if found else Forgotten()
         print(f"forgot {done.describe()}")
         return 0
@@ -100,9 +100,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         channel = qualify(args.channel) if args.channel else ""
         org_id = org(args, user, channel)
         out: dict[str, Any] = {"org_id": org_id}
-        async with engine(config) as memory:
+        async with memory(config) as mem:
             if user:
-                projects = sorted({p for _, p in await memory.list_projects(org_id)})
+                projects = sorted({p for _, p in await mem.list_projects(org_id)})
                 scopes = [Scope(org_id=org_id, project_id=p, producer=user) for p in projects]
                 out["user"] = user
             else:
@@ -112,10 +112,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             facts: list[Any] = []
             for scope in scopes:
                 page = 0
-                while rows := await memory.list(scope, page_size=1000, page_num=page):
+                while rows := await mem.list(scope, page_size=1000, page_num=page):
                     episodes += [json.loads(e.model_dump_json()) for e in rows]
                     page += 1
-                got = await memory.facts(
+                got = await mem.facts(
                     org_id,
                     scope.project_id,
                     subject=user or None,

@@ -1,5 +1,6 @@
 """``channelmind import slack`` and ``import discord``: history from platform exports, into the
-embedded memory, stored exactly as the live bot stores it (see :mod:`bot.importers`)."""
+memory (the data folder, or the server that owns it), stored exactly as the live bot stores it
+(see :mod:`bot.importers`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import UsageError, run, settings
+from .common import UsageError, indexed, memory, run, settings
 
 if TYPE_CHECKING:
     from bot.importers.sink import Tally
     from memory import MemoryEngine
+    from memory.client import MemoryClient
 
 
 def _date(text: str) -> datetime:
@@ -34,16 +36,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     from bot.core.channel_memory import ChannelMemory
     from bot.importers.discord_export import DiscordImport, import_discord
     from bot.importers.slack_export import ExportError, SlackImport, import_slack
-    from memory import MemoryEngine
 
     config = settings()
     progress = not args.quiet
 
     async def go() -> int:
         # Storing only: the embedding follows when the bot runs (or now, with --embed).
-        engine = await MemoryEngine.open(settings=config, background=False)
-        try:
-            channels = ChannelMemory(engine, config)
+        async with memory(config, background=False) as mem:
+            channels = ChannelMemory(mem, config)
             started = time.perf_counter()
             try:
                 if args.platform == "slack":
@@ -69,12 +69,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             except ExportError as exc:
                 raise UsageError(str(exc)) from None
             _summary(tally, notes, where, time.perf_counter() - started)
-            if args.embed:
-                await _embed(engine, progress)
-            else:
-                await _pending(engine)
-        finally:
-            await engine.close()
+            await _indexing(mem, embed=args.embed, progress=progress)
         return 0
 
     return run(go())
@@ -90,6 +85,23 @@ def _summary(tally: Tally, notes: list[str], where: str, seconds: float) -> None
         print(line)
     for note in notes:
         print(f"note: {note}")
+
+
+async def _indexing(mem: MemoryEngine | MemoryClient, *, embed: bool, progress: bool) -> None:
+    from bot.settings import mask_url
+    from memory import MemoryEngine
+
+    if isinstance(mem, MemoryEngine):
+        await (_embed(mem, progress) if embed else _pending(mem))
+        return
+    if embed:  # the server embeds in the background; wait for it
+        await indexed(mem)
+        print(f"embedded by the memory server at {mask_url(mem.base_url)}")
+    else:
+        print(
+            f"the memory server at {mask_url(mem.base_url)} embeds them in the background:"
+            " keyword search finds them now, search by meaning as it goes"
+        )
 
 
 async def _pending(engine: MemoryEngine) -> None:

@@ -1,17 +1,35 @@
-"""``channelmind reindex`` and ``stats``: upkeep of the embedded memory."""
+"""``channelmind reindex`` and ``stats``: upkeep of the memory (the data folder, or inside the
+server that owns it)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
+
+from .common import indexed, memory, run, settings
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from memory import MemoryEngine
+    from bot.memory_access import open_memory
+    from bot.settings import mask_url
+    from memory.client import MemoryClient
+
+    config = settings()
 
     async def go() -> int:
-        engine = await MemoryEngine.open(allow_embedder_change=True, background=False)
+        # Through the server that owns the folder (or CHANNELMIND_MEMORY_URL's): it rebuilds
+        # its own index, with its own embedder. Otherwise this process owns the folder and
+        # may switch the embedder (that is what a reindex is for).
+        found = await open_memory(config, "command", background=False, allow_embedder_change=True)
+        if isinstance(found, MemoryClient):
+            async with found as client:
+                queued = await client.rebuild_index()
+                await indexed(client)
+                embedder = (await client.stats()).embedder
+            where = f"inside the memory server at {mask_url(client.base_url)}"
+            print(f"reindexed {queued} messages with {embedder}, {where}")
+            return 0
+        engine = found
         try:
             done = await engine.reindex(progress=not args.quiet)
             print(f"reindexed {done} messages with {engine.embedder.fingerprint}")
@@ -19,18 +37,15 @@ def cmd_reindex(args: argparse.Namespace) -> int:
             await engine.close()
         return 0
 
-    return asyncio.run(go())
+    return run(go())
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from memory import MemoryEngine
+    config = settings()
 
     async def go() -> int:
-        engine = await MemoryEngine.open(background=False)
-        try:
-            stats = await engine.stats()
-        finally:
-            await engine.close()
+        async with memory(config, background=False) as mem:
+            stats = await mem.stats()
         if args.json:
             print(stats.model_dump_json())
         else:
@@ -38,7 +53,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 print(f"{key:>14}: {value}")
         return 0
 
-    return asyncio.run(go())
+    return run(go())
 
 
 def add(sub: Any) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .common import settings
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import main
 
-    return main(args)
+    return main(settings(), args.host, args.port)
 
 
 def add(sub: Any) -> None:

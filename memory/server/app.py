@@ -264,19 +264,3 @@ def check_bind(host: str, keys: ApiKeys) -> None:
             " would be open to anyone who can reach it. Set CHANNELMIND_API_KEYS (e.g."
             " 'KEY:ORG' or 'KEY:*') or listen on loopback (--host 127.0.0.1)."
         )
-
-
-def run_server(host: str | None = None, port: int | None = None) -> None:
-    """``channelmind serve``: the app under uvicorn until interrupted."""
-    import uvicorn
-
-    settings = ServerSettings()
-    keys = ApiKeys.parse(settings.api_keys_text())
-    host = host or settings.host
-    port = settings.port if port is None else port
-    check_bind(host, keys)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = settings.model_copy(update={"host": host, "port": port})
-    uvicorn.run(create_app(settings=settings), host=host, port=port, log_level="info")

@@ -25,7 +25,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server.fastmcp import Context, FastMCP
@@ -36,11 +36,14 @@ from .auth import OPEN, Principal, forbidden_message, principal_of
 from .service import MemoryService, ServiceError, invalid_from
 from .specs import AddMemoriesSpec, MemoryMessage, SearchMemoriesSpec, check_id
 
+if TYPE_CHECKING:
+    from memory.engine import MemoryEngine
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ORG = "mcp-universal"
-_ENV = {"org_id": "MM_ORG_ID", "proj_id": "MM_PROJ_ID", "user_id": "MM_USER_ID"}
-_HEADERS = {"org_id": "org-id", "proj_id": "proj-id", "user_id": "user-id"}
+IDENTITY_ENV = {"org_id": "MM_ORG_ID", "proj_id": "MM_PROJ_ID", "user_id": "MM_USER_ID"}
+IDENTITY_HEADERS = {"org_id": "org-id", "proj_id": "proj-id", "user_id": "user-id"}
 
 INSTRUCTIONS = (
     "Long-term memory shared by every agent that uses the same user id. Call add_memory with"
@@ -74,14 +77,14 @@ def resolve_identity(
     beat the environment), else the tool arguments; then the defaults. Raises IdentityPinned
     when an argument names another user, project or org than the pinned one."""
     env = os.environ if env is None else env
-    asked = {k: (args.get(k) or "").strip() for k in _ENV}
+    asked = {k: (args.get(k) or "").strip() for k in IDENTITY_ENV}
     pinned: dict[str, str] = {}
     source: dict[str, str] = {}
-    for key, var in _ENV.items():
+    for key, var in IDENTITY_ENV.items():
         if env.get(var, "").strip():
             pinned[key], source[key] = env[var].strip(), var
     if headers is not None:
-        for key, header in _HEADERS.items():
+        for key, header in IDENTITY_HEADERS.items():
             if (headers.get(header) or "").strip():
                 pinned[key] = str(headers[header]).strip()
                 source[key] = f"the {header} header"
@@ -332,18 +335,22 @@ async def _search(
     return result.model_dump(mode="json", exclude_none=True)
 
 
-async def run_stdio() -> None:
-    """``channelmind mcp-stdio``: the same tools over stdio, on the engine the environment
-    configures (``CHANNELMIND_DATA_DIR``...); identity from ``MM_*`` env vars or arguments."""
+async def run_stdio(engine: MemoryEngine | None = None) -> None:
+    """``channelmind mcp-stdio``: the same tools over stdio, on ``engine`` or on one opened
+    from the environment (``CHANNELMIND_DATA_DIR``...); identity from ``MM_*`` env vars or
+    arguments. An engine passed in stays open."""
     from memory.engine import MemoryEngine
 
     from .metrics import Metrics
     from .settings import ServerSettings
 
     settings = ServerSettings()
-    engine = await MemoryEngine.open(settings=settings)
+    owned = engine is None
+    if engine is None:
+        engine = await MemoryEngine.open(settings=settings)
     try:
         service = MemoryService(engine, Metrics(), settings.short_term_episodes)
         await build_mcp(lambda: service).run_stdio_async()
     finally:
-        await engine.close()
+        if owned:
+            await engine.close()

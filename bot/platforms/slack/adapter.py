@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast, get_args
 
+import aiohttp
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.async_context import AsyncBoltContext
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
+#: What a Slack call raises when Slack cannot be reached at all (no network, a wrong URL).
+UNREACHABLE = (aiohttp.ClientError, OSError, TimeoutError)
 EVENTS_PATH = "/slack/events"
 COMMANDS: tuple[str, ...] = get_args(CommandName)
 FORGET_SHORTCUT = "forget_message"
@@ -146,9 +149,12 @@ class SlackAdapter:
             except SlackApiError as exc:
                 await self._close_socket()
                 raise StartupError(
-                    f"Slack refused the Socket Mode connection: {error_of(exc)}"
+                    f"the Socket Mode connection was refused: {error_of(exc)}"
                     " (check SLACK_APP_TOKEN: an xapp- token with connections:write)"
                 ) from None
+            except UNREACHABLE as exc:
+                await self._close_socket()
+                raise self._unreachable(exc) from None
             log.info("slack: connected in Socket Mode as %s", self.bot_user_id)
         else:
             log.info("slack: HTTP mode; events arrive at POST %s", EVENTS_PATH)
@@ -165,13 +171,21 @@ class SlackAdapter:
                 auth = await self.client.auth_test()
             except SlackApiError as exc:
                 raise StartupError(
-                    f"Slack refused SLACK_BOT_TOKEN: {error_of(exc)}"
-                    " (a bot token starts with xoxb-)"
+                    f"SLACK_BOT_TOKEN was refused: {error_of(exc)} (a bot token starts with xoxb-)"
                 ) from None
+            except UNREACHABLE as exc:
+                raise self._unreachable(exc) from None
             self.bot_user_id = str(auth["user_id"])
             self.bot_id = str(auth.get("bot_id") or "") or None
             self.team_id = str(auth.get("team_id") or "") or None
             self.mapping.bot_user_id, self.mapping.bot_id = self.bot_user_id, self.bot_id
+
+    def _unreachable(self, exc: BaseException) -> StartupError:
+        reason = str(exc) or type(exc).__name__
+        return StartupError(
+            f"cannot reach {self.base_url} ({reason}); check the network, or"
+            " SLACK_API_URL if it is set"
+        )
 
     async def _close_socket(self) -> None:
         if self._socket is not None:

@@ -84,5 +84,5 @@ def test_a_bad_scenario_is_one_line_and_status_2(
     (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
     assert main(["bench", "answers", "--scenarios", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("channelmind: ") and "bad.yaml" in err
+    assert err.startswith("channelmind bench: ") and "bad.yaml" in err
     assert len(err.splitlines()) == 1, err

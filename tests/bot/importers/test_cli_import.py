@@ -282,7 +282,8 @@ def test_bad_exports_are_one_line_and_status_2(tmp_path: Path, make: str, says: 
     done = cli(tmp_path / "data", "slack", path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("channelmind:") and says in lines[0], lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("channelmind import: ") and says in lines[0], lines
     if make == "no_team":
         assert cli(tmp_path / "data", "slack", path, "--team", "T0GIVEN01").returncode == 0
 
