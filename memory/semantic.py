@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -48,6 +49,7 @@ LLMCall = Callable[[list[dict[str, str]], dict[str, Any]], Awaitable[str | None]
 BatchKey = tuple[str, str, str, str]  # org_id, project_id, producer, produced_for
 
 MAX_MESSAGE_CHARS = 1000
+MAX_NAME_CHARS = 80
 MAX_FEATURE_CHARS = 64
 MAX_VALUE_CHARS = 300
 MAX_FACTS_PER_CALL = 20
@@ -364,7 +366,8 @@ class SemanticMemory:
     def build_messages(
         self, episodes: Sequence[Episode], known: Sequence[Fact]
     ) -> list[dict[str, str]]:
-        who = episodes[0].display_name
+        # The name JSON-quoted on one line: a display name with newlines adds no lines.
+        who = json.dumps(one_line(episodes[0].display_name, MAX_NAME_CHARS), ensure_ascii=False)
         lines = [f"Person: {who}"]
         if known:
             lines.append("Known facts about them (feature: value):")

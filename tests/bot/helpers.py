@@ -234,11 +234,16 @@ QUOTE = re.compile(
 
 
 def quoted(prompt: str) -> list[tuple[int, str, str]]:
-    """``(number, author, content)`` of each message quoted in a prompt."""
+    """``(number, author, content)`` of each message quoted in a prompt (a person's name is
+    JSON-quoted there: it is given unquoted, with any suffix such as `` (asking)``)."""
     out = []
     for line in prompt.splitlines():
         if m := QUOTE.match(line):
-            out.append((int(m.group(1)), m["who"].strip(), json.loads(m["text"])))
+            who = m["who"].strip()
+            if who.startswith('"'):
+                name, end = json.JSONDecoder().raw_decode(who)
+                who = name + who[end:]
+            out.append((int(m.group(1)), who, json.loads(m["text"])))
     return out
 
 

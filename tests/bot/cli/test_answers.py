@@ -269,11 +269,11 @@ def test_the_llm_prompt_lists_memories_oldest_first_with_dates_and_says_later_up
     assert '"Now", "currently" and "still" ask for the latest' in system
     relevant = prompt.split("\n\nRecent messages")[0]
     lines = [line for line in relevant.splitlines() if line.startswith("[")]
-    assert re.match(rf"\[1\] {DAY} \d\d:\d\d UTC \| alice \| \"Launch date", lines[0])
+    assert re.match(rf"\[1\] {DAY} \d\d:\d\d UTC \| \"alice\" \| \"Launch date", lines[0])
     assert lines[0].endswith("(updated later by [2])")
-    assert re.match(rf"\[2\] {DAY} \d\d:\d\d UTC \| carol \| \"Update: launch moved", lines[1])
+    assert re.match(rf"\[2\] {DAY} \d\d:\d\d UTC \| \"carol\" \| \"Update: launch moved", lines[1])
     assert "When is the launch?" not in relevant  # a question is context: the recent window
-    assert '| bob (asking) | "When is the launch?"' in prompt
+    assert '| "bob" (asking) | "When is the launch?"' in prompt
     # The answer cites what it used as [1], whatever its number in the prompt.
     reply = answer(out, "dave: When is the launch now?")
     assert reply[0] == "ChannelMind: The launch moved to March 21 [1]."
