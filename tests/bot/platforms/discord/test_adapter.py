@@ -30,6 +30,7 @@ from bot.platforms.discord.adapter import DiscordAdapter
 from bot.platforms.discord.replier import MAX_MESSAGE, split_message
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from tests.bot.helpers import open_engine, settings
+from tests.disk_scan import scan
 from tests.fakes.discord.server import (
     DISCORD_EPOCH_MS,
     EPHEMERAL,
@@ -556,6 +557,43 @@ async def test_forget_channel_needs_manage_messages(bot: Bot) -> None:
     assert followup.json["content"].startswith("Done. I forgot #general")
     assert await bot.stored(here["id"]) is None
     assert await bot.stored(there["id"]) is not None  # other channels are untouched
+
+
+async def test_forget_channel_leaves_no_channel_id_on_disk(bot: Bot) -> None:
+    """Issue 9: forgetting means gone. ``/forget channel`` keeps a mark so that the channel's
+    history is not read again; the mark names the channel by a keyed token, so no file
+    under the data folder holds the channel's id (or what was said there) afterwards."""
+    fake, data_dir = bot.fake, bot.data_dir
+    here = await fake.send_message(CHANNEL, ALICE, "the quokka budget is secret")
+    there = await fake.send_message(OTHER, ALICE, "random chatter stays")
+    await bot.wait_stored(here)
+    await bot.wait_stored(there)
+    await bot.engine.wait_indexed()
+    needles = {"channel id": str(CHANNEL).encode(), "text": b"quokka budget"}
+    assert sorted({hit.split(": ")[1] for hit in scan(data_dir, needles)}) == [
+        "channel id",
+        "text",
+    ]  # the control: both are on disk before
+
+    _, followup = await bot.command("forget", {"what": "channel"}, user_id=MOD)
+    assert followup.json["content"].startswith("Done. I forgot #general")
+    assert scan(data_dir, needles) == []
+    assert scan(data_dir, {"other channel": str(OTHER).encode()})  # still remembered
+    # The mark is there and works: /memory says the history is not read again.
+    _, shown = await bot.command("memory", {}, user_id=MOD)
+    assert "not read again since this channel was forgotten" in shown.json["content"]
+
+
+async def test_a_forget_mark_from_before_tokens_is_kept_under_its_token(bot: Bot) -> None:
+    """A folder from before: the mark stored under the raw channel id still counts, and is
+    moved under the token the first time it is read."""
+    legacy = '{"status": "forgotten"}'
+    await bot.engine.set_setting(ORG, PROJECT, did(CHANNEL), "backfill", legacy)
+    _, shown = await bot.command("memory", {}, user_id=MOD)
+    assert "not read again since this channel was forgotten" in shown.json["content"]
+    assert await bot.engine.get_setting(ORG, PROJECT, did(CHANNEL), "backfill") is None
+    _, again = await bot.command("memory", {}, user_id=MOD)
+    assert "not read again since this channel was forgotten" in again.json["content"]
 
 
 async def test_forget_this_message_menu(bot: Bot) -> None:
