@@ -3,7 +3,7 @@ memory's settings (``key`` = :data:`BACKFILL_KEY`), so that it survives restarts
 by every process of the bot. Its ``subject`` is a keyed token of the channel's qualified id,
 never the id itself: the record outlives ``/forget channel`` (it is the mark that keeps the
 history from being read again), and forgetting must leave no channel id on disk. The key is
-random, one per org and project, kept in the settings too (as memory keys Chroma's names).
+random, one per org and project (:mod:`bot.core.tokens`).
 
 The platforms read the history (:mod:`bot.importers.backfill` runs them); the core only needs
 three things from it: ``/forget channel`` marks the channel *forgotten* so that its history is
@@ -13,10 +13,8 @@ and ``/memory`` shows how far the backfill got.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -24,12 +22,11 @@ from typing import Literal
 from memory.interface import Memory
 
 from .events import Place
+from .tokens import read_keyed, write_keyed
 
 log = logging.getLogger(__name__)
 
 BACKFILL_KEY = "backfill"
-#: Where the key of the channel tokens is kept (settings subject and key).
-TOKEN_KEY_SUBJECT, TOKEN_KEY = "channelmind", "channel-token-key"
 Status = Literal["running", "done", "forgotten", "requested"]
 
 #: What a platform offers the core: start (or restart) the backfill of a place's channel now.
@@ -68,37 +65,15 @@ class BackfillState:
             return None
 
 
-async def channel_token(memory: Memory, project: str, org: str, channel: str) -> str:
-    """The settings subject that stands for ``channel``: ``ch:`` and a BLAKE2b hash of its
-    id under the org's key (made on first use)."""
-    key = await memory.get_setting(org, project, TOKEN_KEY_SUBJECT, TOKEN_KEY)
-    if key is None:
-        await memory.set_setting(org, project, TOKEN_KEY_SUBJECT, TOKEN_KEY, secrets.token_hex(32))
-        key = await memory.get_setting(org, project, TOKEN_KEY_SUBJECT, TOKEN_KEY)
-        assert key is not None
-    digest = hashlib.blake2b(channel.encode(), key=bytes.fromhex(key), digest_size=16)
-    return "ch:" + digest.hexdigest()
-
-
 async def read_state(memory: Memory, project: str, org: str, channel: str) -> BackfillState | None:
-    token = await channel_token(memory, project, org, channel)
-    text = await memory.get_setting(org, project, token, BACKFILL_KEY)
-    if text is None:  # a record from before tokens, under the raw id: moved under the token
-        text = await memory.get_setting(org, project, channel, BACKFILL_KEY)
-        if text is not None:
-            await memory.set_setting(org, project, token, BACKFILL_KEY, text)
-            await memory.set_setting(org, project, channel, BACKFILL_KEY, None)
-    return BackfillState.load(text)
+    return BackfillState.load(await read_keyed(memory, project, org, "ch", channel, BACKFILL_KEY))
 
 
 async def write_state(
     memory: Memory, project: str, org: str, channel: str, state: BackfillState | None
 ) -> None:
     value = state.dump() if state is not None else None
-    token = await channel_token(memory, project, org, channel)
-    await memory.set_setting(org, project, token, BACKFILL_KEY, value)
-    # A record from before tokens would name the channel (and answer for it): gone.
-    await memory.set_setting(org, project, channel, BACKFILL_KEY, None)
+    await write_keyed(memory, project, org, "ch", channel, BACKFILL_KEY, value)
 
 
 async def mark_forgotten(memory: Memory, project: str, place: Place) -> None:

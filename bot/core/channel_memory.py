@@ -43,6 +43,7 @@ from .evidence import (
     strong,
 )
 from .subjects import Question, terms, values
+from .tokens import read_keyed, write_keyed
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +162,30 @@ class ChannelMemory:
 
     # -- opting out ------------------------------------------------------------------------
 
+    # A person's choice outlives ``/forget me`` (forgetting someone must not start remembering
+    # them), so it is kept under a keyed token of their id, never the id itself.
+
     async def opted_out(self, org_id: str, user: str) -> bool:
-        return await self.memory.get_setting(org_id, self.project, user, MEMORY_KEY) == "off"
+        return await self._user_setting(org_id, user, MEMORY_KEY) == "off"
 
     async def set_memory(self, org_id: str, user: str, on: bool) -> None:
-        await self.memory.set_setting(org_id, self.project, user, MEMORY_KEY, None if on else "off")
-        await self.memory.set_setting(org_id, self.project, user, NOTICE_KEY, None)
+        await self._set_user_setting(org_id, user, MEMORY_KEY, None if on else "off")
+        await self._set_user_setting(org_id, user, NOTICE_KEY, None)
         if not on and self.semantic is not None:
             self.semantic.discard(org_id=org_id, producer=user)
 
     async def first_notice(self, org_id: str, user: str) -> bool:
         """True exactly once after a user opted out: the bot tells them, then stays quiet."""
-        if await self.memory.get_setting(org_id, self.project, user, NOTICE_KEY):
+        if await self._user_setting(org_id, user, NOTICE_KEY):
             return False
-        await self.memory.set_setting(org_id, self.project, user, NOTICE_KEY, "sent")
+        await self._set_user_setting(org_id, user, NOTICE_KEY, "sent")
         return True
+
+    async def _user_setting(self, org_id: str, user: str, key: str) -> str | None:
+        return await read_keyed(self.memory, self.project, org_id, "user", user, key)
+
+    async def _set_user_setting(self, org_id: str, user: str, key: str, value: str | None) -> None:
+        await write_keyed(self.memory, self.project, org_id, "user", user, key, value)
 
     # -- storing ---------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from bot.app import PLATFORMS, Runner, build_conversation
 from bot.core.conversation import Conversation
 from bot.core.events import Author
 from bot.core.responder import MEMORY_DOWN, NOTHING_FOUND, REMEMBER_HEADER, Responder
+from bot.core.tokens import read_keyed
 from bot.settings import Settings
 from memory import MemoryEngine, Scope, SourceRef
 from memory.client import MemoryAccessDenied, MemoryClient
@@ -403,7 +404,9 @@ async def test_commands_on_a_remote_memory_server(
 
         # /memory off: Carol is not stored; /memory on again.
         await conv.commands.handle(general.command(CAROL, "memory", "off"), RecordingReplier())
-        assert await engine.get_setting(ORG, PROJECT, CAROL.id, "memory") == "off"
+        # Kept on the server, under the keyed token of Carol's id (bot.core.tokens).
+        assert await read_keyed(engine, PROJECT, ORG, "user", CAROL.id, "memory") == "off"
+        assert await engine.get_setting(ORG, PROJECT, CAROL.id, "memory") is None
         skipped = general.message(CAROL, "this is not kept")
         assert await conv.handle_message(skipped, RecordingReplier()) is None
         assert await engine.get_by_source(ref(skipped.source_id)) is None

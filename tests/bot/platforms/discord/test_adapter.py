@@ -584,6 +584,44 @@ async def test_forget_channel_leaves_no_channel_id_on_disk(bot: Bot) -> None:
     assert "not read again since this channel was forgotten" in shown.json["content"]
 
 
+async def test_forget_me_while_opted_out_leaves_no_user_id_on_disk(bot: Bot) -> None:
+    """Issue 9: forgetting means gone. A person who turned memory off and then said
+    ``/forget me`` stays opted out (forgetting must not start remembering them), but the
+    choice is kept under a keyed token: no file under the data folder holds their id."""
+    fake, data_dir = bot.fake, bot.data_dir
+    said = await fake.send_message(CHANNEL, ALICE, "the walrus invoice is overdue")
+    await bot.wait_stored(said)
+    await bot.command("memory", {"setting": "off"}, user_id=ALICE)
+    await bot.engine.wait_indexed()
+    needles = {"user id": str(ALICE).encode(), "text": b"walrus invoice"}
+    assert sorted({hit.split(": ")[1] for hit in scan(data_dir, needles)}) == [
+        "text",
+        "user id",
+    ]  # the control: both are on disk before
+
+    _, followup = await bot.command("forget", {"what": "me"}, user_id=ALICE)
+    assert followup.json["content"].startswith("Done. I forgot everything you said")
+    assert scan(data_dir, needles) == []
+    # The choice still holds: Alice is not stored, Bob is.
+    ignored = await fake.send_message(CHANNEL, ALICE, "still not to be stored")
+    marker = await fake.send_message(CHANNEL, BOB, "bob is remembered")
+    await bot.wait_stored(marker)
+    assert await bot.stored(ignored["id"]) is None
+    _, shown = await bot.command("memory", user_id=ALICE)
+    assert shown.json["content"].startswith("Memory for you in this server: OFF")
+
+
+async def test_an_opt_out_from_before_tokens_still_counts(bot: Bot) -> None:
+    """A folder from before: the opt-out stored under the raw user id still holds, and is
+    moved under the token the first time it is read."""
+    await bot.engine.set_setting(ORG, PROJECT, did(ALICE), "memory", "off")
+    ignored = await bot.fake.send_message(CHANNEL, ALICE, "not to be stored")
+    marker = await bot.fake.send_message(CHANNEL, BOB, "stored")
+    await bot.wait_stored(marker)
+    assert await bot.stored(ignored["id"]) is None
+    assert await bot.engine.get_setting(ORG, PROJECT, did(ALICE), "memory") is None
+
+
 async def test_a_forget_mark_from_before_tokens_is_kept_under_its_token(bot: Bot) -> None:
     """A folder from before: the mark stored under the raw channel id still counts, and is
     moved under the token the first time it is read."""
