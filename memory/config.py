@@ -17,6 +17,10 @@ class MemorySettings(BaseSettings):
     data_dir: Path = Path("./data")
     embedder: Literal["local", "openai", "hash"] = "local"
     embedding_model: str | None = None
+    #: What runs the local model: torch (sentence-transformers) or ONNX Runtime (float32, or
+    #: int8 dense layers); unset, the default (memory.embedders.DEFAULT_BACKEND). See README,
+    #: "Local embedding backends".
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] | None = None
     chroma_url: str | None = None
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")

