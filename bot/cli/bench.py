@@ -121,3 +121,7 @@ def add(sub: Any) -> None:
     )
     ans.add_argument("--json", action="store_true", help="print one JSON object")
     ans.set_defaults(func=cmd_bench_answers)
+
+    from . import speed  # bench load, bench embed
+
+    speed.add(bench)

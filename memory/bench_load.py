@@ -1,0 +1,334 @@
+"""Load benchmark: the memory server under many concurrent clients.
+
+``channelmind bench load --clients 40 --seconds 30`` starts the real memory server (the code
+path of ``channelmind serve``: uvicorn on a free loopback port, in its own process) on a fresh
+temporary data folder, seeds it with synthetic chat messages, waits until they are indexed,
+and then drives it with N concurrent clients over the REST API v2 for a fixed time. Each
+client sends one request after another, an add of one message or a project-wide search, 50/50
+(seeded), so N is also the number of requests in flight. It prints the throughput, the error
+count and the p50/p95/p99 latency of each operation, and the CPU seconds the server and the
+client used (both run on the same machine).
+
+``--profile FILE`` records the server with py-spy meanwhile (``.svg``: a flame graph,
+``.json``: speedscope), to see where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .bench_scale import Corpus, percentile
+
+ORG = "loadorg"
+PROJECT = "load"
+OPS = ("add", "search")
+PLURAL = {"add": "adds", "search": "searches"}
+# what `channelmind serve --host H --port P` runs, without the CLI around it
+SERVER_CODE = (
+    "import sys; from memory.server.app import run_server;"
+    " run_server(sys.argv[1], int(sys.argv[2]))"
+)
+
+
+@dataclass
+class Sample:
+    op: str
+    ms: float
+    ok: bool
+
+
+@dataclass
+class Traffic:
+    """Pre-generated request bodies, so that the clients spend no time making text."""
+
+    adds: list[dict[str, Any]]
+    queries: list[str]
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def make_traffic(messages: int, queries: int, seed: int = 7) -> Traffic:
+    corpus = Corpus(messages, channels=20, seed=seed)
+    adds = [
+        {
+            "content": ep.content,
+            "producer": ep.producer,
+            "produced_for": ep.produced_for,
+            "timestamp": ep.created_at.isoformat(),
+            "metadata": {"display_name": str(ep.metadata.get("display_name", ""))},
+        }
+        for batch in corpus.batches()
+        for ep in batch
+    ]
+    return Traffic(adds=adds, queries=[q for q, _ in corpus.queries(queries, seed=seed + 1)])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerStartFailed(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], env: dict[str, str], cwd: Path, log_path: Path, health: str
+) -> Iterator[int]:
+    """A server subprocess, up once ``health`` answers 200; yields its pid, stops it after."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(health, proc, log_path)
+        yield proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def server_process(
+    tmp: Path, embedder: str, chroma_server: bool = False
+) -> Iterator[tuple[str, int]]:
+    """The memory server in a subprocess on a free loopback port, on the data folder
+    ``tmp/data``; yields (base URL, pid). With ``chroma_server`` its vectors go to a
+    ``chroma run`` process of their own.
+
+    Its environment names the data folder and embedder and drops any other ChannelMind
+    setting (API keys, a Chroma URL...) but the embedder backend, and it runs in ``tmp`` so
+    that no ``.env`` file is read."""
+    keep = ("CHANNELMIND_EMBEDDER_BACKEND",)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in keep or not k.startswith(("CHANNELMIND_", "OPENAI_"))
+    }
+    env |= {"CHANNELMIND_DATA_DIR": str(tmp / "data"), "CHANNELMIND_EMBEDDER": embedder}
+    with contextlib.ExitStack() as stack:
+        if chroma_server:
+            chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+            port = free_port()
+            command = [chroma, "run", "--path", str(tmp / "chroma-server"), "--host"]
+            command += ["127.0.0.1", "--port", str(port)]
+            env_chroma = env | {"ANONYMIZED_TELEMETRY": "False"}
+            health = f"http://127.0.0.1:{port}/api/v2/heartbeat"
+            stack.enter_context(
+                running(command, env_chroma, tmp, tmp / "chroma-server.log", health)
+            )
+            env["CHANNELMIND_CHROMA_URL"] = f"http://127.0.0.1:{port}"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-c", SERVER_CODE, "127.0.0.1", str(port)]
+        pid = stack.enter_context(
+            running(command, env, tmp, tmp / "memory-server.log", f"{url}/api/v2/health")
+        )
+        yield url, pid
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise ServerStartFailed(f"{log_path.stem} exited: " + " | ".join(tail))
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise ServerStartFailed(f"no answer from {url} within 120 s")
+
+
+async def seed(http: httpx.AsyncClient, traffic: Traffic, n: int) -> None:
+    """Store ``n`` messages in batches and wait until they are indexed."""
+    for start in range(0, n, 500):
+        batch = traffic.adds[start : min(n, start + 500)]
+        body = {"org_id": ORG, "project_id": PROJECT, "messages": batch}
+        (await http.post("/api/v2/memories", json=body, timeout=300)).raise_for_status()
+    while True:
+        reply = await http.post("/api/cm/index/wait", json={"timeout": 60}, timeout=90)
+        reply.raise_for_status()
+        if reply.json().get("done"):
+            return
+
+
+async def client(
+    http: httpx.AsyncClient,
+    traffic: Traffic,
+    rng: random.Random,
+    next_add: Iterator[int],
+    measure_from: float,
+    stop_at: float,
+) -> None:
+    """One client: requests back to back until ``stop_at``; samples after ``measure_from``."""
+    while (began := time.perf_counter()) < stop_at:
+        op = OPS[rng.random() >= 0.5]
+        if op == "add":
+            message = traffic.adds[next(next_add) % len(traffic.adds)]
+            path = "/api/v2/memories"
+            body: dict[str, Any] = {"org_id": ORG, "project_id": PROJECT, "messages": [message]}
+        else:
+            path = "/api/v2/memories/search"
+            query = traffic.queries[rng.randrange(len(traffic.queries))]
+            body = {"org_id": ORG, "project_id": PROJECT, "query": query, "top_k": 10}
+        error = ""
+        try:
+            reply = await http.post(path, json=body)
+            if reply.status_code >= 400:
+                error = f"{op}: HTTP {reply.status_code} {reply.text[:200]}"
+        except httpx.HTTPError as exc:
+            error = f"{op}: {type(exc).__name__} {exc}"
+        ms = (time.perf_counter() - began) * 1000.0
+        if began >= measure_from:
+            traffic.samples.append(Sample(op, ms, not error))
+            if error and len(traffic.errors) < 5:
+                traffic.errors.append(error)
+
+
+def summarize(traffic: Traffic, clients: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "clients": clients,
+        "seconds": round(seconds, 2),
+        "requests": len(traffic.samples),
+        "requests_per_s": round(len(traffic.samples) / seconds, 1),
+        "errors": sum(not s.ok for s in traffic.samples),
+    }
+    for op in OPS:
+        times = [s.ms for s in traffic.samples if s.op == op and s.ok]
+        out[PLURAL[op]] = len(times)
+        for p in (50, 95, 99):
+            out[f"{op}_ms_p{p}"] = round(percentile(times, p), 1)
+    out["error_examples"] = traffic.errors
+    return out
+
+
+async def drive(url: str, pid: int, traffic: Traffic, args: argparse.Namespace) -> dict[str, Any]:
+    """Seed, then run the clients; CPU use and the profile cover the clients' run only."""
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
+        await seed(http, traffic, args.seed_messages)
+        profiler = _profiler(pid, args.profile) if args.profile else None
+        server_before, client_before = cpu_seconds(pid), time.process_time()
+        counter = iter(range(args.seed_messages, 1 << 62))
+        measure_from = time.perf_counter() + args.warmup
+        stop_at = measure_from + args.seconds
+        rngs = [random.Random(1000 + i) for i in range(args.clients)]
+        await asyncio.gather(
+            *(client(http, traffic, r, counter, measure_from, stop_at) for r in rngs)
+        )
+        ended = max(time.perf_counter(), stop_at)
+        server_after, client_after = cpu_seconds(pid), time.process_time()
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        _, err = profiler.communicate(timeout=120)
+        if profiler.returncode not in (0, -signal.SIGINT) and not args.profile.exists():
+            raise ProfilerFailed(f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
+    result = summarize(traffic, args.clients, ended - measure_from)
+    if server_before is not None and server_after is not None:
+        result["server_cpu_s"] = round(server_after - server_before, 1)
+        # CPU per request: what a busy shared machine changes least
+        result["server_cpu_ms_per_request"] = round(
+            1000 * (server_after - server_before) / max(1, result["requests"]), 2
+        )
+    result["client_cpu_s"] = round(client_after - client_before, 1)
+    return result
+
+
+class ProfilerFailed(RuntimeError):
+    pass
+
+
+def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise ProfilerFailed("--profile needs py-spy (pip install py-spy)")
+    fmt = "speedscope" if out.suffix == ".json" else "flamegraph"
+    command = [spy, "record", "--pid", str(pid), "--format", fmt, "--output", str(out)]
+    return subprocess.Popen(
+        [*command, "--rate", "200", "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    traffic = make_traffic(args.seed_messages + 20_000, 500)
+    with tempfile.TemporaryDirectory(prefix="channelmind-load-") as tmp:
+        with server_process(Path(tmp), args.embedder, args.chroma_server) as (url, pid):
+            result = asyncio.run(drive(url, pid, traffic, args))
+    result["embedder"] = args.embedder
+    result["chroma"] = "server" if args.chroma_server else "embedded"
+    if args.embedder == "local":
+        result["backend"] = os.environ.get("CHANNELMIND_EMBEDDER_BACKEND", "default")
+    return result
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"bench load: {r['clients']} clients, {r['seconds']} s, embedder {r['embedder']}"
+        + (f" ({r['backend']} backend)," if "backend" in r else ",")
+        + f" Chroma {r['chroma']}, REST API v2 (add 1 message / project-wide search, 50/50)",
+        f"throughput {r['requests_per_s']} requests/s ({r['requests']} requests),"
+        f" errors {r['errors']}",
+        f"{'':8}{'count':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}",
+    ]
+    for op in OPS:
+        lines.append(
+            f"{op:8}{r[PLURAL[op]]:>8}"
+            + "".join(f"{r[f'{op}_ms_p{p}']:>10.1f}" for p in (50, 95, 99))
+        )
+    if "server_cpu_s" in r:
+        lines.append(
+            f"CPU: server {r['server_cpu_s']} s ({r['server_cpu_ms_per_request']} ms per"
+            f" request), client {r['client_cpu_s']} s"
+        )
+    for example in r["error_examples"]:
+        lines.append(f"error: {example}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.clients < 1 or args.seconds <= 0 or args.warmup < 0 or args.seed_messages < 0:
+        print("channelmind: --clients and --seconds must be positive", file=sys.stderr)
+        return 2
+    try:
+        result = run(args)
+    except (ServerStartFailed, ProfilerFailed) as exc:
+        print(f"channelmind bench load: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
