@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Awaitable, Generator, Iterable, Sequence
 from datetime import UTC, datetime
@@ -325,6 +326,42 @@ class AtomicReader:
         return _Query(self.conn.execute_fetchall(sql, parameters))
 
 
+_Queued = tuple[list[tuple[Any, ...]], "asyncio.Future[list[str]]"]
+
+
+def _episode_row(ep: Episode) -> tuple[Any, ...]:
+    """The INSERT parameters of an episode (a new uid if it has none)."""
+    uid = ep.uid or str(uuid.uuid4())
+    return (
+        uid,
+        ep.org_id,
+        ep.project_id,
+        ep.producer,
+        ep.produced_for,
+        ep.role,
+        ep.content,
+        to_epoch(ep.created_at),
+        ep.platform,
+        ep.source_id or uid,
+        ep.thread_id,
+        ep.episode_type,
+        json.dumps(ep.metadata, ensure_ascii=False, default=str),
+        fts_tags(ep),
+    )
+
+
+def settle(done: asyncio.Future[list[str]], uids: list[str]) -> None:
+    if not done.done():  # its caller may have been cancelled; the write stands
+        done.set_result(uids)
+
+
+def raise_into(done: asyncio.Future[list[str]]) -> None:
+    """Hand the exception being handled to the caller waiting on ``done``."""
+    error = sys.exc_info()[1]
+    if not done.done() and error is not None:
+        done.set_exception(error)
+
+
 class SQLiteStore:
     """Async access to the SQLite database of one data folder."""
 
@@ -334,6 +371,8 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._set_aside_seen: set[str] = set()
+        self._queued: list[_Queued] = []  # batches waiting for the next group commit
+        self._group_writer: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -410,32 +449,56 @@ class SQLiteStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def add(self, episodes: Sequence[Episode]) -> list[str]:
-        """Insert episodes in one transaction; return their uids in input order.
+        """Insert episodes; return their uids in input order, committed when this returns.
 
         A duplicate ``(org_id, project_id, platform, source_id)`` - within the batch or with a
         stored row - is not inserted again; its existing uid is returned.
+
+        Concurrent calls are committed together (group commit): the first caller that finds
+        no group being written starts one, and every batch queued meanwhile goes into its
+        next transaction. N one-message adds then cost one lock turn and one commit instead of
+        N (40 concurrent writers: 1,400 -> 6,900 adds/s, p50 29 -> 4 ms, notes/speed.md). A
+        group that fails is retried batch by batch, so only a bad batch fails.
         """
-        rows = []
-        for ep in episodes:
-            uid = ep.uid or str(uuid.uuid4())
-            rows.append(
-                (
-                    uid,
-                    ep.org_id,
-                    ep.project_id,
-                    ep.producer,
-                    ep.produced_for,
-                    ep.role,
-                    ep.content,
-                    to_epoch(ep.created_at),
-                    ep.platform,
-                    ep.source_id or uid,
-                    ep.thread_id,
-                    ep.episode_type,
-                    json.dumps(ep.metadata, ensure_ascii=False, default=str),
-                    fts_tags(ep),
-                )
-            )
+        rows = [_episode_row(ep) for ep in episodes]
+        done: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._queued.append((rows, done))
+        if self._group_writer is None:
+            self._group_writer = asyncio.create_task(self._write_groups())
+        return await done
+
+    async def _write_groups(self) -> None:
+        group: list[_Queued] = []
+        try:
+            while self._queued:
+                group, self._queued = self._queued, []
+                await self._write_group(group)
+        finally:
+            self._group_writer = None
+            for _, done in group + self._queued:  # only when cancelled mid-way
+                if not done.done():
+                    done.set_exception(RuntimeError("the store closed before the write ended"))
+
+    async def _write_group(self, group: list[_Queued]) -> None:
+        try:
+            uids = await self._insert([row for rows, _ in group for row in rows])
+        except Exception:
+            if len(group) == 1:
+                raise_into(group[0][1])
+                return
+            for rows, done in group:
+                try:
+                    settle(done, await self._insert(rows))
+                except Exception:
+                    raise_into(done)
+            return
+        start = 0
+        for rows, done in group:
+            settle(done, uids[start : start + len(rows)])
+            start += len(rows)
+
+    async def _insert(self, rows: list[tuple[Any, ...]]) -> list[str]:
+        """One transaction: the rows, their projects, and the uids they ended up with."""
         async with self._write_lock:
             conn = self.writer
             await conn.execute("BEGIN IMMEDIATE")

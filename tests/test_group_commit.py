@@ -1,0 +1,47 @@
+"""Concurrent adds are committed together (SQLiteStore.add's group commit): every caller gets
+its own uids in order, a bad batch in the group fails alone, and everything acknowledged is
+stored."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from memory.engine import MemoryEngine
+from memory.model import InvalidInput
+from tests.conftest import ORG, PROJECT, episode
+
+
+async def test_concurrent_adds_each_get_their_own_uids(engine: MemoryEngine) -> None:
+    taken = (await engine.add([episode("the first message", source_id="first")]))[0]
+    batches = [
+        [episode(f"batch {b} message {i}", source_id=f"b{b}m{i}") for i in range(b % 3 + 1)]
+        for b in range(30)
+    ]
+    calls = [engine.add(batch) for batch in batches]
+    # a batch whose uid is already another message's: refused, and only it
+    calls.append(engine.add([episode("a stolen uid", uid=taken, source_id="thief")]))
+    # the same source twice at once: stored once, both callers get its uid
+    calls += [engine.add([episode("twice", source_id="dup")]) for _ in range(2)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(results[30], InvalidInput)
+    twice = results[31:]
+    assert not isinstance(twice[0], BaseException) and twice[0] == twice[1]
+    for batch, uids in zip(batches, results[:30], strict=True):
+        assert not isinstance(uids, BaseException)
+        stored = await engine.get(ORG, PROJECT, uids)
+        assert [e.content for e in sorted(stored, key=lambda e: uids.index(e.uid))] == [
+            e.content for e in batch
+        ]
+    all_uids = [u for r in results[:30] if isinstance(r, list) for u in r]
+    assert len(set(all_uids)) == len(all_uids) == sum(len(b) for b in batches)
+    assert (await engine.get(ORG, PROJECT, [taken]))[0].content == "the first message"
+
+
+async def test_a_lone_bad_batch_still_raises(engine: MemoryEngine) -> None:
+    taken = (await engine.add([episode("mine")]))[0]
+    with pytest.raises(InvalidInput, match="not stored"):
+        await engine.add([episode("not mine", uid=taken, source_id="other")])
+    assert await engine.add([episode("after the error")])  # the store still writes
