@@ -1,16 +1,18 @@
 """Concurrent adds are committed together (SQLiteStore.add's group commit): every caller gets
-its own uids in order, a bad batch in the group fails alone, and everything acknowledged is
-stored."""
+its own uids in order, a bad batch in the group fails alone, everything acknowledged is
+stored, and concurrent REST adds end up in shared transactions (seen on the store's connection)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from memory.engine import MemoryEngine
 from memory.model import InvalidInput
 from tests.conftest import ORG, PROJECT, episode
+from tests.server_harness import running
 
 
 async def test_concurrent_adds_each_get_their_own_uids(engine: MemoryEngine) -> None:
@@ -45,3 +47,38 @@ async def test_a_lone_bad_batch_still_raises(engine: MemoryEngine) -> None:
     with pytest.raises(InvalidInput, match="not stored"):
         await engine.add([episode("not mine", uid=taken, source_id="other")])
     assert await engine.add([episode("after the error")])  # the store still writes
+
+
+async def test_concurrent_rest_adds_share_a_transaction(engine: MemoryEngine) -> None:
+    """Many clients POST one message each at once to the real server: every message is stored
+    under the uid its client got, and the store's own connection shows them committed in fewer
+    transactions than requests, at least one holding several clients' messages."""
+    statements: list[str] = []
+    await engine.store.writer.set_trace_callback(statements.append)
+    clients = 24
+    async with running(engine) as server, httpx.AsyncClient(base_url=server.url) as http:
+
+        async def add(i: int) -> str:
+            body = {"org_id": ORG, "project_id": PROJECT, "messages": [{"content": f"m{i}z"}]}
+            reply = await http.post("/api/v2/memories", json=body, timeout=60)
+            assert reply.status_code == 200, reply.text
+            (result,) = reply.json()["results"]
+            return str(result["uid"])
+
+        uids = await asyncio.gather(*(add(i) for i in range(clients)))
+    await engine.store.writer.set_trace_callback(None)
+
+    stored = await engine.get(ORG, PROJECT, uids)
+    assert sorted(e.content for e in stored) == sorted(f"m{i}z" for i in range(clients))
+    assert {e.uid: e.content for e in stored} == {u: f"m{i}z" for i, u in enumerate(uids)}
+    # the messages each transaction inserted: the trace shows each INSERT with its values
+    # (SQLite may report one statement more than once, so distinct ones are counted)
+    per_transaction: list[set[str]] = []
+    for statement in statements:
+        if statement.startswith("BEGIN"):
+            per_transaction.append(set())
+        elif statement.startswith("INSERT OR IGNORE INTO episodes "):
+            per_transaction[-1].add(statement)
+    adds = [len(inserted) for inserted in per_transaction if inserted]
+    assert sum(adds) == clients, adds
+    assert len(adds) < clients and max(adds) > 1, adds
