@@ -10,7 +10,8 @@ count and the p50/p95/p99 latency of each operation, and the CPU seconds the ser
 client used (both run on the same machine).
 
 ``--profile FILE`` records the server with py-spy meanwhile (``.svg``: a flame graph,
-``.json``: speedscope), to see where its time goes.
+``.json``: speedscope, ``.txt``: collapsed stacks, one per line with its sample count), to see
+where its time goes.
 """
 
 from __future__ import annotations
@@ -276,10 +277,10 @@ def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise ProfilerFailed("--profile needs py-spy (pip install py-spy)")
-    fmt = "speedscope" if out.suffix == ".json" else "flamegraph"
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(out.suffix, "flamegraph")
     command = [spy, "record", "--pid", str(pid), "--format", fmt, "--output", str(out)]
     return subprocess.Popen(
-        [*command, "--rate", "200", "--nonblocking"],
+        [*command, "--rate", "200", "--nonblocking", "--threads"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

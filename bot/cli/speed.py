@@ -29,7 +29,7 @@ def add(bench: Any) -> None:
     load.add_argument("--embedder", default="local", choices=["local", "hash"])
     load.add_argument("--seed-messages", type=int, default=2000, help="stored before the load")
     load.add_argument("--chroma-server", action="store_true", help="vectors in `chroma run`")
-    load.add_argument("--profile", type=Path, help="record the server with py-spy (.svg/.json)")
+    load.add_argument("--profile", type=Path, help="py-spy the server (.svg/.json/.txt)")
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(func=cmd_bench_load)
 
