@@ -1,7 +1,7 @@
 """Load benchmark: the memory server under many concurrent clients.
 
-``channelmind bench load --clients 40 --seconds 30`` starts the real memory server (the code
-path of ``channelmind serve``: uvicorn on a free loopback port, in its own process) on a fresh
+``channelmind bench load --clients 40 --seconds 30`` starts the real memory server
+(``channelmind serve`` on a free loopback port, in its own process) on a fresh
 temporary data folder, seeds it with synthetic chat messages, waits until they are indexed,
 and then drives it with N concurrent clients over the REST API v2 for a fixed time. Each
 client sends one request after another, an add of one message or a project-wide search, 50/50
@@ -42,11 +42,6 @@ ORG = "loadorg"
 PROJECT = "load"
 OPS = ("add", "search")
 PLURAL = {"add": "adds", "search": "searches"}
-# what `channelmind serve --host H --port P` runs, without the CLI around it
-SERVER_CODE = (
-    "import sys; from memory.server.app import run_server;"
-    " run_server(sys.argv[1], int(sys.argv[2]))"
-)
 
 
 @dataclass
@@ -154,7 +149,8 @@ def server_process(
             env["CHANNELMIND_CHROMA_URL"] = f"http://127.0.0.1:{port}"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-c", SERVER_CODE, "127.0.0.1", str(port)]
+        command = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(port)]
         pid = stack.enter_context(
             running(command, env, tmp, tmp / "memory-server.log", f"{url}/api/v2/health")
         )
