@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from pydantic import SecretStr
 
-    from memory.interface import Memory
+    from memory.protocol import Memory
 
     from .core.conversation import Conversation
     from .core.events import Place

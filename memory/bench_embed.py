@@ -29,7 +29,7 @@ CHUNK = 512  # what the engine's indexer hands the embedder at a time
 
 
 def messages(data: Path | None, n: int) -> tuple[list[str], str]:
-    from .engine import embed_text
+    from .model import embed_text
 
     if data is not None:
         from .bench_locomo import load

@@ -22,8 +22,8 @@ import numpy as np
 
 from .bench_scale import Corpus
 from .embedders import Embedder
-from .engine import MemoryEngine, SearchMode
-from .model import Episode, Scope
+from .engine import MemoryEngine
+from .model import Episode, Scope, SearchMode
 
 ORG = "T0EXACT"
 PROJECT = "exact"

@@ -30,8 +30,8 @@ from typing import Any
 
 from .bench_scale import percentile
 from .embedders import Embedder
-from .engine import SEARCH_DEPTH, MemoryEngine, SearchMode
-from .model import Episode, Scope
+from .engine import SEARCH_DEPTH, MemoryEngine
+from .model import Episode, Scope, SearchMode
 from .ranking_fit import Labelled, fit_calibration, fit_weights
 from .retrieval import Ranking, RankingModel
 

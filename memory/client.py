@@ -1,11 +1,12 @@
-"""MemoryClient: a remote memory server behind the MemoryEngine interface.
+"""MemoryClient: the memory contract (:class:`memory.protocol.Memory`) over HTTP.
 
 A bot pointed at a shared memory server (``CHANNELMIND_MEMORY_URL``) uses this instead of an
-embedded engine: the same method names, arguments and return types (Episode, Fact,
-SearchResult, Stats...), over the server's ``/api/cm`` routes (and ``/api/v2/projects/list``).
-Both satisfy :class:`memory.interface.Memory`, the protocol the bot is typed with; relevance by
-meaning uses the server's embedder (:meth:`MemoryClient.similarities`), as the engine's own.
-Filters may be strings or parsed :data:`memory.filters.Filter` trees; trees are sent as text.
+embedded engine: the same methods and records (Episode, Fact, SearchResult, Stats...), over the
+server's ``/api/cm`` routes (and ``/api/v2/projects/list``), whose bodies are defined once in
+:mod:`memory.server.api_cm.bodies` for the server and this client. Requests are sent as the
+caller gave them: the server validates them, and its 422 comes back as ``InvalidInput``.
+Relevance by meaning uses the server's embedder (:meth:`MemoryClient.similarities`). Filters
+may be strings or parsed :data:`memory.filters.Filter` trees; trees are sent as text.
 
 Errors: a 422 raises :class:`memory.model.InvalidInput` (``FilterError`` for a bad filter), as
 the engine would; other failures raise :class:`MemoryServerError` (``MemoryAccessDenied`` for
@@ -19,19 +20,58 @@ import math
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
-from .engine import ForgetReport, SourceRef
 from .filters import And, Comparison, Filter, FilterError, InList, IsNull, Not, Or, Value
-from .lru import Lru
-from .model import Episode, Fact, InvalidInput, Scope, SearchResult, Stats, TimeRange
+from .model import (
+    Episode,
+    Fact,
+    ForgetReport,
+    InvalidInput,
+    Scope,
+    SearchMode,
+    SearchResult,
+    SourceRef,
+    Stats,
+    TimeRange,
+)
+from .server.api_cm.bodies import (
+    AddEpisodesBody,
+    AddFactBody,
+    Count,
+    CountBody,
+    EditBody,
+    FactsBody,
+    ForgetBody,
+    Indexed,
+    ListBody,
+    MaybeEpisode,
+    NewEpisode,
+    NewFact,
+    Rebuild,
+    RecentBody,
+    SearchBody,
+    SetSettingBody,
+    SettingBody,
+    SettingValue,
+    Similarities,
+    SimilarityBody,
+    SupersedeBody,
+    Uid,
+    Uids,
+    UidsBody,
+    WaitBody,
+)
 
+if TYPE_CHECKING:
+    from .protocol import Memory
+
+_Answer = TypeVar("_Answer", bound=BaseModel)
 _EPISODES = TypeAdapter(list[Episode])
 _FACTS = TypeAdapter(list[Fact])
-_KNOWN_FACTS = 10_000
 
 
 class MemoryServerError(RuntimeError):
@@ -92,7 +132,7 @@ def _filters(filters: str | Filter | None) -> str | None:
 
 
 class MemoryClient:
-    """Async client of a ChannelMind memory server, with MemoryEngine's interface."""
+    """Async client of a ChannelMind memory server: the memory contract over HTTP."""
 
     def __init__(
         self,
@@ -107,9 +147,6 @@ class MemoryClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
-        # Where facts live, learned from facts() and add_fact(), so that supersede_fact keeps
-        # the engine's signature (uid only) while the server still checks the org.
-        self._fact_homes: Lru[str, tuple[str, str]] = Lru(_KNOWN_FACTS)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -122,9 +159,10 @@ class MemoryClient:
 
     # -- transport -------------------------------------------------------------------------
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: BaseModel | None = None) -> Any:
+        payload = None if body is None else body.model_dump(mode="json")
         try:
-            response = await self._http.request(method, path, json=body)
+            response = await self._http.request(method, path, json=payload)
         except httpx.HTTPError as exc:
             raise MemoryServerError(0, f"memory server unreachable: {exc!r}") from exc
         if response.status_code == 204:
@@ -139,34 +177,36 @@ class MemoryClient:
             raise MemoryAccessDenied(response.status_code, message)
         raise MemoryServerError(response.status_code, message)
 
-    async def _post(self, path: str, body: Any) -> Any:
-        return await self._call("POST", path, body)
+    async def _post(self, path: str, body: BaseModel | None, answer: type[_Answer]) -> _Answer:
+        return answer.model_validate(await self._call("POST", path, body))
 
-    def _remember_facts(self, facts: Sequence[Fact]) -> None:
-        for fact in facts:
-            self._fact_homes.put(fact.uid, (fact.org_id, fact.project_id))
+    async def _episodes(self, path: str, body: BaseModel) -> builtins.list[Episode]:
+        return _EPISODES.validate_python(await self._call("POST", path, body))
 
     # -- writes ----------------------------------------------------------------------------
 
     async def add(self, episodes: Sequence[Episode]) -> builtins.list[str]:
         if not episodes:
             return []
-        body = {"episodes": [e.model_dump(mode="json") for e in episodes]}
-        return list((await self._post("/api/cm/episodes/add", body))["uids"])
+        body = AddEpisodesBody.model_construct(
+            episodes=[NewEpisode.model_construct(**dict(e)) for e in episodes]
+        )
+        return (await self._post("/api/cm/episodes/add", body, Uids)).uids
 
     async def edit(
         self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = ""
     ) -> Episode | None:
         if isinstance(ref, SourceRef):
-            body: dict[str, Any] = {"ref": ref.model_dump(), "content": content}
+            body = EditBody.model_construct(ref=ref, content=content)
         else:
-            body = {"uid": ref, "org_id": org_id, "project_id": project_id, "content": content}
-        found = (await self._post("/api/cm/episodes/edit", body))["episode"]
-        return None if found is None else Episode.model_validate(found)
+            body = EditBody.model_construct(
+                uid=ref, org_id=org_id, project_id=project_id, content=content
+            )
+        return (await self._post("/api/cm/episodes/edit", body, MaybeEpisode)).episode
 
     async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> builtins.list[str]:
-        body = {"org_id": org_id, "project_id": project_id, "uids": list(uids)}
-        return list((await self._post("/api/cm/episodes/delete", body))["uids"])
+        body = UidsBody.model_construct(org_id=org_id, project_id=project_id, uids=list(uids))
+        return (await self._post("/api/cm/episodes/delete", body, Uids)).uids
 
     async def forget(
         self,
@@ -179,28 +219,27 @@ class MemoryClient:
         filters: str | Filter | None = None,
         facts_about_producer: bool = True,
     ) -> ForgetReport:
-        body = {
-            "org_id": org_id,
-            "project_id": project_id,
-            "producer": producer,
-            "produced_for": produced_for,
-            "thread_id": thread_id,
-            "filters": _filters(filters),
-            "facts_about_producer": facts_about_producer,
-        }
-        return ForgetReport.model_validate(await self._post("/api/cm/forget", body))
+        body = ForgetBody.model_construct(
+            org_id=org_id,
+            project_id=project_id,
+            producer=producer,
+            produced_for=produced_for,
+            thread_id=thread_id,
+            filters=_filters(filters),
+            facts_about_producer=facts_about_producer,
+        )
+        return await self._post("/api/cm/forget", body, ForgetReport)
 
     # -- reads -----------------------------------------------------------------------------
 
     async def get(
         self, org_id: str, project_id: str, uids: Sequence[str]
     ) -> builtins.list[Episode]:
-        body = {"org_id": org_id, "project_id": project_id, "uids": list(uids)}
-        return _EPISODES.validate_python(await self._post("/api/cm/episodes/get", body))
+        body = UidsBody.model_construct(org_id=org_id, project_id=project_id, uids=list(uids))
+        return await self._episodes("/api/cm/episodes/get", body)
 
     async def get_by_source(self, ref: SourceRef) -> Episode | None:
-        found = (await self._post("/api/cm/episodes/by_source", ref.model_dump()))["episode"]
-        return None if found is None else Episode.model_validate(found)
+        return (await self._post("/api/cm/episodes/by_source", ref, MaybeEpisode)).episode
 
     async def list(
         self,
@@ -210,22 +249,22 @@ class MemoryClient:
         page_num: int = 0,
         time: TimeRange | None = None,
     ) -> builtins.list[Episode]:
-        body = {
-            "scope": scope.model_dump(mode="json"),
-            "filters": _filters(filters),
-            "page_size": page_size,
-            "page_num": page_num,
-            "time": time.model_dump(mode="json") if time else None,
-        }
-        return _EPISODES.validate_python(await self._post("/api/cm/episodes/list", body))
+        body = ListBody.model_construct(
+            scope=scope,
+            filters=_filters(filters),
+            page_size=page_size,
+            page_num=page_num,
+            time=time,
+        )
+        return await self._episodes("/api/cm/episodes/list", body)
 
     async def count(self, scope: Scope, filters: str | Filter | None = None) -> int:
-        body = {"scope": scope.model_dump(mode="json"), "filters": _filters(filters)}
-        return int((await self._post("/api/cm/episodes/count", body))["count"])
+        body = CountBody.model_construct(scope=scope, filters=_filters(filters))
+        return (await self._post("/api/cm/episodes/count", body, Count)).count
 
     async def recent(self, scope: Scope, n: int = 20) -> builtins.list[Episode]:
-        body = {"scope": scope.model_dump(mode="json"), "n": n}
-        return _EPISODES.validate_python(await self._post("/api/cm/episodes/recent", body))
+        body = RecentBody.model_construct(scope=scope, n=n)
+        return await self._episodes("/api/cm/episodes/recent", body)
 
     async def search(
         self,
@@ -236,59 +275,56 @@ class MemoryClient:
         expand_context: int = 0,
         *,
         time: TimeRange | None = None,
-        mode: Literal["hybrid", "keyword", "vector"] = "hybrid",
+        mode: SearchMode = "hybrid",
         score_threshold: float | None = None,
         statements_only: bool = False,
     ) -> SearchResult:
-        body = {
-            "query": query,
-            "scope": scope.model_dump(mode="json"),
-            "filters": _filters(filters),
-            "top_k": top_k,
-            "expand_context": expand_context,
-            "time": time.model_dump(mode="json") if time else None,
-            "mode": mode,
-            "score_threshold": score_threshold,
-            "statements_only": statements_only,
-        }
-        return SearchResult.model_validate(await self._post("/api/cm/search", body))
+        body = SearchBody.model_construct(
+            query=query,
+            scope=scope,
+            filters=_filters(filters),
+            top_k=top_k,
+            expand_context=expand_context,
+            time=time,
+            mode=mode,
+            score_threshold=score_threshold,
+            statements_only=statements_only,
+        )
+        return await self._post("/api/cm/search", body, SearchResult)
 
     async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
         """As the engine's: TimeoutError if indexing is not done within ``timeout``."""
         wait = min(max(timeout or 300.0, 0.01), 300.0)
         http_timeout = httpx.Timeout(self._http.timeout.read or 30.0, read=wait + 30.0)
+        body = WaitBody.model_construct(timeout=wait)
         try:
             response = await self._http.post(
-                "/api/cm/index/wait", json={"timeout": wait}, timeout=http_timeout
+                "/api/cm/index/wait", json=body.model_dump(mode="json"), timeout=http_timeout
             )
         except httpx.HTTPError as exc:
             raise MemoryServerError(0, f"memory server unreachable: {exc!r}") from exc
         if not response.is_success:
             raise MemoryServerError(response.status_code, _message(response))
-        if not response.json().get("done"):
+        if not Indexed.model_validate(response.json()).done:
             raise TimeoutError(f"the memory server did not finish indexing in {wait} s")
 
     async def rebuild_index(self) -> int:
         """Rebuild the vector index inside the server (the process that owns the data folder);
         the number of episodes queued. :meth:`wait_indexed` tells when they are embedded. The
         key must grant every org (``*``)."""
-        return int((await self._post("/api/cm/index/rebuild", None))["queued"])
+        return (await self._post("/api/cm/index/rebuild", None, Rebuild)).queued
 
     async def similarities(self, query: str, texts: Sequence[str]) -> builtins.list[float] | None:
-        """:func:`memory.embedders.similarities` under the server's embedder (None for the
-        hashing one); :func:`memory.interface.similarities` uses it to judge relevance."""
-        body = {"query": query, "texts": list(texts)}
-        scores = (await self._post("/api/cm/similarity", body))["scores"]
-        return None if scores is None else [float(s) for s in scores]
+        """Similarity of each text to ``query`` under the server's embedder (None for the
+        hashing one), so that a bot on this server judges relevance as an embedded one."""
+        body = SimilarityBody.model_construct(query=query, texts=list(texts))
+        return (await self._post("/api/cm/similarity", body, Similarities)).scores
 
     # -- facts -----------------------------------------------------------------------------
 
     async def add_fact(self, fact: Fact) -> str:
-        uid = str(
-            (await self._post("/api/cm/facts/add", {"fact": fact.model_dump(mode="json")}))["uid"]
-        )
-        self._remember_facts([fact.model_copy(update={"uid": uid})])
-        return uid
+        body = AddFactBody.model_construct(fact=NewFact.model_construct(**dict(fact)))
+        return (await self._post("/api/cm/facts/add", body, Uid)).uid
 
     async def facts(
         self,
@@ -300,74 +336,55 @@ class MemoryClient:
         include_superseded: bool = False,
         uids: Sequence[str] | None = None,
     ) -> builtins.list[Fact]:
-        body = {
-            "org_id": org_id,
-            "project_id": project_id,
-            "subject": subject,
-            "produced_for": produced_for,
-            "include_superseded": include_superseded,
-            "uids": None if uids is None else list(uids),
-        }
-        found = _FACTS.validate_python(await self._post("/api/cm/facts/list", body))
-        self._remember_facts(found)
-        return found
+        body = FactsBody.model_construct(
+            org_id=org_id,
+            project_id=project_id,
+            subject=subject,
+            produced_for=produced_for,
+            include_superseded=include_superseded,
+            uids=None if uids is None else list(uids),
+        )
+        return _FACTS.validate_python(await self._call("POST", "/api/cm/facts/list", body))
 
     async def supersede_fact(
-        self,
-        uid: str,
-        by: str,
-        when: datetime | None = None,
-        *,
-        org_id: str | None = None,
-        project_id: str | None = None,
-    ) -> None:
-        """As the engine's; the fact's org and project are those seen by :meth:`facts` or
-        :meth:`add_fact` unless given."""
-        if org_id is None or project_id is None:
-            home = self._fact_homes.get(uid)
-            if home is None:
-                raise InvalidInput(
-                    f"unknown fact {uid!r}: read it with facts() first, or pass org_id and"
-                    " project_id"
-                )
-            org_id, project_id = home
-        body = {
-            "org_id": org_id,
-            "project_id": project_id,
-            "uid": uid,
-            "by": by,
-            "when": when.isoformat() if when else None,
-        }
-        await self._post("/api/cm/facts/supersede", body)
+        self, org_id: str, project_id: str, uid: str, by: str, when: datetime | None = None
+    ) -> bool:
+        body = SupersedeBody.model_construct(
+            org_id=org_id, project_id=project_id, uid=uid, by=by, when=when
+        )
+        try:
+            await self._call("POST", "/api/cm/facts/supersede", body)
+        except MemoryServerError as exc:
+            if exc.status == 404:  # not both facts of this org and project
+                return False
+            raise
+        return True
 
     async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int:
-        body = {"org_id": org_id, "project_id": project_id, "uids": list(uids)}
-        return int((await self._post("/api/cm/facts/delete", body))["count"])
+        body = UidsBody.model_construct(org_id=org_id, project_id=project_id, uids=list(uids))
+        return (await self._post("/api/cm/facts/delete", body, Count)).count
 
     # -- projects, settings, stats ---------------------------------------------------------
 
     async def list_projects(self, org_id: str | None = None) -> builtins.list[tuple[str, str]]:
-        rows = await self._post("/api/v2/projects/list", None)
+        rows = await self._call("POST", "/api/v2/projects/list")
         return [
             (r["org_id"], r["project_id"]) for r in rows if org_id is None or r["org_id"] == org_id
         ]
 
     async def get_setting(self, org_id: str, project_id: str, subject: str, key: str) -> str | None:
-        body = {"org_id": org_id, "project_id": project_id, "subject": subject, "key": key}
-        value = (await self._post("/api/cm/settings/get", body))["value"]
-        return None if value is None else str(value)
+        body = SettingBody.model_construct(
+            org_id=org_id, project_id=project_id, subject=subject, key=key
+        )
+        return (await self._post("/api/cm/settings/get", body, SettingValue)).value
 
     async def set_setting(
         self, org_id: str, project_id: str, subject: str, key: str, value: str | None
     ) -> None:
-        body = {
-            "org_id": org_id,
-            "project_id": project_id,
-            "subject": subject,
-            "key": key,
-            "value": value,
-        }
-        await self._post("/api/cm/settings/set", body)
+        body = SetSettingBody.model_construct(
+            org_id=org_id, project_id=project_id, subject=subject, key=key, value=value
+        )
+        await self._call("POST", "/api/cm/settings/set", body)
 
     async def stats(self) -> Stats:
         return Stats.model_validate(await self._call("GET", "/api/cm/stats"))
@@ -392,3 +409,9 @@ def _message(response: httpx.Response) -> str:
         # internal_error is the engine's own message, without the envelope's prefix
         return str(detail.get("internal_error") or detail.get("message") or detail)
     return str(detail)
+
+
+if TYPE_CHECKING:  # mypy proves that the client is a Memory
+
+    def _is_a_memory(client: MemoryClient) -> Memory:
+        return client

@@ -22,31 +22,31 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
 
 from .config import MemorySettings
-from .embedders import Embedder, Vectors, make_embedder
+from .embedders import Embedder, Vectors, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
 from .model import (
-    ID_SCHEMA,
-    REF_SCHEMA,
     Episode,
     Fact,
+    ForgetReport,
     Hit,
     InvalidInput,
     Scope,
+    SearchMode,
     SearchResult,
     Source,
+    SourceRef,
     Stats,
     TimeRange,
-    check_ref,
     check_safe_id,
     check_text,
     check_time,
+    embed_text,
     utcnow,
 )
 from .retrieval import Candidate, Query, Ranking
@@ -54,10 +54,11 @@ from .sqlite_store import SQLiteStore
 from .text import asks
 from .vector_index import VectorIndex, VectorItem, open_chroma
 
+if TYPE_CHECKING:
+    from .protocol import Memory
+
 log = logging.getLogger(__name__)
 
-SearchMode = Literal["hybrid", "keyword", "vector"]
-EMBED_CHARS = 2000  # the models read ~256 tokens; more text only costs time
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
 SEARCH_DEPTH = 100
@@ -65,39 +66,6 @@ SEARCH_DEPTH = 100
 
 class EmbedderMismatch(RuntimeError):
     """The configured embedder is not the one the index was built with."""
-
-
-class SourceRef(BaseModel):
-    """A message as its platform knows it."""
-
-    org_id: str = Field(json_schema_extra=ID_SCHEMA)
-    project_id: str = Field(json_schema_extra=ID_SCHEMA)
-    platform: str = Field(json_schema_extra=REF_SCHEMA)
-    source_id: str = Field(json_schema_extra=REF_SCHEMA)
-
-    @field_validator("org_id", "project_id")
-    @classmethod
-    def _ids(cls, v: str, info: Any) -> str:
-        return check_safe_id(v, info.field_name)
-
-    @field_validator("platform", "source_id")
-    @classmethod
-    def _refs(cls, v: str, info: Any) -> str:
-        return check_ref(v, info.field_name)
-
-
-class ForgetReport(BaseModel):
-    episodes: int
-    facts: int
-    uids: list[str]
-
-
-def embed_text(ep: Episode) -> str:
-    """How a message is written for the embedder: its author, then its words in quotes. The
-    quotes tell the model where the name ends and the message begins: on LoCoMo (MiniLM,
-    vector-only recall@10) ``name: text`` scored 0.50 and ``name: "text"`` 0.60; a date
-    prefix lowered the hybrid figure (README, "Benchmarks")."""
-    return f'{ep.display_name}: "{ep.content}"'[:EMBED_CHARS]
 
 
 class MemoryEngine:
@@ -362,6 +330,11 @@ class MemoryEngine:
         except Exception:
             return False
         return True
+
+    async def similarities(self, query: str, texts: Sequence[str]) -> builtins.list[float] | None:
+        """Cosine similarity of each text to ``query`` under this engine's embedder; None when
+        the embedder cannot tell meaning (the hashing one)."""
+        return await asyncio.to_thread(similarities, self.embedder, query, texts)
 
     async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
         """Wait until every stored row is in the vector index (tests, benchmarks, CLI)."""
@@ -778,9 +751,13 @@ class MemoryEngine:
             uids=uids,
         )
 
-    async def supersede_fact(self, uid: str, by: str, when: datetime | None = None) -> None:
+    async def supersede_fact(
+        self, org_id: str, project_id: str, uid: str, by: str, when: datetime | None = None
+    ) -> bool:
+        """Mark a fact replaced by another of the same org and project; False (and nothing
+        changed) unless both are facts there."""
         when = check_time(when, "when") if when is not None else utcnow()
-        await self.store.supersede_fact(uid, by, when)
+        return await self.store.supersede_fact(org_id, project_id, uid, by, when)
 
     async def fact_uids(
         self, org_id: str, project_id: str, uids: Sequence[str]
@@ -841,3 +818,9 @@ class MemoryEngine:
             else 0
         )
         return Stats(**counts, vectors=vectors, embedder=self.embedder.fingerprint, disk_bytes=disk)
+
+
+if TYPE_CHECKING:  # mypy proves that the engine is a Memory
+
+    def _is_a_memory(engine: MemoryEngine) -> Memory:
+        return engine

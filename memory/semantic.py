@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
     from openai.types.shared_params import ResponseFormatJSONSchema
 
-    from .interface import Memory
+    from .protocol import Memory
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ async def supersede(memory: Memory, fact: Fact, old: Fact | None) -> str | None:
         await memory.delete_facts(fact.org_id, fact.project_id, [uid])
         return None
     if old is not None:
-        await memory.supersede_fact(old.uid, uid, utcnow())
+        await memory.supersede_fact(old.org_id, old.project_id, old.uid, uid, utcnow())
     return uid
 
 

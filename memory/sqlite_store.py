@@ -1054,12 +1054,20 @@ class SQLiteStore:
                 raise
         return uid
 
-    async def supersede_fact(self, uid: str, by: str, when: datetime) -> None:
+    async def supersede_fact(
+        self, org_id: str, project_id: str, uid: str, by: str, when: datetime
+    ) -> bool:
+        """Mark a fact superseded by another; False unless both are facts of this org and
+        project."""
         async with self._write_lock:
-            await self.writer.execute(
-                "UPDATE facts SET superseded_at = ?, superseded_by = ? WHERE uid = ?",
-                (to_epoch(when), by, uid),
+            cur = await self.writer.execute(
+                "UPDATE facts SET superseded_at = ?, superseded_by = ? WHERE org_id = ?"
+                " AND project_id = ? AND uid = ? AND EXISTS (SELECT 1 FROM facts b"
+                " WHERE b.org_id = facts.org_id AND b.project_id = facts.project_id"
+                " AND b.uid = ?)",
+                (to_epoch(when), by, org_id, project_id, uid, by),
             )
+            return cur.rowcount > 0
 
     async def facts(
         self,

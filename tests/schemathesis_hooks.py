@@ -11,7 +11,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import strategies as st
 
-from memory.server.specs import FILTER_FORMAT
+from memory.server.fields import FILTER_FORMAT
 
 _LITERALS = st.text(max_size=20).map(lambda t: "'" + t.replace("'", "''") + "'")
 

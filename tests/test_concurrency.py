@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 from memory.embedders import HashEmbedder, Vectors
-from memory.engine import MemoryEngine, SourceRef
-from memory.model import Scope
+from memory.engine import MemoryEngine
+from memory.model import Scope, SourceRef
 from tests.conftest import ORG, PROJECT, episode
 
 WORKERS = 20  # writers, and as many readers

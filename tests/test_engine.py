@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from memory.embedders import HashEmbedder
-from memory.engine import EmbedderMismatch, MemoryEngine, SourceRef, embed_text
+from memory.engine import EmbedderMismatch, MemoryEngine
 from memory.filters import matches, parse_filter
-from memory.model import Fact, Scope, TimeRange
+from memory.model import Fact, Scope, SourceRef, TimeRange, embed_text
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
 
 SCOPE = Scope(org_id=ORG, project_id=PROJECT)

@@ -26,8 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from memory.engine import embed_text
-from memory.model import Episode
+from memory.model import Episode, embed_text
 
 from .disk_scan import DenseEmbedder, scan
 from .server_harness import ROOT, free_port

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memory.client import MemoryAccessDenied, MemoryClient, MemoryServerError, filter_text
-from memory.engine import MemoryEngine, SourceRef
+from memory.engine import MemoryEngine
 from memory.filters import Comparison, FilterError, parse_filter
-from memory.model import Fact, InvalidInput, Scope, TimeRange
+from memory.model import Fact, InvalidInput, Scope, SourceRef, TimeRange
 
 from .conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
 from .server_harness import Running, running
@@ -106,7 +106,7 @@ async def test_forget_facts_settings_projects(client: MemoryClient, server: Runn
     )
     old_uid = await client.add_fact(fact)
     new_uid = await client.add_fact(fact.model_copy(update={"value": "Lisbon (Alfama)"}))
-    await client.supersede_fact(old_uid, new_uid)
+    assert await client.supersede_fact(ORG, PROJECT, old_uid, new_uid)
     current = await client.facts(ORG, PROJECT, subject=ALICE)
     assert [(f.uid, f.value, f.citations) for f in current] == [
         (new_uid, "Lisbon (Alfama)", [uids[0]])
@@ -117,9 +117,10 @@ async def test_forget_facts_settings_projects(client: MemoryClient, server: Runn
         0
     ].superseded_by == new_uid
     async with MemoryClient(client.base_url, "k-team") as fresh:  # has not seen the fact
-        with pytest.raises(InvalidInput, match="unknown fact"):
-            await fresh.supersede_fact(old_uid, new_uid)
-        await fresh.supersede_fact(old_uid, new_uid, org_id=ORG, project_id=PROJECT)
+        # The fact is named with its org and project: no client-side memory of where it lives.
+        assert await fresh.supersede_fact(ORG, PROJECT, old_uid, new_uid)
+        assert not await fresh.supersede_fact(ORG, PROJECT, old_uid, "no-such-fact")
+        assert not await fresh.supersede_fact(ORG, "elsewhere", old_uid, new_uid)
 
     old = parse_filter("created_at < date('2021-01-01T00:00:00+00:00')")
     report = await client.forget(ORG, project_id=PROJECT, filters=old)

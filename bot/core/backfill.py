@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from memory.interface import Memory
+from memory.protocol import Memory
 
 from .events import Place
 from .tokens import read_keyed, write_keyed

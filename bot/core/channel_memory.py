@@ -18,10 +18,9 @@ from typing import Any
 from bot.settings import Settings
 from memory import Episode, Fact, Scope, SourceRef, TimeRange, parse_filter
 from memory.client import MemoryAccessDenied
-from memory.engine import embed_text
 from memory.filters import Comparison, Filter
-from memory.interface import Memory, similarities
-from memory.model import LINK_KEY, NAME_KEY, utcnow
+from memory.model import LINK_KEY, NAME_KEY, embed_text, utcnow
+from memory.protocol import Memory
 from memory.semantic import SemanticMemory
 from memory.text import plural
 
@@ -407,7 +406,7 @@ class ChannelMemory:
         if not episodes:
             return set()
         try:
-            sims = await similarities(self.memory, query, [embed_text(e) for e in episodes])
+            sims = await self.memory.similarities(query, [embed_text(e) for e in episodes])
         except Exception:
             log.exception("relevance check failed; using keyword matches only")
             return set()

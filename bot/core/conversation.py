@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from bot.platforms.base import Platform, Platforms
 from bot.settings import Settings
-from memory import Episode, InvalidInput, interface
+from memory import Episode, InvalidInput, protocol
 from memory.lru import LruSet
 from memory.semantic import SemanticMemory
 
@@ -53,7 +53,7 @@ class Conversation:
 
     def __init__(
         self,
-        memory: interface.Memory,
+        memory: protocol.Memory,
         responder: Responder,
         settings: Settings,
         semantic: SemanticMemory | None = None,

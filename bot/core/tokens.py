@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from memory.interface import Memory
+from memory.protocol import Memory
 
 #: Where the key of the tokens is kept (settings subject and key).
 TOKEN_KEY_SUBJECT, TOKEN_KEY = "channelmind", "channel-token-key"

@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 from bot.core.channel_memory import ChannelMemory
 from bot.core.events import MessageEvent
 from memory import Episode
-from memory.interface import Memory
 from memory.model import utcnow
+from memory.protocol import Memory
 
 BATCH = 500
 

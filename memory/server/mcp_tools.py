@@ -33,8 +33,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import ValidationError
 
 from .auth import OPEN, Principal, forbidden_message, principal_of
+from .fields import check_id
 from .service import MemoryService, ServiceError, invalid_from
-from .specs import AddMemoriesSpec, MemoryMessage, SearchMemoriesSpec, check_id
+from .specs import AddMemoriesSpec, MemoryMessage, SearchMemoriesSpec
 
 if TYPE_CHECKING:
     from memory.engine import MemoryEngine

@@ -1,213 +1,45 @@
 """ChannelMind's own routes under ``/api/cm``: what MemMachine's v2 cannot express (edits,
 forgetting by producer or channel, source refs, per-user settings, facts with citations, the
-engine's own records). :class:`memory.client.MemoryClient` uses them to give a bot on another
-machine the MemoryEngine interface. Same auth as v2; bodies and answers are the engine's own
-models (Episode, Fact, Scope, SearchResult, Stats...).
+engine's own records). :class:`memory.client.MemoryClient` uses them to offer the
+:class:`memory.protocol.Memory` contract on another machine. Same auth as v2; the bodies are
+defined once, in :mod:`memory.server.api_cm.bodies`, for both sides.
 """
 
 from __future__ import annotations
 
-import asyncio
-from datetime import datetime
-from typing import Literal
-
 from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memory.embedders import similarities
-from memory.engine import ForgetReport, SourceRef
-from memory.model import TIME_SCHEMA, Episode, Fact, Scope, SearchResult, Stats, TimeRange
+from memory.model import Episode, Fact, ForgetReport, SearchResult, SourceRef, Stats
 
+from .api_cm.bodies import (
+    AddEpisodesBody,
+    AddFactBody,
+    Count,
+    CountBody,
+    EditBody,
+    FactsBody,
+    ForgetBody,
+    Indexed,
+    ListBody,
+    MaybeEpisode,
+    Rebuild,
+    RecentBody,
+    SearchBody,
+    SetSettingBody,
+    SettingBody,
+    SettingValue,
+    Similarities,
+    SimilarityBody,
+    SupersedeBody,
+    Uid,
+    Uids,
+    UidsBody,
+    WaitBody,
+)
 from .auth import principal_of
 from .rest_v2 import _ERRORS, _NOT_FOUND, authorize, service_of
-from .specs import (
-    MAX_EXPAND,
-    MAX_PAGE_NUM,
-    MAX_PAGE_SIZE,
-    MAX_TOP_K,
-    Content,
-    FilterText,
-    SafeId,
-    Text,
-)
-
-#: Uids are the server's to assign: a caller-chosen one that another org already has could
-#: not be stored, and saying so would tell the caller that the other org has it.
-SERVER_ASSIGNS_UIDS = "uid is assigned by the server; leave it empty"
 
 router = APIRouter(prefix="/api/cm", responses=_ERRORS, tags=["channelmind"])
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _ServerAssignsUid(BaseModel):
-    """A record to store: its uid is the server's to assign."""
-
-    uid: str = Field("", description=SERVER_ASSIGNS_UIDS, json_schema_extra={"maxLength": 0})
-
-    @field_validator("uid")
-    @classmethod
-    def _no_uid(cls, uid: str) -> str:
-        if uid:
-            raise ValueError(SERVER_ASSIGNS_UIDS)
-        return uid
-
-
-class NewEpisode(_ServerAssignsUid, Episode):
-    """An episode to store."""
-
-
-class NewFact(_ServerAssignsUid, Fact):
-    """A fact to store."""
-
-
-class AddEpisodesBody(_Body):
-    episodes: list[NewEpisode] = Field(max_length=10_000)
-
-
-class SearchBody(_Body):
-    query: Text = Field(max_length=100_000)
-    scope: Scope
-    filters: FilterText | None = None
-    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
-    expand_context: int = Field(default=0, ge=0, le=MAX_EXPAND)
-    time: TimeRange | None = None
-    mode: Literal["hybrid", "keyword", "vector"] = "hybrid"
-    score_threshold: float | None = Field(default=None, allow_inf_nan=False)
-    statements_only: bool = False  # leave out messages that ask (see MemoryEngine.search)
-
-
-class RecentBody(_Body):
-    scope: Scope
-    n: int = Field(default=20, ge=1, le=MAX_PAGE_SIZE)
-
-
-class ListBody(_Body):
-    scope: Scope
-    filters: FilterText | None = None
-    page_size: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
-    page_num: int = Field(default=0, ge=0, le=MAX_PAGE_NUM)
-    time: TimeRange | None = None
-
-
-class CountBody(_Body):
-    scope: Scope
-    filters: FilterText | None = None
-
-
-class UidsBody(_Body):
-    org_id: SafeId
-    project_id: SafeId
-    uids: list[SafeId] = Field(max_length=10_000)
-
-
-class ForgetBody(_Body):
-    org_id: SafeId
-    project_id: SafeId | None = None
-    producer: Text | None = None
-    produced_for: Text | None = None
-    thread_id: Text | None = None
-    filters: FilterText | None = None
-    facts_about_producer: bool = True
-
-
-class EditBody(_Body):
-    """Either ``ref`` (the platform's message) or ``uid`` with ``org_id`` and ``project_id``."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "anyOf": [
-                {"required": ["ref"], "properties": {"ref": {"type": "object"}}},
-                {
-                    "required": ["uid", "org_id", "project_id"],
-                    "properties": {
-                        "uid": {"type": "string"},
-                        "org_id": {"type": "string"},
-                        "project_id": {"type": "string"},
-                    },
-                },
-            ]
-        },
-    )
-
-    ref: SourceRef | None = None
-    uid: SafeId | None = None
-    org_id: SafeId | None = None
-    project_id: SafeId | None = None
-    content: Content
-
-
-class FactsBody(_Body):
-    org_id: SafeId
-    project_id: SafeId
-    subject: Text | None = None
-    produced_for: Text | None = None
-    include_superseded: bool = False
-    uids: list[SafeId] | None = Field(default=None, max_length=10_000)
-
-
-class AddFactBody(_Body):
-    fact: NewFact
-
-
-class SupersedeBody(_Body):
-    org_id: SafeId
-    project_id: SafeId
-    uid: SafeId
-    by: SafeId
-    when: datetime | None = Field(None, json_schema_extra=TIME_SCHEMA)
-
-
-class SimilarityBody(_Body):
-    query: Text = Field(max_length=100_000)
-    texts: list[Text] = Field(max_length=1000)
-
-
-class Similarities(BaseModel):
-    embedder: str
-    scores: list[float] | None  # None: the hashing embedder, which does not measure meaning
-
-
-class WaitBody(_Body):
-    timeout: float = Field(default=60.0, ge=0.01, le=300)
-
-
-class Indexed(BaseModel):
-    done: bool
-
-
-class SettingBody(_Body):
-    org_id: SafeId
-    project_id: SafeId
-    subject: Text = Field(max_length=256)
-    key: Text = Field(max_length=256)
-
-
-class SetSettingBody(SettingBody):
-    value: Text | None = Field(default=None, max_length=100_000)
-
-
-class Uids(BaseModel):
-    uids: list[str]
-
-
-class Uid(BaseModel):
-    uid: str
-
-
-class Count(BaseModel):
-    count: int
-
-
-class MaybeEpisode(BaseModel):
-    episode: Episode | None
-
-
-class Value(BaseModel):
-    value: str | None
 
 
 @router.post("/episodes/add", response_model=Uids)
@@ -340,7 +172,7 @@ async def supersede_fact(body: SupersedeBody, request: Request) -> Response:
     for uid in (body.uid, body.by):
         if uid not in known:
             raise HTTPException(404, f"no fact {uid!r} in {body.org_id}/{body.project_id}")
-    await engine.supersede_fact(body.uid, body.by, body.when)
+    await engine.supersede_fact(body.org_id, body.project_id, body.uid, body.by, body.when)
     return Response(status_code=204)
 
 
@@ -351,13 +183,13 @@ async def delete_facts(body: UidsBody, request: Request) -> Count:
     return Count(count=n)
 
 
-@router.post("/settings/get", response_model=Value)
-async def get_setting(body: SettingBody, request: Request) -> Value:
+@router.post("/settings/get", response_model=SettingValue)
+async def get_setting(body: SettingBody, request: Request) -> SettingValue:
     authorize(request, body.org_id)
     value = await service_of(request).engine.get_setting(
         body.org_id, body.project_id, body.subject, body.key
     )
-    return Value(value=value)
+    return SettingValue(value=value)
 
 
 @router.post("/settings/set", status_code=204, response_class=Response)
@@ -374,9 +206,9 @@ async def similarity(body: SimilarityBody, request: Request) -> Similarities:
     """Cosine similarity of each text to the query under the server's embedder, so that a bot
     on this server judges relevance by meaning as an embedded one does. It reads no stored
     record, so any valid key may ask."""
-    embedder = service_of(request).engine.embedder
-    scores = await asyncio.to_thread(similarities, embedder, body.query, body.texts)
-    return Similarities(embedder=embedder.name, scores=scores)
+    engine = service_of(request).engine
+    scores = await engine.similarities(body.query, body.texts)
+    return Similarities(embedder=engine.embedder.name, scores=scores)
 
 
 @router.post("/index/wait", response_model=Indexed)
@@ -388,10 +220,6 @@ async def wait_indexed(body: WaitBody, request: Request) -> Indexed:
     except TimeoutError:
         return Indexed(done=False)
     return Indexed(done=True)
-
-
-class Rebuild(BaseModel):
-    queued: int
 
 
 @router.post("/index/rebuild", status_code=202, response_model=Rebuild)

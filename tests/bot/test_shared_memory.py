@@ -33,7 +33,7 @@ from bot.settings import Settings
 from memory import MemoryEngine, Scope, SourceRef
 from memory.client import MemoryAccessDenied, MemoryClient
 from memory.embedders import Vectors
-from memory.interface import Memory
+from memory.protocol import Memory
 from tests.bot.helpers import (
     Channel,
     RecordingReplier,

@@ -1,10 +1,11 @@
-"""The memory as the bot sees it: what both the embedded engine and a remote server offer.
+"""The memory contract: what the embedded engine and a remote memory server both offer.
 
-:class:`Memory` lists exactly the methods the chat layer (``bot/``) and semantic memory call.
-:class:`memory.engine.MemoryEngine` (SQLite + Chroma in this process) and
-:class:`memory.client.MemoryClient` (a memory server over HTTP, ``CHANNELMIND_MEMORY_URL``)
-both satisfy it, so the bot is typed against this protocol and either one is a drop-in; the
-check at the bottom of this module makes ``mypy`` prove it.
+:class:`Memory` is the protocol the chat layer (``bot/``), semantic memory and the CLI are
+typed with. :class:`memory.engine.MemoryEngine` (the store and the vector index in this
+process) and :class:`memory.client.MemoryClient` (a memory server over HTTP,
+``CHANNELMIND_MEMORY_URL``) both satisfy it, so either one is a drop-in; each module proves it
+to ``mypy`` at its end. This module imports neither implementation, only the records of
+:mod:`memory.model`.
 
 Both raise :class:`memory.model.InvalidInput` (:class:`memory.filters.FilterError` for a bad
 filter) for input they refuse; any other exception means the memory failed.
@@ -12,16 +13,23 @@ filter) for input they refuse; any other exception means the memory failed.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Protocol
 
-from . import embedders
-from .engine import ForgetReport, SourceRef
 from .filters import Filter
-from .model import Episode, Fact, Scope, SearchResult, TimeRange
+from .model import (
+    Episode,
+    Fact,
+    ForgetReport,
+    Scope,
+    SearchMode,
+    SearchResult,
+    SourceRef,
+    Stats,
+    TimeRange,
+)
 
 
 class Memory(Protocol):
@@ -53,7 +61,9 @@ class Memory(Protocol):
         thread_id: str | None = None,
         filters: str | Filter | None = None,
         facts_about_producer: bool = True,
-    ) -> ForgetReport: ...
+    ) -> ForgetReport:
+        """Forget everything that matches (a person in an org, a channel, a thread...)."""
+        ...
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -85,10 +95,16 @@ class Memory(Protocol):
         expand_context: int = 0,
         *,
         time: TimeRange | None = None,
-        mode: Literal["hybrid", "keyword", "vector"] = "hybrid",
+        mode: SearchMode = "hybrid",
         score_threshold: float | None = None,
         statements_only: bool = False,
     ) -> SearchResult: ...
+
+    async def similarities(self, query: str, texts: Sequence[str]) -> builtins.list[float] | None:
+        """Cosine similarity of each text to ``query`` under the memory's own embedder (on the
+        server for a client, so a bot on a remote memory judges relevance as an embedded one
+        does). None when the embedder cannot tell meaning (the hashing one)."""
+        ...
 
     # -- facts -----------------------------------------------------------------------------
 
@@ -105,7 +121,12 @@ class Memory(Protocol):
         uids: Sequence[str] | None = None,
     ) -> builtins.list[Fact]: ...
 
-    async def supersede_fact(self, uid: str, by: str, when: datetime | None = None) -> None: ...
+    async def supersede_fact(
+        self, org_id: str, project_id: str, uid: str, by: str, when: datetime | None = None
+    ) -> bool:
+        """Mark fact ``uid`` replaced by fact ``by``; False unless both are facts of this org
+        and project."""
+        ...
 
     async def delete_facts(self, org_id: str, project_id: str, uids: Sequence[str]) -> int: ...
 
@@ -121,27 +142,10 @@ class Memory(Protocol):
         self, org_id: str, project_id: str, subject: str, key: str, value: str | None
     ) -> None: ...
 
+    async def wait_indexed(self, timeout: float | None = 120.0) -> None:  # noqa: ASYNC109
+        """Wait until every stored episode is in the vector index (TimeoutError if not)."""
+        ...
+
+    async def stats(self) -> Stats: ...
+
     async def close(self) -> None: ...
-
-
-async def similarities(memory: Memory, query: str, texts: Sequence[str]) -> list[float] | None:
-    """Cosine similarity of each text to ``query`` under the memory's own embedder: in this
-    process for the engine, on the server for a :class:`~memory.client.MemoryClient` (so a bot
-    on a remote memory judges relevance as an embedded one does). None when the embedder
-    cannot tell meaning (the hashing one) or the memory has none."""
-    from .client import MemoryClient
-
-    if isinstance(memory, MemoryClient):
-        return await memory.similarities(query, texts)
-    embedder: embedders.Embedder | None = getattr(memory, "embedder", None)
-    if embedder is None:
-        return None
-    return await asyncio.to_thread(embedders.similarities, embedder, query, texts)
-
-
-if TYPE_CHECKING:  # mypy proves that both implementations are a Memory
-    from .client import MemoryClient
-    from .engine import MemoryEngine
-
-    def _drop_in(engine: MemoryEngine, client: MemoryClient) -> tuple[Memory, Memory]:
-        return engine, client

@@ -1,0 +1,1 @@
+"""The ChannelMind API (``/api/cm``): what MemMachine's v2 cannot express."""
