@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from .filters import And, Comparison, Filter, FilterError, InList, IsNull, Not, Or, Value
 from .model import (
+    Added,
     Episode,
     Fact,
     ForgetReport,
@@ -39,6 +40,7 @@ from .model import (
     TimeRange,
 )
 from .server.api_cm.bodies import (
+    AddedEpisodes,
     AddEpisodesBody,
     AddFactBody,
     Count,
@@ -186,12 +188,16 @@ class MemoryClient:
     # -- writes ----------------------------------------------------------------------------
 
     async def add(self, episodes: Sequence[Episode]) -> builtins.list[str]:
+        return [a.uid for a in await self.add_outcomes(episodes)]
+
+    async def add_outcomes(self, episodes: Sequence[Episode]) -> builtins.list[Added]:
         if not episodes:
             return []
         body = AddEpisodesBody.model_construct(
             episodes=[NewEpisode.model_construct(**dict(e)) for e in episodes]
         )
-        return (await self._post("/api/cm/episodes/add", body, Uids)).uids
+        added = await self._post("/api/cm/episodes/add", body, AddedEpisodes)
+        return [Added(uid, new) for uid, new in zip(added.uids, added.new, strict=True)]
 
     async def edit(
         self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = ""

@@ -22,5 +22,11 @@ class MemorySettings(BaseSettings):
     #: "Local embedding backends".
     embedder_backend: Literal["torch", "onnx", "onnx-int8"] | None = None
     chroma_url: str | None = None
+    #: Unset: the embedded SQLite file in the data folder. ``postgresql://...``: a PostgreSQL
+    #: database several processes share (secret: it may hold a password).
+    database_url: SecretStr | None = None
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+
+    def database_url_text(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None

@@ -1,9 +1,10 @@
-"""MemoryEngine: the one object a process opens on a data folder.
+"""MemoryEngine: the one object a process opens on its memory (a data folder by default).
 
-Writes commit to SQLite first and return; a background task embeds new rows in batches and
-writes them to Chroma, and drops the vectors of deleted rows. A crash in between loses nothing:
-rows remember whether they are indexed, deletions leave tombstones in the same transaction, and
-the next open picks up where the last one stopped.
+Writes commit to the store first and return; a background task claims new rows in batches,
+embeds them and writes them to the vector index, and drops the vectors of deleted rows. A crash
+in between loses nothing: rows remember whether they are indexed, a claim is a lease that ends,
+deletions leave tombstones in the same transaction, and the next open picks up where the last
+one stopped.
 
 One process owns a data folder (:mod:`memory.folder`); a row that cannot be read or embedded is
 set aside (counted in ``stats().set_aside``, logged once, deletable) and never stops the others.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -31,6 +33,7 @@ from .embedders import Embedder, Vectors, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
 from .model import (
+    Added,
     Episode,
     Fact,
     ForgetReport,
@@ -50,7 +53,8 @@ from .model import (
     utcnow,
 )
 from .retrieval import Candidate, Query, Ranking
-from .sqlite_store import SQLiteStore
+from .store.base import Claim, Project, Store
+from .store.factory import make_store
 from .text import asks
 from .vector_index import VectorIndex, VectorItem, open_chroma
 
@@ -62,6 +66,9 @@ log = logging.getLogger(__name__)
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
 SEARCH_DEPTH = 100
+#: How long a claim on rows to embed lasts: a worker that dies leaves its rows to another
+#: after this (an embedding batch takes seconds; a slow one is embedded twice, harmlessly).
+CLAIM_LEASE_S = 300.0
 
 
 class EmbedderMismatch(RuntimeError):
@@ -77,13 +84,16 @@ class MemoryEngine:
         *,
         index_batch: int = 512,
         ranking: Ranking | None = None,
+        store: Store | None = None,
     ) -> None:
+        """``store``: where the records live (default: the embedded SQLite file in the data
+        folder; :meth:`open` takes it from ``CHANNELMIND_DATABASE_URL``)."""
         self.data_dir = Path(data_dir)
         self.embedder = embedder
         self.chroma_url = chroma_url
         self.index_batch = index_batch
         self.ranking = ranking or Ranking()
-        self.store = SQLiteStore(self.data_dir / "memory.sqlite3")
+        self.store: Store = store or make_store(None, self.data_dir)
         self.index: VectorIndex | None = None
         self.folder: FolderLock | None = None
         self._wake = asyncio.Event()
@@ -91,8 +101,6 @@ class MemoryEngine:
         # Held by each indexing step and by whatever drops vectors (forget, edit): a step's
         # upsert never lands after a forget has scrubbed the index.
         self._index_lock = asyncio.Lock()
-        # Collections vectors were deleted from since the last scrub (None: maybe any).
-        self._touched: set[str] | None = None
         self._closed = False
         self.index_errors = 0
 
@@ -111,8 +119,12 @@ class MemoryEngine:
         **kwargs: Any,
     ) -> MemoryEngine:
         """Open the engine on a data folder. Arguments left out come from the settings
-        (``CHANNELMIND_DATA_DIR``, ``CHANNELMIND_EMBEDDER``, ``CHANNELMIND_CHROMA_URL``...)."""
+        (``CHANNELMIND_DATA_DIR``, ``CHANNELMIND_DATABASE_URL``, ``CHANNELMIND_EMBEDDER``,
+        ``CHANNELMIND_CHROMA_URL``...)."""
         settings = settings or MemorySettings()
+        folder = Path(data_dir) if data_dir is not None else settings.data_dir
+        if "store" not in kwargs:  # a bad CHANNELMIND_DATABASE_URL fails before the model loads
+            kwargs["store"] = make_store(settings.database_url_text(), folder)
         if embedder is None or isinstance(embedder, str):
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
             embedder = await asyncio.to_thread(
@@ -124,7 +136,7 @@ class MemoryEngine:
                 backend=settings.embedder_backend,
             )
         engine = cls(
-            Path(data_dir) if data_dir is not None else settings.data_dir,
+            folder,
             embedder,
             chroma_url if chroma_url is not None else settings.chroma_url,
             **kwargs,
@@ -153,11 +165,9 @@ class MemoryEngine:
     async def _open_index(self) -> None:
         """Open Chroma with the folder's naming key (made on first open; an index built
         before there was one is rebuilt, as its collection names reveal ids)."""
-        key = await self.store.get_meta("index_key")
-        fresh = key is None
-        if key is None:
-            key = secrets.token_hex(32)
-            await self.store.set_meta("index_key", key)
+        made = secrets.token_hex(32)
+        key = await self.store.init_meta("index_key", made)
+        fresh = key == made
         path = self.data_dir / "chroma"
         connect = functools.partial(open_chroma, str(path), self.chroma_url)
         client_path = None if self.chroma_url else path
@@ -165,7 +175,7 @@ class MemoryEngine:
         if fresh and await self.store.count_indexed():
             log.info("the vector index predates keyed names: rebuilding it")
             await asyncio.to_thread(self.index.reset)
-            await self.store.mark_all_pending()
+            await self.store.requeue()
             await self.store.request_scrub()
 
     async def serving_at(self, url: str | None) -> None:
@@ -175,11 +185,9 @@ class MemoryEngine:
             await asyncio.to_thread(self.folder.set_url, url)
 
     async def _check_embedder(self, allow_change: bool) -> None:
-        stored = await self.store.get_meta("embedder")
         current = self.embedder.fingerprint
-        if stored is None:
-            await self.store.set_meta("embedder", current)
-        elif stored != current and not allow_change:
+        stored = await self.store.init_meta("embedder", current)
+        if stored != current and not allow_change:
             raise EmbedderMismatch(
                 f"the vector index was built with the embedder {stored!r}, but {current!r} is"
                 " configured; run `channelmind reindex` to rebuild the index with it, or set"
@@ -196,7 +204,7 @@ class MemoryEngine:
         await self._release()
 
     async def _release(self) -> None:
-        """Close Chroma, SQLite and the folder lock (whatever of them is open)."""
+        """Close Chroma, the store and the folder lock (whatever of them is open)."""
         try:
             if self.index is not None:
                 index, self.index = self.index, None
@@ -250,20 +258,25 @@ class MemoryEngine:
         index = self._vectors()
         if await self._drop_tombstoned(self.index_batch * 4):
             return True
-        pending = await self.store.pending(self.index_batch)
-        if not pending:
+        claim = await self.store.claim(self.index_batch, CLAIM_LEASE_S)
+        if claim is None:
             return False
-        pending, vectors = await self._embed(pending)
-        if not pending:
-            return True
-        items = [
-            VectorItem(e.uid, e.org_id, e.project_id, e.produced_for, e.producer, e.thread_id)
-            for e in pending
-        ]
-        await asyncio.to_thread(index.upsert, items, vectors)
-        await self.store.mark_indexed((e.uid, e.content) for e in pending)
-        # A row deleted while it was being embedded may have had its tombstone drained before
-        # the upsert above, which then re-created its vector: drop the vectors of such rows.
+        try:
+            episodes, vectors = await self._embed(claim)
+            items = [
+                VectorItem(e.uid, e.org_id, e.project_id, e.produced_for, e.producer, e.thread_id)
+                for e in episodes
+            ]
+            if items:
+                await asyncio.to_thread(index.upsert, items, vectors)
+        except BaseException:
+            # The embedder or the index failed, not the rows: hand them back at once.
+            await self.store.release(claim)
+            raise
+        await self.store.complete(claim, [e.uid for e in episodes])
+        # A row deleted while it was being embedded may have had its tombstone drained (by
+        # another process) before the upsert above, which then re-created its vector: drop the
+        # vectors of such rows.
         by_project: dict[tuple[str, str], builtins.list[VectorItem]] = {}
         for item in items:
             by_project.setdefault((item.org_id, item.project_id), []).append(item)
@@ -272,18 +285,14 @@ class MemoryEngine:
             for item in group:
                 if item.uid not in alive:
                     await asyncio.to_thread(index.delete, org, proj, item.produced_for, [item.uid])
-                    self._touch(
-                        index.project_collection(org, proj),
-                        index.channel_collection(org, proj, item.produced_for),
-                    )
         return True
 
-    async def _embed(
-        self, pending: builtins.list[Episode]
-    ) -> tuple[builtins.list[Episode], Vectors]:
-        """Vectors for the rows that can be embedded; a row that cannot (the embedder fails on
-        it, or answers a non-finite vector) is set aside. When every row fails and so does a
-        plain probe text, the embedder itself is down: that raises, and the indexer retries."""
+    async def _embed(self, claim: Claim) -> tuple[builtins.list[Episode], Vectors]:
+        """Vectors for the claimed rows that can be embedded; a row that cannot (the embedder
+        fails on it, or answers a non-finite vector) is set aside. When every row fails and so
+        does a plain probe text, the embedder itself is down: that raises, and the indexer
+        retries."""
+        pending = list(claim.episodes)
         texts = [embed_text(e) for e in pending]
         try:
             vectors = await asyncio.to_thread(self.embedder.embed, texts)
@@ -300,26 +309,22 @@ class MemoryEngine:
                 await self._embedder_works()
             ):
                 raise batch_error
+            failed: dict[str, builtins.list[str]] = {}
+            for e, r in zip(pending, results, strict=True):
+                if isinstance(r, BaseException):
+                    reason = f"cannot be embedded: {type(r).__name__}: {r}"
+                    failed.setdefault(reason, []).append(e.uid)
+            for reason, uids in failed.items():
+                await self.store.set_aside(claim, uids, reason)
             rows = [np.asarray(r)[0] for r in results if not isinstance(r, BaseException)]
-            failed = [
-                (e.uid, "episode", f"cannot be embedded: {type(r).__name__}: {r}")
-                for e, r in zip(pending, results, strict=True)
-                if isinstance(r, BaseException)
-            ]
-            await self.store.set_aside(failed)
             pending = [
                 e for e, r in zip(pending, results, strict=True) if not isinstance(r, BaseException)
             ]
             vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
-            await self.store.set_aside(
-                [
-                    (e.uid, "episode", "its vector is not finite")
-                    for e, ok in zip(pending, finite, strict=True)
-                    if not ok
-                ]
-            )
+            bad = [e.uid for e, ok in zip(pending, finite, strict=True) if not ok]
+            await self.store.set_aside(claim, bad, "its vector is not finite")
             pending = [e for e, ok in zip(pending, finite, strict=True) if ok]
             vectors = vectors[finite]
         return pending, vectors
@@ -364,24 +369,17 @@ class MemoryEngine:
     async def reconcile(self) -> dict[str, int]:
         """Deep check: drop vectors whose rows are gone, re-queue rows whose vectors are."""
         index = self._vectors()
+        # Vectors first, rows second: a row stored in between (and embedded by another
+        # process) is then never taken for an orphan; at worst it is embedded again.
+        vectors = await asyncio.to_thread(index.vector_ids)
         rows = await self.store.all_uids()
-        collections = await asyncio.to_thread(index.all_ids)
-        dropped = 0
-        seen: set[str] = set()
-        for name, ids in collections.items():
-            orphans = sorted(ids - rows)
-            dropped += len(orphans) if name.startswith("cmp_") else 0
-            await asyncio.to_thread(index.delete_ids, name, orphans)
-            if orphans:
-                self._touch(name)
-            if name.startswith("cmp_"):
-                seen |= ids
-        missing = rows - seen
-        await self.store.requeue(missing)
-        if dropped:
+        orphans, missing = vectors - rows, rows - vectors
+        await asyncio.to_thread(index.drop, orphans)
+        await self.store.requeue(sorted(missing))
+        if orphans:
             await self._scrub()
         self._wake.set()
-        return {"dropped_vectors": dropped, "requeued_rows": len(missing)}
+        return {"dropped_vectors": len(orphans), "requeued_rows": len(missing)}
 
     async def start_reindex(self) -> int:
         """Drop the vector index and queue every row to be embedded again with the configured
@@ -389,15 +387,15 @@ class MemoryEngine:
         index = self._vectors()
         async with self._index_lock:
             await asyncio.to_thread(index.reset)
-            await self.store.clear_all_tombstones()
-            await self.store.mark_all_pending()
+            await self.store.clear_tombstones()
+            await self.store.requeue()
             await self.store.set_meta("embedder", self.embedder.fingerprint)
             await self._scrub()
         self._wake.set()
         return await self.store.count_pending()
 
     async def reindex(self, progress: bool = True) -> int:
-        """Rebuild the vector index from SQLite with the configured embedder."""
+        """Rebuild the vector index from the store with the configured embedder."""
         from tqdm import tqdm
 
         total = await self.start_reindex()
@@ -414,19 +412,25 @@ class MemoryEngine:
 
     async def add(self, episodes: Sequence[Episode]) -> builtins.list[str]:
         """Store episodes (committed when this returns); returns their uids in order."""
+        return [a.uid for a in await self.add_outcomes(episodes)]
+
+    async def add_outcomes(self, episodes: Sequence[Episode]) -> builtins.list[Added]:
+        """Store episodes; for each, its uid and whether this call stored it (``new`` is False
+        for a source stored before: a platform's retry, a second worker given the same event,
+        a re-import). Of concurrent adds of one source, exactly one is told it is new."""
         if not episodes:
             return []
-        uids = await self.store.add(episodes)
+        added = await self.store.add(episodes)
         self._wake.set()
-        return uids
+        return added
 
     async def edit(
         self, ref: SourceRef | str, content: str, *, org_id: str = "", project_id: str = ""
     ) -> Episode | None:
         """Replace a message's content, found by its source ref or by uid (then org and
         project are required). Returns the edited episode, or None if it is unknown. Nothing
-        of the old text is left when this returns: not in SQLite, its WAL or FTS, not in the
-        vector index, and no fact learned from it."""
+        of the old text is left when this returns: not in the store (its full-text index,
+        SQLite's WAL), not in the vector index, and no fact learned from it."""
         if isinstance(ref, SourceRef):
             found = await self.store.find_source(
                 ref.org_id, ref.project_id, ref.platform, ref.source_id
@@ -438,10 +442,12 @@ class MemoryEngine:
             return None
         Episode.model_validate({**found.model_dump(), "content": content})
         async with self._index_lock:
-            if not await self.store.edit(found.uid, content, utcnow()):
+            if not await self.store.edit(
+                found.org_id, found.project_id, found.uid, content, utcnow()
+            ):
                 return None
             await self._drop_vectors()
-        await self.store.checkpoint()
+        await self.store.purge()
         self._wake.set()
         return found.model_copy(update={"content": content})
 
@@ -449,10 +455,9 @@ class MemoryEngine:
         """Delete episodes of one org and project by uid (others are ignored); their vectors
         and the facts that cite only them go too. Rows set aside (unreadable) can be deleted
         like any other. Returns the uids that were deleted."""
-        present = await self.store.existing(org_id, project_id, list(uids))
-        deleted = await self.store.delete(present)
-        await self._after_forget(bool(deleted))
-        return deleted
+        gone = set((await self.store.delete(org_id, project_id, list(uids))).uids)
+        await self._after_forget(bool(gone))
+        return [u for u in dict.fromkeys(uids) if u in gone]
 
     async def forget(
         self,
@@ -471,9 +476,14 @@ class MemoryEngine:
         in it."""
         check_safe_id(org_id, "org_id")
         filt = parse_filter(filters) if isinstance(filters, str) else filters
-        projects = [project_id] if project_id else [p for o, p in await self.store.projects(org_id)]
+        projects = [project_id] if project_id else [
+            p.project_id for p in await self.store.projects(org_id)
+        ]
         whole_channel = (
             produced_for is not None and producer is None and thread_id is None and filt is None
+        )
+        drop_facts = (producer is not None and facts_about_producer and filt is None) or (
+            whole_channel
         )
         uids: builtins.list[str] = []
         facts = 0
@@ -485,15 +495,9 @@ class MemoryEngine:
                 produced_for=produced_for,
                 thread_id=thread_id,
             )
-            matching = await self.store.uids_matching(scope, filt, None)
-            facts_before = await self.store.count_facts(org_id, proj)
-            uids += await self.store.delete(matching)
-            if producer is not None and facts_about_producer and filt is None:
-                await self.store.delete_facts_about(org_id, proj, producer, produced_for)
-            elif whole_channel:
-                await self.store.delete_facts_about(org_id, proj, None, produced_for)
-            facts_after = await self.store.count_facts(org_id, proj)
-            facts += facts_before - facts_after
+            gone = await self.store.forget(scope, filt, drop_facts=drop_facts)
+            uids += gone.uids
+            facts += gone.facts
         await self._after_forget(bool(uids or facts))
         return ForgetReport(episodes=len(uids), facts=facts, uids=uids)
 
@@ -504,7 +508,7 @@ class MemoryEngine:
             return
         async with self._index_lock:
             await self._drop_vectors()
-        await self.store.checkpoint()
+        await self.store.purge()
         self._wake.set()
 
     async def _drop_vectors(self) -> None:
@@ -515,8 +519,7 @@ class MemoryEngine:
     async def _scrub(self) -> None:
         """Leave no deleted vector in the vector index's files (embedded Chroma)."""
         await self.store.request_scrub()
-        touched, self._touched = self._touched, set()
-        report = await asyncio.to_thread(self._vectors().scrub, touched)
+        report = await asyncio.to_thread(self._vectors().scrub_touched)
         await self.store.scrubbed()
         if report is not None and (report.queue_rows or report.hnsw_elements):
             log.debug(
@@ -537,19 +540,14 @@ class MemoryEngine:
             return False
         index = self._vectors()
         groups: dict[tuple[str, str, str], builtins.list[str]] = {}
-        for _, uid, org, proj, chan in stones:
-            groups.setdefault((org, proj, chan), []).append(uid)
+        for stone in stones:
+            groups.setdefault((stone.org_id, stone.project_id, stone.produced_for), []).append(
+                stone.uid
+            )
         for (org, proj, chan), uids in groups.items():
             await asyncio.to_thread(index.delete, org, proj, chan, uids)
-            self._touch(
-                index.project_collection(org, proj), index.channel_collection(org, proj, chan)
-            )
-        await self.store.clear_tombstones([s[0] for s in stones])
+        await self.store.clear_tombstones([stone.id for stone in stones])
         return True
-
-    def _touch(self, *names: str) -> None:
-        if self._touched is not None:
-            self._touched.update(names)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -643,7 +641,10 @@ class MemoryEngine:
         candidates: dict[int, Candidate] = {}
         await self._gather(candidates, query, scope, filt, time, depth, mode)
         contextual = mode == "hybrid"
-        adjacent = await self.store.adjacent_ids(list(candidates)) if contextual else {}
+        adjacent: dict[int, tuple[int | None, int | None]] = {}
+        if contextual:
+            found = await self.store.adjacent(list(candidates))
+            adjacent = {key: (a.before, a.after) for key, a in found.items()}
         q = self.ranking.describe(candidates, adjacent, query, utcnow(), contextual=contextual)
         return candidates, q
 
@@ -659,8 +660,8 @@ class MemoryEngine:
     ) -> None:
         """Add keyword and vector candidates under ``scope`` to ``candidates``."""
         if mode in ("hybrid", "keyword"):
-            for rid, ep, score in await self.store.keyword_search(scope, filt, time, query, depth):
-                candidates.setdefault(rid, Candidate(rid, ep)).keyword = score
+            for hit in await self.store.keyword_search(scope, filt, time, query, depth):
+                candidates.setdefault(hit.key, Candidate(hit.key, hit.episode)).keyword = hit.score
         if mode in ("hybrid", "vector") and query.strip():
             try:
                 for rid, ep, sim in await self._vector_candidates(query, scope, filt, time, depth):
@@ -686,7 +687,7 @@ class MemoryEngine:
             scope.thread_id,
         )
         rows = await self.store.get_scoped(scope, filt, time, [u for u, _ in nearest])
-        return [(rows[u][0], rows[u][1], sim) for u, sim in nearest if u in rows]
+        return [(rows[u].key, rows[u].episode, sim) for u, sim in nearest if u in rows]
 
     @staticmethod
     def _hit(ep: Episode, score: float, expanded: bool = False) -> Hit:
@@ -713,8 +714,10 @@ class MemoryEngine:
         seen: set[str] = set()
         matched = {c.episode.uid: c.score for c in ranked}
         for c in ranked:
-            before, after = around.get(c.row_id, ([], []))
-            group = [ep for _, ep in reversed(before)] + [c.episode] + [ep for _, ep in after]
+            context = around.get(c.row_id)
+            before = [r.episode for r in reversed(context.before)] if context else []
+            after = [r.episode for r in context.after] if context else []
+            group = [*before, c.episode, *after]
             for ep in group:
                 if ep.uid in seen or (statements_only and asks(ep.content)):
                     continue
@@ -781,23 +784,22 @@ class MemoryEngine:
         check_safe_id(project_id, "project_id")
         return await self.store.create_project(org_id, project_id, description, config or {})
 
-    async def get_project(self, org_id: str, project_id: str) -> tuple[str, dict[str, Any]] | None:
+    async def get_project(self, org_id: str, project_id: str) -> Project | None:
         return await self.store.get_project(org_id, project_id)
 
     async def list_projects(self, org_id: str | None = None) -> builtins.list[tuple[str, str]]:
-        return await self.store.projects(org_id)
+        return [(p.org_id, p.project_id) for p in await self.store.projects(org_id)]
 
     async def delete_project(self, org_id: str, project_id: str) -> ForgetReport:
         """Delete a project and everything in it; complete when this returns."""
-        channels = await self.store.channels(org_id, project_id)
-        report = await self.forget(org_id, project_id=project_id)
-        await self.store.drop_project_row(org_id, project_id)
+        gone = await self.store.delete_project(org_id, project_id)
         async with self._index_lock:
             index = self._vectors()
-            await asyncio.to_thread(index.drop_project, org_id, project_id, channels)
-            await self._scrub()
-        await self.store.checkpoint()
-        return report
+            await asyncio.to_thread(index.drop_project, org_id, project_id, gone.channels)
+            await self._drop_vectors()
+        await self.store.purge()
+        self._wake.set()
+        return ForgetReport(episodes=len(gone.uids), facts=gone.facts, uids=gone.uids)
 
     async def get_setting(self, org_id: str, project_id: str, subject: str, key: str) -> str | None:
         return await self.store.get_setting(org_id, project_id, subject, key)
@@ -809,8 +811,12 @@ class MemoryEngine:
 
     # -- stats -----------------------------------------------------------------------------
 
+    async def count_set_aside(self) -> int:
+        """Records set aside: stored, but unreadable or unembeddable."""
+        return await self.store.count_set_aside()
+
     async def stats(self) -> Stats:
-        counts = await self.store.stats()
+        counts = dataclasses.asdict(await self.store.counts())
         vectors = await asyncio.to_thread(self._vectors().count)
         disk = (
             sum(f.stat().st_size for f in self.data_dir.rglob("*") if f.is_file())

@@ -131,8 +131,8 @@ FIELDS: dict[str, str] = {
     "source_id": "source_id",
     "session_key": "session_key",
 }
-_META = "metadata."
-_META_PREFIXES = (_META, "m.")
+META = "metadata."
+_META_PREFIXES = (META, "m.")
 _META_KEY = re.compile(r"[A-Za-z0-9_.]+")
 _ACCEPTED = ", ".join([*FIELDS, "metadata.<key>", "m.<key>"])
 
@@ -150,7 +150,7 @@ def canonical_field(name: str) -> str:
                     f"invalid metadata key {key!r} in field {name!r}: "
                     "use letters, digits, '_' or '.'"
                 )
-            return _META + key
+            return META + key
     raise FilterError(f"unknown field {name!r}; accepted fields: {_ACCEPTED}")
 
 
@@ -159,13 +159,24 @@ def canonical_field(name: str) -> str:
 _OP_ALIASES = {op: op for op in ("=", "!=", "<", "<=", ">", ">=")} | {"<>": "!="}
 _ORDERING = frozenset({"<", "<=", ">", ">="})
 _INT64 = (-(2**63), 2**63 - 1)
-_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
-_TRUE_WORDS = ("true", "True", "TRUE")
-_FALSE_WORDS = ("false", "False", "FALSE")
+DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+TRUE_WORDS = ("true", "True", "TRUE")
+FALSE_WORDS = ("false", "False", "FALSE")
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def canonical_op(op: str) -> str:
+    canonical = _OP_ALIASES.get(op)
+    if canonical is None:
+        raise FilterError(f"unknown operator {op!r}")
+    return canonical
+
+
+def bool_words(flag: bool) -> tuple[str, ...]:
+    return TRUE_WORDS if flag else FALSE_WORDS
 
 
 def _parse_datetime(text: str) -> datetime:
@@ -179,7 +190,7 @@ def _parse_datetime(text: str) -> datetime:
         raise FilterError(f"date {exc}") from None
 
 
-def _normalize(field: str, op: str, value: Value) -> Value:
+def normalize_value(field: str, op: str, value: Value) -> Value:
     """Check ``value`` fits ``field``/``op`` and return its canonical form (idempotent)."""
     if isinstance(value, bool):
         if field == "created_at":
@@ -201,7 +212,7 @@ def _normalize(field: str, op: str, value: Value) -> Value:
     if isinstance(value, str):
         if field != "created_at":
             return value
-        return float(value) if _DECIMAL.fullmatch(value) else _parse_datetime(value)
+        return float(value) if DECIMAL.fullmatch(value) else _parse_datetime(value)
     raise FilterError(f"unsupported value {value!r}")
 
 
@@ -218,20 +229,20 @@ def _check_in_values(values: Sequence[Value]) -> None:
         raise FilterError(f"IN list values must be integers or strings, got {bad!r}")
 
 
-def _prepare_list(field: str, values: Sequence[Value]) -> tuple[Value, ...]:
+def in_list_values(field: str, values: Sequence[Value]) -> tuple[Value, ...]:
     if field == "created_at":
         if not values:
             raise FilterError("empty IN list")
     else:
         _check_in_values(values)
-    return tuple(_normalize(field, "=", v) for v in values)
+    return tuple(normalize_value(field, "=", v) for v in values)
 
 
-def _epoch(value: Value) -> float:
+def epoch_of(value: Value) -> float:
     if isinstance(value, datetime):
         return as_utc(value).timestamp()
     if isinstance(value, str):
-        return _epoch(_normalize("created_at", "=", value))
+        return epoch_of(normalize_value("created_at", "=", value))
     return float(value)
 
 
@@ -389,7 +400,7 @@ class _Parser:
                 raise FilterError(f"unknown operator {nxt.text!r} at position {nxt.pos}")
             value, pos = self.parse_value(f"{tok.text} {nxt.text}")
             try:
-                return Comparison(field, op, _normalize(field, op, value))
+                return Comparison(field, op, normalize_value(field, op, value))
             except FilterError as e:
                 raise FilterError(f"{e} (at position {pos})") from None
         word = nxt.text.lower() if nxt.kind == "word" else ""
@@ -439,7 +450,7 @@ class _Parser:
                 )
         try:
             _check_in_values(values)
-            return InList(field, _prepare_list(field, values), negate)
+            return InList(field, in_list_values(field, values), negate)
         except FilterError as e:
             raise FilterError(f"{e} (at position {in_tok.pos})") from None
 
@@ -505,7 +516,7 @@ def filter_from_dict(pairs: Mapping[str, Value]) -> Filter | None:
     for name, value in pairs.items():
         try:
             field = canonical_field(name)
-            items.append(Comparison(field, "=", _normalize(field, "=", value)))
+            items.append(Comparison(field, "=", normalize_value(field, "=", value)))
         except FilterError as e:
             raise FilterError(f"filter key {name!r}: {e}") from None
     return combine(*items)
@@ -522,130 +533,6 @@ def combine(*filters: Filter | None) -> Filter | None:
     if not items:
         return None
     return items[0] if len(items) == 1 else And(tuple(items))
-
-
-# ---------------------------------------------------------------------------- SQL
-
-_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER_TYPES = "('integer', 'real')"
-_Sql: TypeAlias = tuple[str, list[Any]]
-
-
-def to_sql(f: Filter, alias: str = "e") -> tuple[str, list[Any]]:
-    """A parenthesised SQL boolean over ``episodes AS alias``, with ``?`` placeholders.
-
-    Values are always bound as parameters. Metadata keys (restricted to ``[A-Za-z0-9_.]``)
-    are written into the JSON path literally so that expression indexes can be used.
-    """
-    if not _ALIAS.fullmatch(alias):
-        raise FilterError(f"invalid table alias {alias!r}")
-    sql, params = _node_sql(f, alias, 0)
-    return f"({sql})", params
-
-
-def _node_sql(f: Filter, alias: str, depth: int) -> _Sql:
-    if depth > MAX_TREE_DEPTH:
-        raise FilterError(f"filter is nested deeper than {MAX_TREE_DEPTH}")
-    if isinstance(f, And | Or):
-        if not f.items:
-            raise FilterError(f"empty {type(f).__name__}")
-        word = "AND" if isinstance(f, And) else "OR"
-        return _join([_node_sql(item, alias, depth + 1) for item in f.items], word)
-    if isinstance(f, Not):
-        sql, params = _node_sql(f.item, alias, depth + 1)
-        return f"(NOT {sql})", params
-    if isinstance(f, IsNull):
-        expr, _ = _target(canonical_field(f.field), alias)
-        return f"({expr} IS {'NOT ' if f.negate else ''}NULL)", []
-    if isinstance(f, Comparison):
-        field = canonical_field(f.field)
-        op = _op(f.op)
-        positive = "=" if op == "!=" else op
-        sql, params = _atom_sql(field, alias, positive, [_normalize(field, op, f.value)])
-        return (f"(NOT {sql})" if op == "!=" else sql), params
-    if isinstance(f, InList):
-        field = canonical_field(f.field)
-        sql, params = _atom_sql(field, alias, "=", list(_prepare_list(field, f.values)))
-        return (f"(NOT {sql})" if f.negate else sql), params
-    raise FilterError(f"not a filter node: {f!r}")
-
-
-def _op(op: str) -> str:
-    canonical = _OP_ALIASES.get(op)
-    if canonical is None:
-        raise FilterError(f"unknown operator {op!r}")
-    return canonical
-
-
-def _join(parts: list[_Sql], word: str) -> _Sql:
-    """Join as a balanced tree, so long lists stay within SQLite's expression depth."""
-    if len(parts) == 1:
-        return parts[0]
-    mid = len(parts) // 2
-    left, right = _join(parts[:mid], word), _join(parts[mid:], word)
-    return f"({left[0]} {word} {right[0]})", left[1] + right[1]
-
-
-def _target(field: str, alias: str) -> tuple[str, str | None]:
-    """The SQL value expression of a field and, for metadata, its ``json_type``."""
-    if field.startswith(_META):
-        path = f"'$.\"{field[len(_META) :]}\"'"
-        return (f"json_extract({alias}.metadata, {path})", f"json_type({alias}.metadata, {path})")
-    if field == "session_key":
-        return f"({alias}.org_id || '/' || {alias}.project_id)", None
-    return f"{alias}.{field}", None
-
-
-def _decimal_text_sql(x: str) -> str:
-    """SQL twin of ``_DECIMAL.fullmatch(x)`` for a text value ``x``."""
-    w = f"ltrim({x}, '-')"
-    return (
-        f"{x} NOT GLOB '--*' AND {w} <> '' AND {w} NOT GLOB '*[^0-9.]*'"
-        f" AND {w} NOT GLOB '.*' AND {w} NOT GLOB '*.' AND {w} NOT GLOB '*.*.*'"
-    )
-
-
-def _cmp_sql(guard: str | None, expr: str, op: str, values: Sequence[Any]) -> _Sql:
-    if op == "=" and len(values) > 1:
-        test = f"{expr} IN ({', '.join('?' * len(values))})"
-    else:
-        test = f"{expr} {op} ?"
-    return (f"({guard} AND {test})" if guard else f"({test})"), list(values)
-
-
-def _atom_sql(field: str, alias: str, op: str, values: list[Value]) -> _Sql:
-    """SQL for ``field op value`` (op is = < <= > >=; for = any of ``values``), never NULL."""
-    expr, json_type = _target(field, alias)
-    parts: list[_Sql] = []
-    if field == "created_at":
-        parts.append(_cmp_sql(None, expr, op, [_epoch(v) for v in values]))
-    else:
-        strs = [v for v in values if isinstance(v, str)]
-        nums = [v for v in values if _is_number(v)]
-        # A boolean literal equals its spellings as text.
-        texts = strs + [w for v in values if isinstance(v, bool) for w in _bool_words(v)]
-        text_guard = None if json_type is None else f"{json_type} = 'text'"
-        if texts:
-            parts.append(_cmp_sql(text_guard, expr, op, texts))
-        if nums:
-            guard = _decimal_text_sql(expr)
-            guard = guard if text_guard is None else f"{text_guard} AND {guard}"
-            parts.append(_cmp_sql(guard, f"CAST({expr} AS REAL)", op, nums))
-        if json_type is not None:  # metadata may also hold JSON numbers and booleans
-            decimals = [float(s) for s in strs if _DECIMAL.fullmatch(s)]
-            if nums or decimals:
-                guard = f"{json_type} IN {_NUMBER_TYPES}"
-                parts.append(_cmp_sql(guard, expr, op, nums + decimals))
-            if op == "=":
-                for flag, words in ((True, _TRUE_WORDS), (False, _FALSE_WORDS)):
-                    if any(v is flag for v in values) or any(s in words for s in strs):
-                        parts.append((f"({json_type} = '{'true' if flag else 'false'}')", []))
-    sql, params = _join(parts, "OR")
-    return f"COALESCE({sql}, 0)", params
-
-
-def _bool_words(flag: bool) -> tuple[str, ...]:
-    return _TRUE_WORDS if flag else _FALSE_WORDS
 
 
 # ---------------------------------------------------------------------------- Python
@@ -686,29 +573,29 @@ def _eval(f: Filter, row: Mapping[str, Any], depth: int) -> bool:
     if isinstance(f, IsNull):
         return (stored is not None) if f.negate else (stored is None)
     if isinstance(f, Comparison):
-        op = _op(f.op)
-        value = _normalize(field, op, f.value)
+        op = canonical_op(f.op)
+        value = normalize_value(field, op, f.value)
         if op == "!=":
             return not _compare(field, stored, "=", value)
         return _compare(field, stored, op, value)
     if isinstance(f, InList):
-        found = any(_compare(field, stored, "=", v) for v in _prepare_list(field, f.values))
+        found = any(_compare(field, stored, "=", v) for v in in_list_values(field, f.values))
         return not found if f.negate else found
     raise FilterError(f"not a filter node: {f!r}")
 
 
 def _stored(field: str, row: Mapping[str, Any]) -> Any:
     """The row's value for a canonical field, as SQLite would see it."""
-    if field.startswith(_META):
+    if field.startswith(META):
         meta = row.get("metadata")
         if isinstance(meta, str | bytes):
             meta = json.loads(meta) if meta else None
-        return meta.get(field[len(_META) :]) if isinstance(meta, Mapping) else None
+        return meta.get(field[len(META) :]) if isinstance(meta, Mapping) else None
     if field == "created_at":
         value = row.get("created_at")
         if value is None:
             return None
-        return _epoch(value) if isinstance(value, datetime | str) else float(value)
+        return epoch_of(value) if isinstance(value, datetime | str) else float(value)
     if field == "session_key":
         org, project = _text(row.get("org_id")), _text(row.get("project_id"))
         return None if org is None or project is None else f"{org}/{project}"
@@ -728,22 +615,22 @@ def _compare(field: str, stored: Any, op: str, value: Value) -> bool:
     if stored is None:
         return False
     if field == "created_at":
-        return bool(test(stored, _epoch(value)))
+        return bool(test(stored, epoch_of(value)))
     if isinstance(stored, bool):
         if op != "=":
             return False
         if isinstance(value, bool):
             return stored is value
-        return isinstance(value, str) and value in _bool_words(stored)
-    if _is_number(stored):
-        if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return isinstance(value, str) and value in bool_words(stored)
+    if is_number(stored):
+        if isinstance(value, str) and DECIMAL.fullmatch(value):
             return bool(test(stored, float(value)))
-        return _is_number(value) and bool(test(stored, value))
+        return is_number(value) and bool(test(stored, value))
     if isinstance(stored, str):
         if isinstance(value, bool):
-            return op == "=" and stored in _bool_words(value)
+            return op == "=" and stored in bool_words(value)
         if isinstance(value, str):
             return bool(test(stored, value))
-        if _is_number(value):
-            return _DECIMAL.fullmatch(stored) is not None and bool(test(float(stored), value))
+        if is_number(value):
+            return DECIMAL.fullmatch(stored) is not None and bool(test(float(stored), value))
     return False

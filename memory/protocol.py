@@ -20,6 +20,7 @@ from typing import Protocol
 
 from .filters import Filter
 from .model import (
+    Added,
     Episode,
     Fact,
     ForgetReport,
@@ -39,6 +40,12 @@ class Memory(Protocol):
 
     async def add(self, episodes: Sequence[Episode]) -> builtins.list[str]:
         """Store episodes (idempotent by source); their uids, in order."""
+        ...
+
+    async def add_outcomes(self, episodes: Sequence[Episode]) -> builtins.list[Added]:
+        """Store episodes; for each, its uid and whether this call stored it (``new`` is
+        False for a source stored before: a platform's retry, a second worker given the same
+        event). Of concurrent adds of one source, exactly one is told it is new."""
         ...
 
     async def edit(

@@ -189,6 +189,14 @@ class VectorIndex:
         self._collections: dict[str, ChromaCollection] = {}
         self._lock = threading.Lock()
         self._gate = _Gate()
+        # Collections vectors were deleted from since the last scrub (None: maybe any, as
+        # after a crash: the first scrub goes over every collection).
+        self._touched: set[str] | None = None
+
+    def _mark_touched(self, *names: str) -> None:
+        with self._lock:
+            if self._touched is not None:
+                self._touched.update(names)
 
     # -- names -----------------------------------------------------------------------------
 
@@ -302,6 +310,7 @@ class VectorIndex:
                 collection = self._collection(name, create=False)
                 if collection is not None and uids:
                     collection.delete(ids=uids)
+                    self._mark_touched(name)
 
     def drop_project(self, org_id: str, project_id: str, channels: list[str]) -> None:
         names = [self.project_collection(org_id, project_id)]
@@ -357,6 +366,18 @@ class VectorIndex:
             if collection is not None and uids:
                 for start in range(0, len(uids), MAX_BATCH):
                     collection.delete(ids=uids[start : start + MAX_BATCH])
+                self._mark_touched(collection_name)
+
+    def vector_ids(self) -> set[str]:
+        """The ids of every vector in the index (the deep consistency check)."""
+        return set().union(*self.all_ids().values())
+
+    def drop(self, uids: Collection[str]) -> None:
+        """Delete these vectors wherever they are (orphans: their rows are gone)."""
+        wanted = set(uids)
+        if wanted:
+            for name, ids in self.all_ids().items():
+                self.delete_ids(name, sorted(ids & wanted))
 
     def reset(self) -> None:
         """Drop every collection of ours (before a full reindex, or a new naming key)."""
@@ -367,6 +388,13 @@ class VectorIndex:
                 self._collections.clear()
 
     # -- files -----------------------------------------------------------------------------
+
+    def scrub_touched(self) -> ScrubReport | None:
+        """:meth:`scrub` the collections vectors were deleted from since the last call (all of
+        them the first time: a crash may have left deleted vectors anywhere)."""
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        return self.scrub(touched)
 
     def scrub(self, collections: Collection[str] | None = None) -> ScrubReport | None:
         """Leave nothing of deleted vectors in an embedded Chroma's files: stop Chroma, scrub

@@ -27,9 +27,9 @@ from memory.filters import (
     filter_from_dict,
     matches,
     parse_filter,
-    to_sql,
 )
 from memory.model import InvalidInput
+from memory.store.sqlite.filters import to_sql
 
 COLUMNS = (
     "uid",

@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from memory.model import Episode, Fact, ForgetReport, SearchResult, SourceRef, Stats
 
 from .api_cm.bodies import (
+    AddedEpisodes,
     AddEpisodesBody,
     AddFactBody,
     Count,
@@ -42,11 +43,12 @@ from .rest_v2 import _ERRORS, _NOT_FOUND, authorize, service_of
 router = APIRouter(prefix="/api/cm", responses=_ERRORS, tags=["channelmind"])
 
 
-@router.post("/episodes/add", response_model=Uids)
-async def add_episodes(body: AddEpisodesBody, request: Request) -> Uids:
+@router.post("/episodes/add", response_model=AddedEpisodes)
+async def add_episodes(body: AddEpisodesBody, request: Request) -> AddedEpisodes:
     for org in {e.org_id for e in body.episodes}:
         authorize(request, org)
-    return Uids(uids=await service_of(request).engine.add(body.episodes))
+    added = await service_of(request).engine.add_outcomes(body.episodes)
+    return AddedEpisodes(uids=[a.uid for a in added], new=[a.new for a in added])
 
 
 @router.post("/search", response_model=SearchResult)

@@ -204,5 +204,5 @@ async def metrics(request: Request) -> Response:
     registry: Metrics = request.app.state.metrics
     service: MemoryService | None = getattr(request.app.state, "service", None)
     if service is not None:
-        registry.set_aside.set(await service.engine.store.count_set_aside())
+        registry.set_aside.set(await service.engine.count_set_aside())
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

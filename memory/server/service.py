@@ -215,13 +215,12 @@ class MemoryService:
         found = await self.engine.get_project(org_id, project_id)
         if found is None:
             raise NotFound(PROJECT_MISSING)
-        description, stored = found
         try:
-            config = ProjectConfig.model_validate(stored)
+            config = ProjectConfig.model_validate(found.config)
         except ValidationError:
             config = ProjectConfig()
         return ProjectResponse(
-            org_id=org_id, project_id=project_id, description=description, config=config
+            org_id=org_id, project_id=project_id, description=found.description, config=config
         )
 
     async def list_projects(self) -> list[ProjectRef]:

@@ -1,6 +1,7 @@
 """The store protocol: what the memory engine needs from the database that holds the truth.
 
-Derived from what ``MemoryEngine`` calls on ``SQLiteStore`` today, with three changes of shape:
+What ``MemoryEngine`` calls on its store; SQLite (:mod:`memory.store.sqlite`, the embedded
+default) and PostgreSQL (:mod:`memory.store.postgres`) implement it. Three rules of shape:
 
 * results are small typed records (:class:`KeywordHit`, :class:`Row`, :class:`Tombstone`...)
   instead of positional tuples, so the engine never unpacks a store's row layout;
@@ -11,6 +12,11 @@ Derived from what ``MemoryEngine`` calls on ``SQLiteStore`` today, with three ch
   says whether each source was new (a Slack retry delivered to two workers is answered once),
   and pending rows are *claimed* for embedding with a lease (:class:`Claim`), so that workers
   share the work without duplicates, and a crashed worker's rows come back when its lease ends.
+
+Records set aside. A row that cannot be read back into a record (written before a rule was
+enforced) or cannot be embedded is *set aside*: recorded with its reason, counted in
+:attr:`Counts.set_aside`, logged once, skipped by the index queue, and still deletable. It
+never stops a read or the indexer for the other rows.
 
 Transactions. Each implementation has exactly one transaction helper (begin, commit, roll back
 on any exception, retry on a deadlock where the database can report one) and every write
@@ -35,6 +41,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from memory.filters import Filter
+from memory.model import Added as Added  # a record of the contract; stores make it
 from memory.model import Episode, Fact, Scope, TimeRange
 
 
@@ -45,19 +52,6 @@ class StoreUnavailable(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class Added:
-    """The outcome of adding one episode: its uid, and whether this call stored it.
-
-    ``new`` is False when the ``(org_id, project_id, platform, source_id)`` was already
-    stored (a retry, a re-import, a second worker receiving the same event): ``uid`` is then
-    the stored episode's uid, and exactly one of any number of concurrent adds of one source
-    sees ``new=True``."""
-
-    uid: str
-    new: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +171,10 @@ class Lifecycle(Protocol):
 
     async def set_meta(self, key: str, value: str) -> None: ...
 
+    async def init_meta(self, key: str, value: str) -> str:
+        """Set ``key`` to ``value`` unless it is set, and return what it holds: of several
+        processes opening one store at once, the first one's value wins for all."""
+
 
 @runtime_checkable
 class EpisodeStore(Protocol):
@@ -197,9 +195,13 @@ class EpisodeStore(Protocol):
         """Delete episodes of one org and project by uid (other uids are ignored), queue
         their vectors for removal, drop facts citing only them."""
 
-    async def forget(self, scope: Scope, filt: Filter | None = None) -> Deleted:
+    async def forget(
+        self, scope: Scope, filt: Filter | None = None, *, drop_facts: bool = False
+    ) -> Deleted:
         """Delete every episode inside the scope that matches the filter, as :meth:`delete`
-        does, in one transaction."""
+        does, in one transaction. ``drop_facts`` also drops the facts about the scope's
+        producer (learned in the scope's channel, when it names one), or, when it names no
+        producer, the facts learned in its channel; :attr:`Deleted.facts` counts them too."""
 
     async def purge(self) -> None:
         """After deletes: make deleted content leave the store's files as far as this store
@@ -208,6 +210,10 @@ class EpisodeStore(Protocol):
 
     async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
         """Episodes of one org and project by uid, in the order asked, unknown ones left out."""
+
+    async def existing(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        """Which of ``uids`` are episodes of this org and project, readable or set aside, in
+        the order asked (each once)."""
 
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
@@ -269,31 +275,53 @@ class IndexQueue(Protocol):
     async def release(self, claim: Claim) -> None:
         """Hand a claim's rows back now, for another attempt."""
 
-    async def set_aside(self, claim: Claim, uids: Sequence[str]) -> None:
-        """Stop trying to embed these rows (they failed); counted in :class:`Counts`."""
+    async def set_aside(
+        self, claim: Claim, uids: Sequence[str], reason: str = "could not be embedded"
+    ) -> None:
+        """Stop trying to embed these rows of the claim (they failed, for ``reason``): they
+        are set aside (see the module's docstring), and any vector they had is queued for
+        removal."""
 
     async def requeue(self, uids: Sequence[str] | None = None) -> None:
-        """Put rows (all rows when None) back in the queue, set-aside ones included."""
+        """Put rows back in the queue to be embedded again. With ``uids``: those rows (their
+        vectors were lost), unless set aside. With None: every row, set-aside ones included
+        (a reindex: a new embedder may take what the old one could not)."""
 
     async def count_pending(self) -> int: ...
 
     async def count_indexed(self) -> int: ...
+
+    async def count_set_aside(self) -> int:
+        """Records set aside (episodes and facts)."""
 
     async def tombstones(self, limit: int) -> list[Tombstone]: ...
 
     async def clear_tombstones(self, ids: Sequence[int] | None = None) -> None:
         """Forget tombstones once their vectors are gone (all of them when None)."""
 
+    async def needs_scrub(self) -> bool:
+        """Whether vectors were removed since the vector index's files were last scrubbed.
+        Every write that queues a vector for removal sets this in its own transaction, so a
+        crash before the scrub is seen by the next open."""
+
+    async def request_scrub(self) -> None: ...
+
+    async def scrubbed(self) -> None:
+        """The vector index's files hold nothing removed: clear :meth:`needs_scrub`."""
+
 
 @runtime_checkable
 class FactStore(Protocol):
     async def add_fact(self, fact: Fact) -> str:
-        """Store a fact with its citations; returns its uid."""
+        """Store a fact with its citations; returns its uid. Every citation must be an
+        episode of the fact's own org and project, and the uid must be free (InvalidInput
+        otherwise), so that no other org's delete can take the fact away."""
 
     async def supersede_fact(
         self, org_id: str, project_id: str, uid: str, by: str, when: datetime
     ) -> bool:
-        """Mark a fact of this org and project superseded; False when there is none."""
+        """Mark fact ``uid`` superseded by fact ``by``; False (nothing changed) unless both are
+        facts of this org and project."""
 
     async def facts(
         self,
@@ -315,6 +343,9 @@ class FactStore(Protocol):
     ) -> int: ...
 
     async def count_facts(self, org_id: str, project_id: str) -> int: ...
+
+    async def fact_uids(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        """Which of ``uids`` are facts of this org and project, readable or set aside."""
 
 
 @runtime_checkable

@@ -34,43 +34,18 @@ from typing import Any
 
 from memory.bench_scale import ORG, PROJECT, Corpus, percentile
 from memory.model import Episode, Scope
-from memory.sqlite_store import SQLiteStore
+from memory.store.base import Store
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import TempCluster
+from memory.store.sqlite import SQLiteStore
 
 DEPTH = 50  # candidates the engine asks the store for (max(50, 5 * top_k))
 
 
-class SQLiteSide:
-    """The SQLite store behind the few calls this benchmark makes (until it satisfies the
-    store protocol itself)."""
+class Side:
+    """One store under test, behind the few calls this benchmark makes."""
 
-    name = "sqlite"
-
-    def __init__(self, folder: Path) -> None:
-        self.store = SQLiteStore(folder / "memory.sqlite3")
-
-    async def open(self) -> None:
-        await self.store.open()
-
-    async def close(self) -> None:
-        await self.store.close()
-
-    async def add(self, episodes: list[Episode]) -> None:
-        await self.store.add(episodes)
-
-    async def search(self, scope: Scope, text: str) -> list[tuple[Episode, float]]:
-        return [(ep, s) for _, ep, s in await self.store.keyword_search(scope, None, None, text,
-                                                                         DEPTH)]  # fmt: skip
-
-    async def forget_one(self, scope: Scope) -> None:
-        [victim] = await self.store.list_episodes(scope, None, None, 1, 0)
-        await self.store.delete([victim.uid])
-        await self.store.checkpoint()
-
-
-class PostgresSide:
-    def __init__(self, name: str, store: PostgresStore) -> None:
+    def __init__(self, name: str, store: Store) -> None:
         self.name = name
         self.store = store
 
@@ -93,7 +68,10 @@ class PostgresSide:
         await self.store.purge()
 
 
-Side = SQLiteSide | PostgresSide
+def sqlite_side(folder: Path) -> Side:
+    return Side("sqlite", SQLiteStore(folder / "memory.sqlite3"))
+
+
 
 
 async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
@@ -132,12 +110,12 @@ async def scale(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="cm-store-bench-") as tmp:
         sides: list[tuple[Side, list[Side]]] = [
-            (SQLiteSide(Path(tmp)), []),
+            (sqlite_side(Path(tmp)), []),
             (
-                PostgresSide("postgresql", PostgresStore(url)),
+                Side("postgresql", PostgresStore(url)),
                 [
-                    PostgresSide("postgresql ts_rank_cd", PostgresStore(url, ranking="ts_rank_cd")),
-                    PostgresSide(
+                    Side("postgresql ts_rank_cd", PostgresStore(url, ranking="ts_rank_cd")),
+                    Side(
                         "postgresql scope as WHERE", PostgresStore(url, scope_tokens=False)
                     ),
                 ],
@@ -155,7 +133,7 @@ async def scale(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
                 write_s = time.perf_counter() - began
                 print(f"[{writer.name}] {args.episodes:,} written in {write_s:.1f} s",
                       file=sys.stderr)  # fmt: skip
-                if isinstance(writer, PostgresSide):
+                if isinstance(writer.store, PostgresStore):
                     # autovacuum would analyze after a bulk load; do it now, as it would
                     await writer.store.pool.execute("VACUUM ANALYZE episodes", timeout=None)
                 for side in (writer, *variants):
@@ -176,9 +154,9 @@ async def locomo(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="cm-store-bench-") as tmp:
         sides: list[Side] = [
-            SQLiteSide(Path(tmp)),
-            PostgresSide("postgresql", PostgresStore(url)),
-            PostgresSide("postgresql ts_rank_cd", PostgresStore(url, ranking="ts_rank_cd")),
+            sqlite_side(Path(tmp)),
+            Side("postgresql", PostgresStore(url)),
+            Side("postgresql ts_rank_cd", PostgresStore(url, ranking="ts_rank_cd")),
         ]
         for i, side in enumerate(sides):
             await side.open()

@@ -30,5 +30,5 @@ def test_the_records_the_protocol_and_the_client_load_nothing_heavy() -> None:
 
 def test_the_engine_does_load_the_index_and_the_store() -> None:
     """The control: the probe sees what the engine brings in."""
-    loaded = loaded_after("from memory import MemoryEngine")
-    assert "chromadb" in loaded and "aiosqlite" in loaded
+    assert "chromadb" in loaded_after("from memory import MemoryEngine")
+    assert "aiosqlite" in loaded_after("from memory.store.sqlite import SQLiteStore")

@@ -184,6 +184,14 @@ class Uids(BaseModel):
     uids: list[str]
 
 
+class AddedEpisodes(BaseModel):
+    """The uid of each episode, in order, and whether this call stored it (False: its source
+    was stored before, e.g. a platform's retry)."""
+
+    uids: list[str]
+    new: list[bool]
+
+
 class Uid(BaseModel):
     uid: str
 

@@ -31,9 +31,9 @@ from decimal import Decimal
 from typing import Any
 
 from memory.filters import (
-    _DECIMAL,
-    _META,
+    DECIMAL,
     MAX_TREE_DEPTH,
+    META,
     And,
     Comparison,
     Filter,
@@ -43,13 +43,13 @@ from memory.filters import (
     Not,
     Or,
     Value,
-    _bool_words,
-    _epoch,
-    _is_number,
-    _normalize,
-    _op,
-    _prepare_list,
+    bool_words,
     canonical_field,
+    canonical_op,
+    epoch_of,
+    in_list_values,
+    is_number,
+    normalize_value,
 )
 
 _ALIAS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_0123456789")
@@ -93,26 +93,26 @@ def _node(f: Filter, alias: str, p: Params, depth: int) -> str:
         return f"({expr} IS {'NOT ' if f.negate else ''}NULL)"
     if isinstance(f, Comparison):
         field = canonical_field(f.field)
-        op = _op(f.op)
-        value = _normalize(field, op, f.value)
+        op = canonical_op(f.op)
+        value = normalize_value(field, op, f.value)
         if op == "!=":
             return f"(NOT {_atom(field, alias, '=', [value], p)})"
         return _atom(field, alias, op, [value], p)
     if isinstance(f, InList):
         field = canonical_field(f.field)
-        sql = _atom(field, alias, "=", list(_prepare_list(field, f.values)), p)
+        sql = _atom(field, alias, "=", list(in_list_values(field, f.values)), p)
         return f"(NOT {sql})" if f.negate else sql
     raise FilterError(f"not a filter node: {f!r}")
 
 
 def _meta_key(field: str) -> str:
     # canonical_field allows only [A-Za-z0-9_.] in keys: safe inside a quoted literal.
-    return "'" + field[len(_META) :] + "'"
+    return "'" + field[len(META) :] + "'"
 
 
 def _text_expr(field: str, alias: str) -> str:
     """The field as text (NULL when missing or JSON null)."""
-    if field.startswith(_META):
+    if field.startswith(META):
         return f"({alias}.metadata ->> {_meta_key(field)})"
     if field == "session_key":
         return f"({alias}.org_id || '/' || {alias}.project_id)"
@@ -175,14 +175,16 @@ def _atom(field: str, alias: str, op: str, values: list[Value], p: Params) -> st
     """``field op value`` (op is = < <= > >=; for = any of ``values``), never NULL."""
     parts: list[str] = []
     if field == "created_at":
-        parts.append(_compare(f"{alias}.created_at", op, [_epoch(v) for v in values], "float8", p))
+        parts.append(
+            _compare(f"{alias}.created_at", op, [epoch_of(v) for v in values], "float8", p)
+        )
         return _coalesce(parts)
     strs = [v for v in values if isinstance(v, str)]
-    nums: list[int | float] = [v for v in values if _is_number(v)]  # type: ignore[misc]
+    nums: list[int | float] = [v for v in values if is_number(v)]  # type: ignore[misc]
     # A boolean literal equals its spellings as text.
-    texts = strs + [w for v in values if isinstance(v, bool) for w in _bool_words(v)]
+    texts = strs + [w for v in values if isinstance(v, bool) for w in bool_words(v)]
     text = _text_expr(field, alias)
-    if not field.startswith(_META):
+    if not field.startswith(META):
         if texts:
             parts.append(_text_compare(text, op, texts, p))
         if nums:
@@ -196,7 +198,7 @@ def _atom(field: str, alias: str, op: str, values: list[Value], p: Params) -> st
         decimal = _decimal_text_compare(text, op, nums, p)
         parts.append(f"(CASE WHEN {kind} = 'string' THEN {decimal} ELSE false END)")
     # A stored JSON number: against number literals and strings that are plain decimals.
-    numbers: list[int | float] = nums + [float(s) for s in strs if _DECIMAL.fullmatch(s)]
+    numbers: list[int | float] = nums + [float(s) for s in strs if DECIMAL.fullmatch(s)]
     if numbers:
         exact = _compare(f"({node})::numeric", op, [_exact(v) for v in numbers], "numeric", p)
         double = _double_compare(f"({node})::float8", op, numbers, p)
@@ -206,7 +208,7 @@ def _atom(field: str, alias: str, op: str, values: list[Value], p: Params) -> st
         )
     if op == "=":
         for flag in (True, False):
-            words = _bool_words(flag)
+            words = bool_words(flag)
             if any(v is flag for v in values) or any(s in words for s in strs):
                 literal = "true" if flag else "false"
                 parts.append(f"({node} = '{literal}'::jsonb)")

@@ -106,6 +106,13 @@ MIGRATIONS: dict[int, list[str]] = {
             key text NOT NULL, value text NOT NULL,
             PRIMARY KEY (org_id, project_id, subject, key))""",
     ],
+    2: [
+        # Records set aside (as in the SQLite store): unreadable or unembeddable, counted,
+        # logged once, skipped by the index queue, deletable.
+        """CREATE TABLE set_aside (
+            uid text PRIMARY KEY, kind text NOT NULL, reason text NOT NULL,
+            at double precision NOT NULL)""",
+    ],
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -32,20 +32,9 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from memory.filters import Filter
-from memory.model import Episode, Fact, InvalidInput, Scope, TimeRange
-from memory.sqlite_store import (  # one rule for scope tokens, query words and times
-    channel_tag,
-    from_epoch,
-    fts_tags,
-    keyword_terms,
-    producer_tag,
-    project_tag,
-    thread_tag,
-    to_epoch,
-)
+from memory.model import Added, Episode, Fact, InvalidInput, Scope, TimeRange
 
 from ..base import (
-    Added,
     Adjacent,
     Claim,
     Context,
@@ -58,17 +47,29 @@ from ..base import (
     StoreUnavailable,
     Tombstone,
 )
+from ..shared import (
+    MAX_ATTEMPTS,
+    dump_json,
+    from_epoch,
+    keyword_terms,
+    narrowest_token,
+    scope_tokens,
+    to_epoch,
+)
 from .filters import Params, to_pg_sql
 from .schema import FTS_CONFIG, MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: A claim handed out this many times without being completed or released (its worker died
-#: each time) is set aside instead of handed out again.
-MAX_ATTEMPTS = 5
+#: Set in the transaction that deletes or edits episodes, cleared once the vector index's
+#: files hold nothing of them (see :meth:`memory.store.base.IndexQueue.needs_scrub`).
+_SCRUB_KEY = "vector_scrub_pending"
+_NEEDS_SCRUB = (
+    f"INSERT INTO cm_meta VALUES ('{_SCRUB_KEY}', '1') ON CONFLICT (key) DO NOTHING"
+)
 #: Tables a forget writes to; :meth:`PostgresStore.purge` vacuums them.
-PURGED_TABLES = ("episodes", "fact_citations", "facts", "vector_tombstones")
+PURGED_TABLES = ("episodes", "fact_citations", "facts", "vector_tombstones", "set_aside")
 PURGE_LIMITS = (
     "VACUUM prunes dead tuples but does not zero the freed space in a page, GIN keeps a "
     "forgotten word as an index key until the index is rebuilt, and the WAL holds the text "
@@ -151,37 +152,6 @@ def row_episode(r: asyncpg.Record, offset: int = 0) -> Episode:
     )
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def dump_json(value: dict[str, Any], what: str) -> str:
-    """JSON text PostgreSQL's jsonb accepts: no NUL characters, no NaN or infinities."""
-    if _has_nul(value):
-        raise InvalidInput(f"{what} contains a NUL character")
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
-    except ValueError as exc:
-        raise InvalidInput(f"{what} holds a number JSON cannot carry ({exc})") from None
-
-
-def narrowest_tag(scope: Scope) -> str:
-    """The scope token a keyword search must match: thread, channel, producer or project."""
-    if scope.thread_id is not None and scope.produced_for is not None:
-        return thread_tag(scope.org_id, scope.project_id, scope.produced_for, scope.thread_id)
-    if scope.produced_for is not None:
-        return channel_tag(scope.org_id, scope.project_id, scope.produced_for)
-    if scope.producer is not None:
-        return producer_tag(scope.org_id, scope.project_id, scope.producer)
-    return project_tag(scope.org_id, scope.project_id)
-
-
 def scope_where(
     scope: Scope, time: TimeRange | None, filt: Filter | None, p: Params, alias: str = "e"
 ) -> str:
@@ -203,9 +173,12 @@ def scope_where(
 
 def redact(url: str) -> str:
     """host:port/database of a connection URL, without user or password."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "localhost", parts.port or 5432
+    except ValueError:
+        return "(an invalid URL)"
+    return f"{host}:{port}{parts.path or '/'}"
 
 
 class PostgresStore:
@@ -258,6 +231,12 @@ class PostgresStore:
             ) from None
         except asyncpg.PostgresError as exc:
             raise StoreUnavailable(f"PostgreSQL at {where} refused to connect: {exc}") from None
+        except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
+            # A malformed URL or option; the message names the option, never the password.
+            reason = str(exc) if isinstance(exc, asyncpg.InterfaceError) else "malformed"
+            raise StoreUnavailable(
+                f"CHANNELMIND_DATABASE_URL cannot be used ({reason}); fix it"
+            ) from None
         try:
             await self._migrate()
         except BaseException:
@@ -326,6 +305,12 @@ class PostgresStore:
             value,
         )
 
+    async def init_meta(self, key: str, value: str) -> str:
+        await self.db.execute(
+            "INSERT INTO cm_meta VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", key, value
+        )
+        return str(await self.db.fetchval("SELECT value FROM cm_meta WHERE key = $1", key))
+
     # -- writes ----------------------------------------------------------------------------
 
     async def add(self, episodes: Sequence[Episode]) -> list[Added]:
@@ -346,7 +331,7 @@ class PostgresStore:
             [e.thread_id for e in episodes],
             [e.episode_type for e in episodes],
             [dump_json(e.metadata, "metadata") for e in episodes],
-            [fts_tags(e) for e in episodes],
+            [" ".join(scope_tokens(e)) for e in episodes],
         ]
         types = ["text"] * 7 + ["float8"] + ["text"] * 6
 
@@ -406,17 +391,38 @@ class PostgresStore:
     async def edit(
         self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime
     ) -> bool:
-        status = await self.db.execute(
-            "UPDATE episodes SET content = $1, edited_at = $2, index_state = 0,"
-            " version = version + 1, attempts = 0"
-            " WHERE org_id = $3 AND project_id = $4 AND uid = $5",
-            content,
-            to_epoch(edited_at),
-            org_id,
-            project_id,
-            uid,
-        )
-        return _rowcount(status) > 0
+        """Replace the content; the old vector is queued for removal and facts citing only
+        this episode go (they were learned from the old text). The version moves on, so a
+        claim taken before the edit cannot mark the new text indexed; the lease is kept, so no
+        other worker embeds the row before the claim ends."""
+
+        async def change(conn: asyncpg.Connection) -> bool:
+            found = await conn.fetchrow(
+                "UPDATE episodes SET content = $1, edited_at = $2, index_state = 0,"
+                " version = version + 1, attempts = 0"
+                " WHERE org_id = $3 AND project_id = $4 AND uid = $5 RETURNING produced_for",
+                content,
+                to_epoch(edited_at),
+                org_id,
+                project_id,
+                uid,
+            )
+            if found is None:
+                return False
+            await conn.execute("DELETE FROM set_aside WHERE uid = $1", uid)
+            await conn.execute(
+                "INSERT INTO vector_tombstones (uid, org_id, project_id, produced_for)"
+                " VALUES ($1, $2, $3, $4)",
+                uid,
+                org_id,
+                project_id,
+                found["produced_for"],
+            )
+            await self._drop_citations(conn, [uid])
+            await conn.execute(_NEEDS_SCRUB)
+            return True
+
+        return await self._write(change)
 
     async def _delete_where(self, conn: asyncpg.Connection, where: str, args: list[Any]) -> Deleted:
         """Delete episodes, tombstone their vectors, drop facts citing only them."""
@@ -431,20 +437,27 @@ class PostgresStore:
         uids = [r["uid"] for r in gone]
         if not uids:
             return Deleted()
+        await conn.execute("DELETE FROM set_aside WHERE uid = ANY($1::text[])", uids)
+        facts = await self._drop_citations(conn, uids)
+        await conn.execute(_NEEDS_SCRUB)
+        channels = sorted({r["produced_for"] for r in gone})
+        return Deleted(uids=uids, facts=facts, channels=channels)
+
+    @staticmethod
+    async def _drop_citations(conn: asyncpg.Connection, uids: list[str]) -> int:
+        """Remove citations of these episodes; drop the facts left citing nothing (counted)."""
         cited = await conn.fetch(
             "DELETE FROM fact_citations WHERE episode_uid = ANY($1::text[]) RETURNING fact_uid",
             uids,
         )
-        facts = 0
-        if cited:
-            status = await conn.execute(
-                "DELETE FROM facts f WHERE f.uid = ANY($1::text[]) AND NOT EXISTS"
-                " (SELECT 1 FROM fact_citations c WHERE c.fact_uid = f.uid)",
-                list({r["fact_uid"] for r in cited}),
-            )
-            facts = _rowcount(status)
-        channels = sorted({r["produced_for"] for r in gone})
-        return Deleted(uids=uids, facts=facts, channels=channels)
+        if not cited:
+            return 0
+        status = await conn.execute(
+            "DELETE FROM facts f WHERE f.uid = ANY($1::text[]) AND NOT EXISTS"
+            " (SELECT 1 FROM fact_citations c WHERE c.fact_uid = f.uid)",
+            list({r["fact_uid"] for r in cited}),
+        )
+        return _rowcount(status)
 
     async def delete(self, org_id: str, project_id: str, uids: Sequence[str]) -> Deleted:
         if not uids:
@@ -457,10 +470,22 @@ class PostgresStore:
             )
         )
 
-    async def forget(self, scope: Scope, filt: Filter | None = None) -> Deleted:
+    async def forget(
+        self, scope: Scope, filt: Filter | None = None, *, drop_facts: bool = False
+    ) -> Deleted:
         p = Params()
         where = scope_where(scope, None, filt, p)
-        return await self._write(lambda conn: self._delete_where(conn, where, p.values))
+
+        async def drop(conn: asyncpg.Connection) -> Deleted:
+            gone = await self._delete_where(conn, where, p.values)
+            if not drop_facts:
+                return gone
+            about = await self._delete_facts_about(
+                conn, scope.org_id, scope.project_id, scope.producer, scope.produced_for
+            )
+            return Deleted(gone.uids, gone.facts + about, gone.channels)
+
+        return await self._write(drop)
 
     async def purge(self) -> None:
         """VACUUM the tables a forget writes to (prunes dead tuples and their index entries;
@@ -484,6 +509,19 @@ class PostgresStore:
         )
         found = {r["uid"]: row_episode(r) for r in rows}
         return [found[u] for u in dict.fromkeys(uids) if u in found]
+
+    async def existing(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        if not uids:
+            return []
+        rows = await self.db.fetch(
+            "SELECT uid FROM episodes WHERE uid = ANY($1::text[]) AND org_id = $2"
+            " AND project_id = $3",
+            list(uids),
+            org_id,
+            project_id,
+        )
+        found = {r[0] for r in rows}
+        return [u for u in dict.fromkeys(uids) if u in found]
 
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
@@ -548,7 +586,7 @@ class PostgresStore:
         words = p(" | ".join(terms))
         match = f"e.tsv @@ to_tsquery('{FTS_CONFIG}', {words})"
         if self.scope_tokens:
-            tag = p("'" + narrowest_tag(scope) + "'")
+            tag = p("'" + narrowest_token(scope) + "'")
             match = f"e.tsv @@ (to_tsquery('{FTS_CONFIG}', {words}) && {tag}::tsquery)"
         where = scope_where(scope, time, filt, p)
         if self.ranking == "ts_rank_cd":
@@ -671,14 +709,8 @@ class PostgresStore:
             )
             poisoned = [r["uid"] for r in rows if r["attempts"] > MAX_ATTEMPTS]
             if poisoned:
-                log.warning(
-                    "%d rows failed to embed %d times; set aside", len(poisoned), MAX_ATTEMPTS
-                )
-                await conn.execute(
-                    "UPDATE episodes SET index_state = 2, lease_token = NULL, lease_until = NULL"
-                    " WHERE uid = ANY($1::text[])",
-                    poisoned,
-                )
+                reason = f"claimed {MAX_ATTEMPTS} times without being embedded"
+                await self._set_aside_in(conn, poisoned, reason)
             kept = sorted(
                 (r for r in rows if r["attempts"] <= MAX_ATTEMPTS),
                 key=lambda r: (r["org_id"], r["project_id"], r["produced_for"], r["id"]),
@@ -722,22 +754,62 @@ class PostgresStore:
             claim.token,
         )
 
-    async def set_aside(self, claim: Claim, uids: Sequence[str]) -> None:
-        await self.db.execute(
+    async def set_aside(
+        self, claim: Claim, uids: Sequence[str], reason: str = "could not be embedded"
+    ) -> None:
+        async def mark(conn: asyncpg.Connection) -> None:
+            held = await conn.fetch(
+                "SELECT uid FROM episodes WHERE lease_token = $1::uuid AND uid = ANY($2::text[])",
+                claim.token,
+                list(uids),
+            )
+            await self._set_aside_in(conn, [r[0] for r in held], reason)
+
+        await self._write(mark)
+
+    @staticmethod
+    async def _set_aside_in(conn: asyncpg.Connection, uids: list[str], reason: str) -> None:
+        """Set episodes aside inside the caller's transaction: recorded with the reason (and
+        logged) once, out of the queue, any vector they had queued for removal."""
+        if not uids:
+            return
+        new = await conn.fetch(
+            "INSERT INTO set_aside SELECT u, 'episode', $2, extract(epoch FROM now())"
+            " FROM unnest($1::text[]) AS u ON CONFLICT DO NOTHING RETURNING uid",
+            uids,
+            reason[:1000],
+        )
+        for r in new:
+            log.warning("set aside episode %s: %s", r[0], reason[:300])
+        await conn.execute(
+            "INSERT INTO vector_tombstones (uid, org_id, project_id, produced_for)"
+            " SELECT uid, org_id, project_id, produced_for FROM episodes"
+            " WHERE uid = ANY($1::text[]) AND index_state <> 2",  # any vector it had goes
+            uids,
+        )
+        await conn.execute(
             "UPDATE episodes SET index_state = 2, lease_token = NULL, lease_until = NULL"
-            " WHERE lease_token = $1::uuid AND uid = ANY($2::text[])",
-            claim.token,
-            list(uids),
+            " WHERE uid = ANY($1::text[])",
+            uids,
         )
 
     async def requeue(self, uids: Sequence[str] | None = None) -> None:
         if uids is None:
-            await self.db.execute("UPDATE episodes SET index_state = 0, attempts = 0")
+
+            async def everything(conn: asyncpg.Connection) -> None:
+                await conn.execute("UPDATE episodes SET index_state = 0, attempts = 0")
+                await conn.execute("DELETE FROM set_aside WHERE kind = 'episode'")
+
+            await self._write(everything)
         elif uids:
             await self.db.execute(
-                "UPDATE episodes SET index_state = 0, attempts = 0 WHERE uid = ANY($1::text[])",
+                "UPDATE episodes SET index_state = 0, attempts = 0 WHERE uid = ANY($1::text[])"
+                " AND index_state <> 2",
                 list(uids),
             )
+
+    async def count_set_aside(self) -> int:
+        return int(await self.db.fetchval("SELECT count(*) FROM set_aside"))
 
     async def count_pending(self) -> int:
         return int(await self.db.fetchval("SELECT count(*) FROM episodes WHERE index_state = 0"))
@@ -761,6 +833,15 @@ class PostgresStore:
                 "DELETE FROM vector_tombstones WHERE id = ANY($1::bigint[])", list(ids)
             )
 
+    async def needs_scrub(self) -> bool:
+        return await self.get_meta(_SCRUB_KEY) is not None
+
+    async def request_scrub(self) -> None:
+        await self.db.execute(_NEEDS_SCRUB)
+
+    async def scrubbed(self) -> None:
+        await self.db.execute("DELETE FROM cm_meta WHERE key = $1", _SCRUB_KEY)
+
     # -- facts -----------------------------------------------------------------------------
 
     async def add_fact(self, fact: Fact) -> str:
@@ -768,6 +849,23 @@ class PostgresStore:
         metadata = dump_json(fact.metadata, "fact metadata")
 
         async def insert(conn: asyncpg.Connection) -> None:
+            citations = list(dict.fromkeys(fact.citations))
+            known = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT uid FROM episodes WHERE org_id = $1 AND project_id = $2"
+                    " AND uid = ANY($3::text[])",
+                    fact.org_id,
+                    fact.project_id,
+                    citations,
+                )
+            }
+            missing = [c for c in citations if c not in known]
+            if missing:
+                raise InvalidInput(
+                    f"citations not found in {fact.org_id}/{fact.project_id}:"
+                    f" {', '.join(missing[:20])}"
+                )
             await conn.execute(
                 "INSERT INTO facts (uid, org_id, project_id, subject, produced_for, category,"
                 " tag, feature, value, created_at, superseded_at, superseded_by, metadata)"
@@ -797,7 +895,8 @@ class PostgresStore:
     ) -> bool:
         status = await self.db.execute(
             "UPDATE facts SET superseded_at = $1, superseded_by = $2"
-            " WHERE org_id = $3 AND project_id = $4 AND uid = $5",
+            " WHERE org_id = $3 AND project_id = $4 AND uid = $5 AND EXISTS (SELECT 1 FROM"
+            " facts b WHERE b.org_id = $3 AND b.project_id = $4 AND b.uid = $2)",
             to_epoch(when),
             by,
             org_id,
@@ -864,16 +963,39 @@ class PostgresStore:
     async def delete_facts_about(
         self, org_id: str, project_id: str, subject: str | None, produced_for: str | None
     ) -> int:
+        return await self._write(
+            lambda conn: self._delete_facts_about(conn, org_id, project_id, subject, produced_for)
+        )
+
+    @staticmethod
+    async def _delete_facts_about(
+        conn: asyncpg.Connection,
+        org_id: str,
+        project_id: str,
+        subject: str | None,
+        produced_for: str | None,
+    ) -> int:
         p = Params([org_id, project_id])
         clauses = ["org_id = $1", "project_id = $2"]
         if subject is not None:
             clauses.append(f"subject = {p(subject)}")
         if produced_for is not None:
             clauses.append(f"produced_for = {p(produced_for)}")
-        status = await self.db.execute(
-            f"DELETE FROM facts WHERE {' AND '.join(clauses)}", *p.values
-        )
+        status = await conn.execute(f"DELETE FROM facts WHERE {' AND '.join(clauses)}", *p.values)
         return _rowcount(status)
+
+    async def fact_uids(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
+        if not uids:
+            return []
+        rows = await self.db.fetch(
+            "SELECT uid FROM facts WHERE org_id = $1 AND project_id = $2"
+            " AND uid = ANY($3::text[])",
+            org_id,
+            project_id,
+            list(uids),
+        )
+        found = {r[0] for r in rows}
+        return [u for u in dict.fromkeys(uids) if u in found]
 
     async def count_facts(self, org_id: str, project_id: str) -> int:
         return int(
@@ -927,16 +1049,14 @@ class PostgresStore:
             gone = await self._delete_where(
                 conn, "e.org_id = $1 AND e.project_id = $2", [org_id, project_id]
             )
-            status = await conn.execute(
-                "DELETE FROM facts WHERE org_id = $1 AND project_id = $2", org_id, project_id
-            )
+            facts = await self._delete_facts_about(conn, org_id, project_id, None, None)
             for table in ("settings", "projects"):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE org_id = $1 AND project_id = $2",
                     org_id,
                     project_id,
                 )
-            return Deleted(gone.uids, gone.facts + _rowcount(status), gone.channels)
+            return Deleted(gone.uids, gone.facts + facts, gone.channels)
 
         return await self._write(drop)
 
@@ -977,7 +1097,7 @@ class PostgresStore:
     async def counts(self) -> Counts:
         r = await self.db.fetchrow(
             "SELECT count(*), count(*) FILTER (WHERE index_state = 0),"
-            " count(*) FILTER (WHERE index_state = 2), count(DISTINCT org_id),"
+            " (SELECT count(*) FROM set_aside), count(DISTINCT org_id),"
             " count(DISTINCT (org_id, project_id)),"
             " count(DISTINCT (org_id, project_id, produced_for)),"
             " (SELECT count(*) FROM facts WHERE superseded_at IS NULL) FROM episodes"

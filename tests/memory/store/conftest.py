@@ -1,6 +1,7 @@
-"""Stores under test: a throwaway PostgreSQL 15 cluster for the session, a fresh database per
-test. Skipped only where PostgreSQL is not installed and this is not CI; in CI (``CI=true``)
-a missing PostgreSQL fails the run, since .ci/run installs it."""
+"""Stores under test: SQLite in a temp folder, and a throwaway PostgreSQL 15 cluster for the
+session with a fresh database per test. PostgreSQL is skipped only where it is not installed
+and this is not CI; in CI (``CI=true``) a missing PostgreSQL fails the run, since .ci/run
+installs it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from memory.store.base import Store
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import SUPERUSER, TempCluster, find_bindir
+from memory.store.sqlite import SQLiteStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -48,14 +51,17 @@ def pg_url(pg_cluster: TempCluster) -> Iterator[str]:
         psql(pg_cluster, f"DROP DATABASE {name} WITH (FORCE)")
 
 
-@pytest.fixture(params=["postgresql"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    """Which store a conformance test runs on. SQLite joins the list when it satisfies
-    :class:`memory.store.base.Store` (the memory restructure)."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Which store a conformance test runs on: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'memory.sqlite3'}"
     return str(request.getfixturevalue("pg_url"))
 
 
 def make_store(url: str) -> Store:
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
     return PostgresStore(url, pool_size=4)
 
 

@@ -1,6 +1,6 @@
-"""The store protocol, driven method by method against a real database (PostgreSQL now;
-SQLite joins through the ``store_url`` fixture once it satisfies the protocol). Everything
-here is about behaviour a caller can see, not about a particular schema."""
+"""The store protocol, driven method by method against each real database (SQLite and
+PostgreSQL, through the ``store_url`` fixture). Everything here is about behaviour a caller can
+see, not about a particular schema."""
 
 from __future__ import annotations
 
@@ -66,7 +66,13 @@ async def test_a_uid_that_belongs_to_another_episode_stores_nothing(store: Store
     assert [e.content for e in await store.list_episodes(CHANNEL, None, None, 10, 0)] == ["first"]
 
 
-async def test_bad_json_is_refused_with_a_clear_message(store: Store) -> None:
+async def test_json_jsonb_cannot_hold_is_refused_on_postgresql_kept_on_sqlite(
+    store_url: str, store: Store
+) -> None:
+    if store_url.startswith("sqlite:"):  # the text an embedded folder always held
+        [uid] = await add(store, episode("x", metadata={"name": "a\x00b"}))
+        assert [e.metadata for e in await store.get(ORG, PROJECT, [uid])] == [{"name": "a\x00b"}]
+        return
     with pytest.raises(InvalidInput, match="NUL"):
         await store.add([episode("x", metadata={"name": "a\x00b"})])
     with pytest.raises(InvalidInput, match="JSON"):
@@ -285,6 +291,8 @@ async def test_delete_project_takes_everything(store: Store) -> None:
 
 
 async def test_claims_split_the_queue_between_workers(store_url: str) -> None:
+    if store_url.startswith("sqlite:"):
+        pytest.skip("one process owns an embedded folder: its claims live in that process")
     a, b = make_store(store_url), make_store(store_url)
     await asyncio.gather(a.open(), b.open())
     try:
@@ -356,6 +364,10 @@ def fact(feature: str, value: str, citations: list[str], **fields: object) -> Fa
 
 
 async def test_facts(store: Store) -> None:
+    # A fact may cite only episodes of its own org and project.
+    await add(store, *(episode(f"said {u}", uid=u) for u in ("e1", "e2", "e3")))
+    with pytest.raises(InvalidInput, match="citations not found"):
+        await store.add_fact(fact("drink", "water", ["e1", "nope"]))
     old = await store.add_fact(fact("drink", "coffee", ["e1", "e2"], created_at=at(0)))
     new = await store.add_fact(fact("drink", "tea", ["e3"], created_at=at(1)))
     await store.add_fact(fact("pet", "cat", [], subject=BOB, created_at=at(2)))
@@ -389,6 +401,10 @@ async def test_projects_settings_meta_and_counts(store: Store) -> None:
     assert await store.get_meta("embedder") is None
     await store.set_meta("embedder", "hash-384")
     assert await store.get_meta("embedder") == "hash-384"
+    # Of processes opening one store at once, the first value of a key wins for all.
+    assert await store.init_meta("index_key", "first") == "first"
+    assert await store.init_meta("index_key", "second") == "first"
+    assert await store.get_meta("index_key") == "first"
     counts = await store.counts()
     assert (counts.episodes, counts.pending_index, counts.orgs, counts.channels) == (1, 1, 1, 1)
     assert await store.channels(ORG, PROJECT) == [GENERAL]

@@ -13,7 +13,7 @@ from memory.store.base import StoreUnavailable
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import free_port
 from memory.store.postgres.schema import SCHEMA_VERSION
-from memory.store.postgres.store import narrowest_tag
+from memory.store.shared import narrowest_token
 from tests.conftest import GENERAL, ORG, PROJECT, episode
 
 CHANNEL = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
@@ -108,7 +108,7 @@ async def test_a_channel_search_is_one_gin_index_search(pg_url: str) -> None:
             plan = await conn.fetchval(
                 "EXPLAIN (ANALYZE, FORMAT JSON) SELECT id FROM episodes e WHERE e.tsv @@"
                 " (to_tsquery('channelmind', 'deploy') && $1::tsquery)",
-                f"'{narrowest_tag(CHANNEL.model_copy(update={'produced_for': 'slack:C7'}))}'",
+                f"'{narrowest_token(CHANNEL.model_copy(update={'produced_for': 'slack:C7'}))}'",
             )
         finally:
             await conn.close()

@@ -1,0 +1,114 @@
+"""The SQLite schema, as numbered migrations applied on open (each in one transaction).
+
+Never edit a released migration: add the next number. A folder written by an older
+ChannelMind opens and migrates; a folder from a newer one is refused with one line.
+
+The index queue is ``episodes.indexed`` (0 waiting for its vector, 1 in the vector index, 2
+set aside). Claims and their leases live in the process that owns the folder (see
+:mod:`memory.store.sqlite.store`), so the file is the one every earlier version wrote.
+"""
+
+from __future__ import annotations
+
+#: ``episodes.indexed``.
+PENDING, INDEXED, SET_ASIDE = 0, 1, 2
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+        """CREATE TABLE episodes (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            org_id TEXT NOT NULL,
+            project_id TEXT NOT NULL,
+            producer TEXT NOT NULL,
+            produced_for TEXT NOT NULL,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            platform TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            thread_id TEXT,
+            episode_type TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            fts_tags TEXT NOT NULL,
+            indexed INTEGER NOT NULL DEFAULT 0,
+            edited_at REAL,
+            UNIQUE (org_id, project_id, platform, source_id)
+        )""",
+        "CREATE INDEX ep_channel ON episodes (org_id, project_id, produced_for, created_at)",
+        "CREATE INDEX ep_producer ON episodes (org_id, project_id, producer, created_at)",
+        "CREATE INDEX ep_time ON episodes (org_id, project_id, created_at)",
+        "CREATE INDEX ep_thread ON episodes (org_id, project_id, produced_for, thread_id,"
+        " created_at) WHERE thread_id IS NOT NULL",
+        "CREATE INDEX ep_pending ON episodes (indexed) WHERE indexed = 0",
+        """CREATE VIRTUAL TABLE episodes_fts USING fts5(
+            content, fts_tags, content='episodes', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2')""",
+        """CREATE TRIGGER episodes_ai AFTER INSERT ON episodes BEGIN
+            INSERT INTO episodes_fts(rowid, content, fts_tags)
+            VALUES (new.id, new.content, new.fts_tags);
+        END""",
+        """CREATE TRIGGER episodes_ad AFTER DELETE ON episodes BEGIN
+            INSERT INTO episodes_fts(episodes_fts, rowid, content, fts_tags)
+            VALUES ('delete', old.id, old.content, old.fts_tags);
+        END""",
+        """CREATE TRIGGER episodes_au AFTER UPDATE OF content, fts_tags ON episodes BEGIN
+            INSERT INTO episodes_fts(episodes_fts, rowid, content, fts_tags)
+            VALUES ('delete', old.id, old.content, old.fts_tags);
+            INSERT INTO episodes_fts(rowid, content, fts_tags)
+            VALUES (new.id, new.content, new.fts_tags);
+        END""",
+        # Vectors whose rows are gone, to be dropped from the vector index. Written in the
+        # same transaction as the delete, so a crash in between cannot orphan a vector.
+        """CREATE TABLE vector_tombstones (
+            uid TEXT NOT NULL, org_id TEXT NOT NULL, project_id TEXT NOT NULL,
+            produced_for TEXT NOT NULL)""",
+        """CREATE TABLE facts (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            org_id TEXT NOT NULL,
+            project_id TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            produced_for TEXT NOT NULL,
+            category TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            value TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            superseded_at REAL,
+            superseded_by TEXT,
+            metadata TEXT NOT NULL
+        )""",
+        "CREATE INDEX facts_subject ON facts (org_id, project_id, subject, produced_for)",
+        """CREATE TABLE fact_citations (
+            fact_uid TEXT NOT NULL REFERENCES facts(uid) ON DELETE CASCADE,
+            episode_uid TEXT NOT NULL,
+            PRIMARY KEY (fact_uid, episode_uid))""",
+        "CREATE INDEX fact_citations_episode ON fact_citations (episode_uid)",
+        """CREATE TABLE projects (
+            org_id TEXT NOT NULL, project_id TEXT NOT NULL, description TEXT NOT NULL,
+            config TEXT NOT NULL, created_at REAL NOT NULL,
+            PRIMARY KEY (org_id, project_id))""",
+        """CREATE TABLE settings (
+            org_id TEXT NOT NULL, project_id TEXT NOT NULL, subject TEXT NOT NULL,
+            key TEXT NOT NULL, value TEXT NOT NULL,
+            PRIMARY KEY (org_id, project_id, subject, key))""",
+    ],
+    2: [
+        # claim() takes rows channel by channel; this lets it read them in that order
+        # instead of sorting every pending row on each batch (a bulk load of 1M rows).
+        "CREATE INDEX ep_pending_channel ON episodes (org_id, project_id, produced_for, id)"
+        " WHERE indexed = 0",
+        "DROP INDEX ep_pending",
+    ],
+    3: [
+        # Records set aside: stored but unreadable (e.g. a time written before the valid range
+        # was enforced) or unembeddable. They are skipped, counted, logged once, and deletable;
+        # an episode set aside is also marked set aside in the index queue.
+        """CREATE TABLE set_aside (
+            uid TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)""",
+    ],
+}
+
+SCHEMA_VERSION = max(MIGRATIONS)
