@@ -197,7 +197,7 @@ class SemanticStats:
 
 
 class SemanticMemory:
-    """Batched fact extraction over one memory (:class:`~memory.interface.Memory`: the
+    """Batched fact extraction over one memory (:class:`~memory.protocol.Memory`: the
     engine, or a client of a memory server)."""
 
     def __init__(
