@@ -49,10 +49,3 @@ def make_store(database_url: str | None, data_dir: Path) -> Store:
 
     return PostgresStore(database_url)
 
-
-async def probe(database_url: str) -> None:
-    """Open and close the PostgreSQL store once: a command checks the setting before it
-    starts serving (raises :class:`StoreUnavailable`)."""
-    store = make_store(database_url, Path("."))
-    await store.open()
-    await store.close()
