@@ -33,6 +33,7 @@ from .embedders import Embedder, Vectors, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
 from .model import (
+    EMBED_TEXT_VERSION,
     Added,
     Episode,
     Fact,
@@ -151,6 +152,7 @@ class MemoryEngine:
             await self.store.open()
             await self._check_embedder(allow_embedder_change)
             await self._open_index()
+            await self._check_embed_text()
             await self._drain_tombstones()
             if await self.store.needs_scrub():
                 await self._scrub()
@@ -177,6 +179,24 @@ class MemoryEngine:
             await asyncio.to_thread(self.index.reset)
             await self.store.requeue()
             await self.store.request_scrub()
+
+    async def _check_embed_text(self) -> None:
+        """Vectors written from an older :func:`embed_text` would search worse without any
+        error (the embedder is the same, so its fingerprint matches): every row goes back in
+        the queue, and the indexer overwrites them in the background while the old vectors
+        keep answering."""
+        stored = await self.store.get_meta("embed_text")
+        if stored == EMBED_TEXT_VERSION:
+            return
+        if await self.store.count_indexed():
+            log.info(
+                "the vector index was written for message format %s, this version writes %s:"
+                " re-embedding every message in the background",
+                stored or "1",
+                EMBED_TEXT_VERSION,
+            )
+            await self.store.requeue()
+        await self.store.set_meta("embed_text", EMBED_TEXT_VERSION)
 
     async def serving_at(self, url: str | None) -> None:
         """Record in the folder's lock file where this process serves the memory API, so that
@@ -390,6 +410,7 @@ class MemoryEngine:
             await self.store.clear_tombstones()
             await self.store.requeue()
             await self.store.set_meta("embedder", self.embedder.fingerprint)
+            await self.store.set_meta("embed_text", EMBED_TEXT_VERSION)
             await self._scrub()
         self._wake.set()
         return await self.store.count_pending()

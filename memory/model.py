@@ -260,6 +260,11 @@ class Episode(BaseModel):
         return str(value) if value else None
 
 
+#: Which way :func:`embed_text` writes a message. Bump it whenever that changes: an index
+#: written the old way is then re-embedded in the background when the engine opens.
+EMBED_TEXT_VERSION = "2"  # 1: ``name: text``; 2: ``name: "text"``
+
+
 def embed_text(ep: Episode) -> str:
     """How a message is written for the embedder: its author, then its words in quotes. The
     quotes tell the model where the name ends and the message begins: on LoCoMo (MiniLM,

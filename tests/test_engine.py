@@ -592,3 +592,45 @@ async def test_filter_strings_narrow(engine: MemoryEngine) -> None:
     # A parsed filter is accepted as well as its text.
     parsed_filter = parse_filter("metadata.kind = 'idea'")
     assert uids_of(await engine.search("deploy", SCOPE, filters=parsed_filter)) == [uids[1]]
+
+
+async def test_an_index_written_in_an_older_message_format_is_re_embedded(data_dir: Path) -> None:
+    """Issue 14: how a message is written for the embedder changed (``name: "text"``); the
+    embedder's fingerprint did not, so nothing would say an old index searches worse. On
+    open, its rows are queued again and the indexer overwrites their vectors; a folder
+    already in this format is left alone."""
+    embedder = HashEmbedder(384)
+    ep = episode("the quarterly report moved to Friday")
+    eng = await MemoryEngine.open(data_dir, embedder)
+    try:
+        [uid] = await eng.add([ep])
+        await eng.wait_indexed()
+        assert eng.index is not None
+        collection = eng.index.project_collection(ORG, PROJECT)
+        want = embedder.embed([embed_text(ep.model_copy(update={"uid": uid}))])[0]
+        assert np.allclose(stored_vector(eng, collection, uid), want, atol=1e-6)
+        # What an older version left: another vector (the hash embedder ignores the quotes
+        # that tell the versions apart, so another text stands in) and an older marker.
+        old = embedder.embed(["written the old way"])[0]
+        eng.index.client.get_collection(collection).upsert(ids=[uid], embeddings=[old.tolist()])
+        assert not np.allclose(stored_vector(eng, collection, uid), want, atol=1e-6)
+        await eng.store.set_meta("embed_text", "1")
+    finally:
+        await eng.close()
+
+    eng = await MemoryEngine.open(data_dir, embedder, background=False)
+    try:
+        assert await eng.store.count_pending() == 1  # queued again at open
+    finally:
+        await eng.close()
+    eng = await MemoryEngine.open(data_dir, embedder)
+    try:
+        await eng.wait_indexed()
+        assert np.allclose(stored_vector(eng, collection, uid), want, atol=1e-6)
+    finally:
+        await eng.close()
+    eng = await MemoryEngine.open(data_dir, embedder, background=False)
+    try:
+        assert await eng.store.count_pending() == 0  # in this format now: left alone
+    finally:
+        await eng.close()
