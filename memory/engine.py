@@ -645,7 +645,8 @@ class MemoryEngine:
         hits = [self._hit(c.episode, c.score) for c in ranked[:top_k]]
         if expand_context and hits:
             hits = await self._expand(ranked[:top_k], expand_context, top_k, statements_only)
-        return SearchResult(hits=hits, query=query)
+        scores = {c.episode.uid: c.score for c in ranked}
+        return SearchResult(hits=hits, query=query, scores=scores)
 
     async def candidates(
         self,

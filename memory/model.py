@@ -372,6 +372,10 @@ class Hit(BaseModel):
 class SearchResult(BaseModel):
     hits: list[Hit]
     query: str
+    #: The score of every episode the search ranked and kept (past ``top_k`` too), by uid:
+    #: what lets a caller judge other episodes (recent ones) by the same threshold. Not
+    #: sent over the API.
+    scores: dict[str, float] = Field(default_factory=dict, exclude=True)
 
     @property
     def episodes(self) -> list[Episode]:

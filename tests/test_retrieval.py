@@ -152,3 +152,52 @@ def test_bench_locomo_cv_and_fit_through_the_cli(tmp_path: Path) -> None:
     assert set(model.weights) == set(FEATURES)
     assert set(model.calibration) == {"bias", "gap", "rank", "exact", "vector_top", "keyword_top"}
     assert json.loads(fitted.read_text())["fit"]["data"].startswith("tiny.json")
+
+
+async def test_a_threshold_filters_short_term_memory_too_over_rest(engine: MemoryEngine) -> None:
+    """Issue 14: ``score_threshold`` emptied long-term memory while short-term memory still
+    returned every recent episode. Now a recent episode is returned only if the search
+    scored it at or above the threshold."""
+    await engine.add(
+        [
+            episode("the deploy to prod failed at 3pm, rolling back", created_at=at(0)),
+            episode("the deploy failed because the migration timed out", created_at=at(1)),
+            episode("I prefer dark mode in every editor", created_at=at(2)),
+            episode("lunch at the ramen place on Friday?", created_at=at(3)),
+        ]
+    )
+    await engine.wait_indexed()
+    related = await engine.search("why did the deploy fail?", CHANNEL, top_k=4)
+    unrelated = await engine.search("banana bread recipe", CHANNEL, top_k=4)
+    threshold = (related.hits[0].score + max(h.score for h in unrelated.hits)) / 2
+
+    async def layers(query: str, threshold: float | None) -> tuple[list[str], list[str]]:
+        body: dict[str, Any] = {
+            "org_id": ORG,
+            "project_id": PROJECT,
+            "query": query,
+            "top_k": 1,
+            "types": ["episodic"],
+            "score_threshold": threshold,
+        }
+        got = (await http.post("/api/v2/memories/search", json=body)).json()
+        memory = got["content"]["episodic_memory"]
+        return (
+            [e["content"] for e in memory["long_term_memory"]["episodes"]],
+            [e["content"] for e in memory["short_term_memory"]["episodes"]],
+        )
+
+    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        # The control: with no threshold the recent episode comes back whatever the query.
+        long_term, short_term = await layers("banana bread recipe", None)
+        assert "lunch at the ramen place on Friday?" in long_term + short_term
+        assert await layers("banana bread recipe", threshold) == ([], [])
+        long_term, short_term = await layers("why did the deploy fail?", threshold)
+        assert long_term and long_term[0].startswith("the deploy")
+        assert short_term == []  # the latest message is about lunch: below the threshold
+        # A recent episode the search scores high enough is kept.
+        await engine.add([episode("the deploy failed again tonight", created_at=at(4))])
+        await engine.wait_indexed()
+        long_term, short_term = await layers("why did the deploy fail?", 0.0)
+        assert len(long_term) == 1 and short_term in ([], ["the deploy failed again tonight"])
+        assert "the deploy failed again tonight" in long_term + short_term

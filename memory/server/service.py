@@ -283,6 +283,10 @@ class MemoryService:
             long_term = [episode_out(h.episode, h.score) for h in found.hits]
             seen = {e.uid for e in long_term}
             recent = await self.recent(scope, filt, min(self.short_term, spec.top_k))
+            if spec.score_threshold is not None:
+                # A threshold filters both layers: a recent episode stays only if the search
+                # ranked it at or above the threshold (found.scores holds just those).
+                recent = [e for e in recent if e.uid in found.scores]
             content.episodic_memory = EpisodicSearchResult(
                 long_term_memory=LongTermMemory(episodes=long_term),
                 short_term_memory=ShortTermMemory(
