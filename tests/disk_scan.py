@@ -71,7 +71,10 @@ def scan(
     """``"<file>: <label>"`` for every needle and vector found in any file under ``folder``."""
     found = []
     for path in files(folder):
-        blob = path.read_bytes()
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:  # a journal SQLite removed since the listing: it holds nothing
+            continue
         rel = path.relative_to(folder)
         found += [f"{rel}: {k}" for k, needle in (needles or {}).items() if needle in blob]
         found += [f"{rel}: {k}" for k, v in (vectors or {}).items() if holds_vector(blob, v)]

@@ -57,6 +57,7 @@ def _cleanup() -> Iterator[None]:
 
 
 CHECKS = [not_a_server_error, response_schema_conformance, positive_data_acceptance, no_traceback]
+REQUEST_TIMEOUT_S = 120
 
 
 @schema.parametrize()
@@ -67,7 +68,9 @@ CHECKS = [not_a_server_error, response_schema_conformance, positive_data_accepta
     derandomize=True,
 )
 def test_no_server_errors_or_tracebacks(case: schemathesis.Case) -> None:
-    response = case.call()
+    # Not schemathesis' 10 s: an index rebuild scrubs Chroma's files, which on a loaded
+    # 2-core machine took longer; this test is about errors, not speed.
+    response = case.call(timeout=REQUEST_TIMEOUT_S)
     case.validate_response(response, checks=CHECKS)
 
 
@@ -91,6 +94,8 @@ def test_stateful_workflows_through_the_schemathesis_cli(tmp_path: Path) -> None
                 "stateful",
                 "--max-examples",
                 str(STATEFUL_EXAMPLES),
+                "--request-timeout",
+                str(REQUEST_TIMEOUT_S),
                 "--seed",
                 "20260901",
                 "--checks",
