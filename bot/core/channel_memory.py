@@ -188,11 +188,14 @@ class ChannelMemory:
 
     # -- storing ---------------------------------------------------------------------------
 
-    async def store_message(self, event: MessageEvent, role: str) -> Episode:
-        """Store a message as an episode (idempotent by source); returns it with its uid."""
+    async def store_message(self, event: MessageEvent, role: str) -> Episode | None:
+        """Store a message as an episode; returns it with its uid, or None when its source
+        was stored before (a platform's retry, or the same event given to another worker).
+        The store decides, so of any number of workers on one memory exactly one is told
+        the message is new."""
         episode = self.episode(event, role)
-        (uid,) = await self.memory.add([episode])
-        return episode.model_copy(update={"uid": uid})
+        (added,) = await self.memory.add_outcomes([episode])
+        return episode.model_copy(update={"uid": added.uid}) if added.new else None
 
     def episode(self, event: MessageEvent, role: str | None = None) -> Episode:
         """The episode a message is stored as: the one mapping for live messages, imports

@@ -7,9 +7,10 @@ rules come in as :class:`~bot.platforms.base.Platform` objects, looked up by nam
 
 The order of a message's handling is the privacy and reliability model:
 
-1. Store it as an episode first (idempotent by source, so platform retries store nothing
-   twice and are not answered twice), unless its author opted out. A failing memory is
-   logged and the bot still answers.
+1. Store it as an episode first, unless its author opted out. Storing is idempotent by
+   source and the store says whether this call stored it: only the worker it was new to
+   answers, so a platform's retry, or one event given to two workers on one memory, is
+   stored once and answered once. A failing memory is logged and the bot still answers.
 2. Decide whether the bot is addressed, by one rule for every platform (:meth:`addressed`):
    a person (never a bot) DMs it, mentions it or replies to one of its messages, or writes
    in a thread the bot is part of.
@@ -146,13 +147,14 @@ class Conversation:
         stored: Episode | None = None
         if not opted_out and event.text.strip():
             try:
-                if await self.memory.get_by_source(self.channels.ref(place, event.source_id)):
-                    return None  # stored before: a platform retry, already handled
                 stored = await self.channels.store_message(event, role)
             except InvalidInput as exc:
                 log.warning("message %s not stored: %s", event.source_id, exc)
             except Exception:
                 log.exception("memory: storing message %s failed", event.source_id)
+            else:
+                if stored is None:
+                    return None  # stored before: a retry, answered by whoever stored it
         if stored is not None and self.semantic is not None and role == "user":
             if not event.author.is_bot:
                 try:
