@@ -103,6 +103,8 @@ class LocalEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # transformers draws a "Loading weights" bar on stderr: noise around a CLI's one line
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         path = _model_dir(model_path)
         from sentence_transformers import SentenceTransformer
 
@@ -149,11 +151,12 @@ class OnnxEmbedder:
     per run: on a busy machine, threads that wait for each other inside every operator cost
     more than they bring). ``int8`` quantises the dense layers (``onnx-int8``).
 
-    The fingerprint is the torch backend's: the vectors are the same model's, within a
-    tolerance tests/test_onnx_embedder.py pins (cosine to torch's >= 0.99999 in float32; in
-    int8 about 0.996, down to 0.95-0.97 for messages of one or two words), so an index built
-    by one backend is searched by another without a reindex. A backend whose vectors moved
-    further (another model, a different pooling) needs a fingerprint of its own.
+    In float32 the fingerprint is the torch backend's: the vectors are torch's to rounding
+    (cosine >= 0.99999, pinned by tests/test_onnx_embedder.py), so an index built by one is
+    searched by the other without a reindex. int8 vectors moved further (cosine to torch's
+    0.992-0.997 on average, down to 0.95 for messages of one or two words) and cost recall, so
+    ``onnx-int8`` has a fingerprint of its own: switching to or from it asks for a reindex
+    instead of mixing both kinds of vector in one index.
     """
 
     name = "local"
@@ -196,7 +199,8 @@ class OnnxEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        return f"local:{self._path.name}:{self.dim}"
+        torch_fingerprint = f"local:{self._path.name}:{self.dim}"  # LocalEmbedder's
+        return f"{torch_fingerprint}:int8" if self.backend == "onnx-int8" else torch_fingerprint
 
     def embed(self, texts: list[str]) -> Vectors:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -1,10 +1,11 @@
 """The packaged MiniLM on ONNX Runtime: the graph built from the safetensors weights gives
-torch's vectors (float32: to rounding; int8: within the tolerance that lets both share one
-fingerprint), loads with the network refused and without importing torch, and is what the
-engine runs when CHANNELMIND_EMBEDDER_BACKEND names it."""
+torch's vectors (float32: to rounding, so both share one fingerprint; int8: close, under a
+fingerprint of its own), loads with the network refused and without importing torch, and is
+what the engine runs when CHANNELMIND_EMBEDDER_BACKEND names it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from memory.embedders import (
 from memory.engine import MemoryEngine
 from memory.minilm_onnx import UnsupportedModel
 from memory.model import Scope
+from tests.bot.cli.processes import channelmind, environment, one_line
 from tests.conftest import ORG, PROJECT, episode
 
 TEXTS = [
@@ -82,9 +84,10 @@ def test_int8_vectors_stay_close_to_torch(onnx_int8: OnnxEmbedder, torch_vectors
     assert not np.allclose(vectors, torch_vectors, atol=1e-5)
 
 
-def test_backends_share_one_fingerprint(onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder) -> None:
+def test_float32_shares_torch_fingerprint(onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder) -> None:
     fingerprint = LocalEmbedder().fingerprint
-    assert onnx_fp32.fingerprint == onnx_int8.fingerprint == fingerprint
+    assert onnx_fp32.fingerprint == fingerprint
+    assert onnx_int8.fingerprint not in (fingerprint, "")
     assert (onnx_fp32.backend, onnx_int8.backend) == ("onnx", "onnx-int8")
     assert onnx_fp32.embed([]).shape == (0, 384)
 
@@ -138,10 +141,10 @@ def test_backend_setting_picks_the_runtime(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 async def test_index_built_by_torch_is_searched_with_onnx(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch, onnx_int8: OnnxEmbedder
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, onnx_fp32: OnnxEmbedder
 ) -> None:
-    """A user who switches backend keeps the index: no EmbedderMismatch, no reindex, and a
-    question with no word in common still finds its message by meaning."""
+    """A user who switches from torch to onnx (float32) keeps the index: no EmbedderMismatch,
+    no reindex, and a question with no word in common still finds its message by meaning."""
     messages = [
         "Lunch is at noon on Fridays in the big room",
         "Our records are stored in a PostgreSQL database on the main server",
@@ -155,12 +158,12 @@ async def test_index_built_by_torch_is_searched_with_onnx(
         await engine.wait_indexed()
     finally:
         await engine.close()
-    engine = await MemoryEngine.open(data_dir, onnx_int8)
+    engine = await MemoryEngine.open(data_dir, onnx_fp32)
     try:
         scope = Scope(org_id=ORG, project_id=PROJECT)
         found = await engine.search("Where does the team keep its data?", scope, mode="vector")
         assert found.hits[0].episode.uid == uids[1]
-        assert (await engine.stats()).embedder == onnx_int8.fingerprint
+        assert (await engine.stats()).embedder == onnx_fp32.fingerprint
     finally:
         await engine.close()
 
@@ -187,3 +190,40 @@ def test_a_model_the_graph_does_not_cover_falls_back_to_torch(
     (not_bert / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(UnsupportedModel, match="not BERT"):
         OnnxEmbedder(str(not_bert))
+
+
+def test_switching_to_or_from_int8_asks_for_a_reindex(tmp_path: Path) -> None:
+    """As a user meets it, through the CLI: a memory indexed with torch opens with onnx, is
+    refused with int8 (one line naming `channelmind reindex`, exit 2) until that reindex, and
+    the reindexed memory is then refused with torch."""
+    data = tmp_path / "data"
+
+    def stats(backend: str) -> subprocess.CompletedProcess[str]:
+        env = environment(data, CHANNELMIND_EMBEDDER="local", CHANNELMIND_EMBEDDER_BACKEND=backend)
+        return channelmind("stats", "--json", env=env, cwd=tmp_path)
+
+    def reindex(backend: str) -> subprocess.CompletedProcess[str]:
+        env = environment(data, CHANNELMIND_EMBEDDER="local", CHANNELMIND_EMBEDDER_BACKEND=backend)
+        return channelmind("reindex", env=env, cwd=tmp_path)
+
+    async def build() -> None:
+        async with await MemoryEngine.open(data, LocalEmbedder()) as engine:
+            await engine.add([episode(t) for t in TEXTS[:3]])
+            await engine.wait_indexed()
+
+    asyncio.run(build())
+    torch_fingerprint = LocalEmbedder().fingerprint
+    for backend in ("torch", "onnx"):
+        done = stats(backend)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["embedder"] == torch_fingerprint
+    line = one_line(stats("onnx-int8"))
+    assert "channelmind reindex" in line and torch_fingerprint in line, line
+    done = reindex("onnx-int8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = stats("onnx-int8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["embedder"] == OnnxEmbedder(int8=True).fingerprint
+    assert json.loads(done.stdout)["vectors"] == 3
+    for backend in ("torch", "onnx"):
+        assert "channelmind reindex" in one_line(stats(backend))
