@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import MemorySettings
+from .embed_queue import EmbedQueue
 from .embedders import Embedder, Vectors, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
@@ -91,6 +92,7 @@ class MemoryEngine:
         folder; :meth:`open` takes it from ``CHANNELMIND_DATABASE_URL``)."""
         self.data_dir = Path(data_dir)
         self.embedder = embedder
+        self.embedding = EmbedQueue(embedder)  # every model call of this engine goes through it
         self.chroma_url = chroma_url
         self.index_batch = index_batch
         self.ranking = ranking or Ranking()
@@ -315,14 +317,14 @@ class MemoryEngine:
         pending = list(claim.episodes)
         texts = [embed_text(e) for e in pending]
         try:
-            vectors = await asyncio.to_thread(self.embedder.embed, texts)
+            vectors = await self.embedding.embed(texts)
         except Exception as batch_error:
             if len(pending) == 1 and not await self._embedder_works():
                 raise
             results: builtins.list[Vectors | BaseException] = []
             for text in texts:
                 try:
-                    results.append(await asyncio.to_thread(self.embedder.embed, [text]))
+                    results.append(await self.embedding.embed([text]))
                 except Exception as exc:
                     results.append(exc)
             if all(isinstance(r, BaseException) for r in results) and not (
@@ -341,7 +343,7 @@ class MemoryEngine:
                 e for e, r in zip(pending, results, strict=True) if not isinstance(r, BaseException)
             ]
             vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
-        finite = np.isfinite(vectors).all(axis=1)
+        finite = np.all(np.isfinite(vectors), axis=1)
         if not finite.all():
             bad = [e.uid for e, ok in zip(pending, finite, strict=True) if not ok]
             await self.store.set_aside(claim, bad, "its vector is not finite")
@@ -351,7 +353,7 @@ class MemoryEngine:
 
     async def _embedder_works(self) -> bool:
         try:
-            await asyncio.to_thread(self.embedder.embed, ["probe"])
+            await self.embedding.embed(["probe"])
         except Exception:
             return False
         return True
@@ -696,7 +698,7 @@ class MemoryEngine:
         self, query: str, scope: Scope, filt: Filter | None, time: TimeRange | None, depth: int
     ) -> builtins.list[tuple[int, Episode, float]]:
         index = self._vectors()
-        vector = (await asyncio.to_thread(self.embedder.embed, [query]))[0]
+        vector = (await self.embedding.embed([query], urgent=True))[0]
         narrowed = filt is not None or time is not None
         nearest = await asyncio.to_thread(
             index.query,

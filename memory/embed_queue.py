@@ -1,0 +1,153 @@
+"""One queue in front of the embedding model, shared by every caller of an engine.
+
+A search embeds one query; the indexer embeds batches of new messages. Each used to call the
+model on its own, so under load up to six model calls ran at once on two cores (the default
+executor's threads), each with torch's own intra-op threads, and each search paid the model's
+per-call cost for one text. :class:`EmbedQueue` runs two lanes, one model call at a time in
+each: searches, and the indexer. The texts of every search that arrived while a search call
+ran go into the next call, as a group commit does with writes; a search never waits behind an
+indexing batch (measured: one lane for both, the indexer's rows topping up search calls, halved
+the throughput at 40 clients), and at most two model calls run at once.
+
+A call that fails with several callers' texts in it is repeated for each caller alone, so one
+text the model cannot take fails only its own caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .embedders import Embedder, Vectors
+
+
+@dataclass(eq=False)
+class _Request:
+    texts: list[str]
+    done: asyncio.Future[Vectors]
+    taken: int = 0  # texts handed to a model call so far
+    parts: dict[int, Vectors] = field(default_factory=dict)  # rows by their first text's index
+
+    def deliver(self, start: int, rows: Vectors) -> None:
+        if self.done.done():  # the caller gave up, or an earlier part failed
+            return
+        self.parts[start] = rows
+        if sum(len(p) for p in self.parts.values()) == len(self.texts):
+            self.done.set_result(np.concatenate([self.parts[s] for s in sorted(self.parts)]))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+_Piece = tuple[_Request, int, int]  # a request's texts [start, stop) in one model call
+
+
+class EmbedQueue:
+    """Embeds for many concurrent callers with few model calls; see the module docstring.
+
+    ``calls`` and ``rows`` count the model calls made and the texts they held (what tests and
+    benchmarks observe)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        rows_per_call: int = 64,
+    ) -> None:
+        self.embedder = embedder
+        self.rows_per_call = rows_per_call
+        self._urgent: collections.deque[_Request] = collections.deque()
+        self._bulk: collections.deque[_Request] = collections.deque()
+        self._workers: set[asyncio.Task[None]] = set()  # held so that they are not collected
+        self._working: set[bool] = set()  # the lanes (urgent or not) with a worker
+        self.calls = 0
+        self.rows = 0
+
+    @property
+    def waiting(self) -> int:
+        """Texts queued and not yet handed to a model call."""
+        return sum(len(r.texts) - r.taken for r in (*self._urgent, *self._bulk))
+
+    async def embed(self, texts: list[str], *, urgent: bool = False) -> Vectors:
+        """Unit-length rows for ``texts``, in order. ``urgent``: a caller someone waits for
+        (a search), served before the indexer's batches."""
+        if not texts:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        request = _Request(list(texts), asyncio.get_running_loop().create_future())
+        (self._urgent if urgent else self._bulk).append(request)
+        if urgent not in self._working:
+            self._working.add(urgent)
+            worker = asyncio.create_task(self._work(urgent), name="channelmind-embed")
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+        return await request.done
+
+    def _take(self, urgent: bool) -> list[_Piece]:
+        """The next call's texts in a lane: up to ``rows_per_call`` of the waiting searches'
+        (one request larger than the room left is split across calls), or the indexer's next
+        batch whole (it sends one at a time; the model batches it by itself)."""
+        queue = self._urgent if urgent else self._bulk
+        while queue and queue[0].done.done():  # its caller is gone: nobody wants its vectors
+            queue.popleft()
+        if not queue:
+            return []
+        if not urgent:
+            request = queue.popleft()
+            request.taken = len(request.texts)
+            return [(request, 0, len(request.texts))]
+        pieces: list[_Piece] = []
+        room = self.rows_per_call
+        while queue and room:
+            request = queue[0]
+            start = request.taken
+            stop = min(len(request.texts), start + room)
+            pieces.append((request, start, stop))
+            request.taken = stop
+            room -= stop - start
+            if stop == len(request.texts):
+                queue.popleft()
+        return pieces
+
+    async def _work(self, urgent: bool) -> None:
+        pieces: list[_Piece] = []
+        try:
+            while pieces := self._take(urgent):
+                texts = [t for request, a, b in pieces for t in request.texts[a:b]]
+                try:
+                    vectors = await self._call(texts)
+                except Exception as exc:
+                    if len({id(request) for request, _, _ in pieces}) == 1:
+                        for request, _, _ in pieces:
+                            request.fail(exc)
+                        continue
+                    # Several callers' texts: find out whose the model cannot take.
+                    for request, a, b in pieces:
+                        try:
+                            request.deliver(a, await self._call(request.texts[a:b]))
+                        except Exception as alone:
+                            request.fail(alone)
+                    continue
+                row = 0
+                for request, a, b in pieces:
+                    request.deliver(a, vectors[row : row + b - a])
+                    row += b - a
+            pieces = []
+        finally:
+            # Counted out in the same step that found the queue empty: a request queued after
+            # it starts a new worker (the task's own done callback would run too late).
+            self._working.discard(urgent)
+            # Only when cancelled mid-way (the loop is closing): nobody is left waiting.
+            for request, _, _ in pieces:
+                request.fail(RuntimeError("the embedding queue stopped"))
+
+    async def _call(self, texts: list[str]) -> Vectors:
+        self.calls += 1
+        self.rows += len(texts)
+        vectors = np.asarray(await asyncio.to_thread(self.embedder.embed, texts))
+        if vectors.shape[0] != len(texts):
+            raise ValueError(f"the embedder gave {vectors.shape[0]} rows for {len(texts)} texts")
+        return vectors
