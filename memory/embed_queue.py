@@ -43,6 +43,10 @@ class _Request:
             self.done.set_exception(exc)
 
 
+#: How long the indexer waits after a wake for more new messages (see EmbedQueue.gathered):
+#: the delay before a message can be found by meaning, against one model call per message.
+GATHER_S = 0.1
+
 _Piece = tuple[_Request, int, int]  # a request's texts [start, stop) in one model call
 
 
@@ -57,9 +61,12 @@ class EmbedQueue:
         embedder: Embedder,
         *,
         rows_per_call: int = 64,
+        gather_s: float = GATHER_S,
     ) -> None:
         self.embedder = embedder
         self.rows_per_call = rows_per_call
+        self.gather_s = gather_s
+        self._search_call: asyncio.Future[None] | None = None  # ends with the search call
         self._urgent: collections.deque[_Request] = collections.deque()
         self._bulk: collections.deque[_Request] = collections.deque()
         self._workers: set[asyncio.Task[None]] = set()  # held so that they are not collected
@@ -71,6 +78,15 @@ class EmbedQueue:
     def waiting(self) -> int:
         """Texts queued and not yet handed to a model call."""
         return sum(len(r.texts) - r.taken for r in (*self._urgent, *self._bulk))
+
+    async def gathered(self) -> None:
+        """What the indexer awaits when new messages wake it, before it reads them: a short
+        moment (``gather_s``), and then the end of the search call running, if any (someone
+        waits for that one: it goes first). A burst of messages is then embedded in one call
+        rather than one call per message, each paying the model's per-call cost."""
+        await asyncio.sleep(self.gather_s)
+        if self._search_call is not None:
+            await asyncio.shield(self._search_call)
 
     async def embed(self, texts: list[str], *, urgent: bool = False) -> Vectors:
         """Unit-length rows for ``texts``, in order. ``urgent``: a caller someone waits for
@@ -118,7 +134,7 @@ class EmbedQueue:
             while pieces := self._take(urgent):
                 texts = [t for request, a, b in pieces for t in request.texts[a:b]]
                 try:
-                    vectors = await self._call(texts)
+                    vectors = await self._call(texts, urgent)
                 except Exception as exc:
                     if len({id(request) for request, _, _ in pieces}) == 1:
                         for request, _, _ in pieces:
@@ -127,7 +143,7 @@ class EmbedQueue:
                     # Several callers' texts: find out whose the model cannot take.
                     for request, a, b in pieces:
                         try:
-                            request.deliver(a, await self._call(request.texts[a:b]))
+                            request.deliver(a, await self._call(request.texts[a:b], urgent))
                         except Exception as alone:
                             request.fail(alone)
                     continue
@@ -144,10 +160,18 @@ class EmbedQueue:
             for request, _, _ in pieces:
                 request.fail(RuntimeError("the embedding queue stopped"))
 
-    async def _call(self, texts: list[str]) -> Vectors:
+    async def _call(self, texts: list[str], urgent: bool) -> Vectors:
         self.calls += 1
         self.rows += len(texts)
-        vectors = np.asarray(await asyncio.to_thread(self.embedder.embed, texts))
+        ended = asyncio.get_running_loop().create_future()
+        if urgent:
+            self._search_call = ended
+        try:
+            vectors = np.asarray(await asyncio.to_thread(self.embedder.embed, texts))
+        finally:
+            ended.set_result(None)
+            if self._search_call is ended:
+                self._search_call = None
         if vectors.shape[0] != len(texts):
             raise ValueError(f"the embedder gave {vectors.shape[0]} rows for {len(texts)} texts")
         return vectors

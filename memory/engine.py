@@ -256,8 +256,9 @@ class MemoryEngine:
         backoff = 0.5
         while not self._closed:
             await self._wake.wait()
-            self._wake.clear()
             try:
+                await self.embedding.gathered()  # a burst of new messages: one model call
+                self._wake.clear()
                 while await self.index_step():
                     pass
                 backoff = 0.5

@@ -1,8 +1,8 @@
 """Every model call of an engine goes through one queue (memory.embed_queue): concurrent
-searches are embedded together, at most two calls run at once (a search's, the indexer's),
-and a query the model cannot take in a shared call fails only its own search. Driven through
-the real server with concurrent clients; seen on the embedder's own calls (a gate holds the
-first call while the others arrive)."""
+searches are embedded together, at most two calls run at once (a search's, the indexer's), a
+query the model cannot take in a shared call fails only its own search, and the indexer embeds
+a burst of new messages in one call. Driven through the real server with concurrent clients;
+seen on the embedder's own calls (a gate holds the first call while the others arrive)."""
 
 from __future__ import annotations
 
@@ -171,3 +171,34 @@ async def test_a_query_the_model_refuses_fails_only_its_own_search(data_dir: Pat
     assert found[3][0] == f"we talked about {WORDS[3]} today"
     assert model.batches[1] == queries, model.batches  # the shared call that failed
     assert sorted(map(tuple, model.batches[2:])) == sorted((q,) for q in queries)
+
+
+async def test_messages_added_while_the_model_runs_are_embedded_in_one_call(
+    data_dir: Path,
+) -> None:
+    """One client adds ten messages, one request each, while a search's model call runs: the
+    indexer, woken by the first, waits for that call to end and embeds all ten in one call
+    (it used to embed the first alone, then the rest)."""
+    model = RecordingEmbedder()
+    engine = await MemoryEngine.open(data_dir, model)
+    try:
+        async with running(engine) as server, httpx.AsyncClient(base_url=server.url) as http:
+            await add(http, "we talked about topic0x today")
+            await engine.wait_indexed()
+            model.batches.clear()
+            model.hold()
+            search = asyncio.create_task(vector_search(http, WORDS[0]))
+            assert await asyncio.to_thread(model.entered.wait, 60)
+            for n in range(10):
+                await add(http, f"message {n} about {WORDS[n + 1]}")
+            model.release()
+            await search
+            await engine.wait_indexed()
+            stats = (await http.get("/api/cm/stats")).json()
+    finally:
+        model.release()
+        await engine.close()
+
+    assert model.batches[0] == [WORDS[0]]
+    assert [len(b) for b in model.batches[1:]] == [10], model.batches
+    assert stats["vectors"] == stats["episodes"] == 11, stats
