@@ -51,10 +51,7 @@ _Piece = tuple[_Request, int, int]  # a request's texts [start, stop) in one mod
 
 
 class EmbedQueue:
-    """Embeds for many concurrent callers with few model calls; see the module docstring.
-
-    ``calls`` and ``rows`` count the model calls made and the texts they held (what tests and
-    benchmarks observe)."""
+    """Embeds for many concurrent callers with few model calls; see the module docstring."""
 
     def __init__(
         self,
@@ -71,8 +68,6 @@ class EmbedQueue:
         self._bulk: collections.deque[_Request] = collections.deque()
         self._workers: set[asyncio.Task[None]] = set()  # held so that they are not collected
         self._working: set[bool] = set()  # the lanes (urgent or not) with a worker
-        self.calls = 0
-        self.rows = 0
 
     @property
     def waiting(self) -> int:
@@ -90,7 +85,7 @@ class EmbedQueue:
 
     async def embed(self, texts: list[str], *, urgent: bool = False) -> Vectors:
         """Unit-length rows for ``texts``, in order. ``urgent``: a caller someone waits for
-        (a search), served before the indexer's batches."""
+        (a search): it goes in the search lane, never behind an indexing batch."""
         if not texts:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         request = _Request(list(texts), asyncio.get_running_loop().create_future())
@@ -161,8 +156,6 @@ class EmbedQueue:
                 request.fail(RuntimeError("the embedding queue stopped"))
 
     async def _call(self, texts: list[str], urgent: bool) -> Vectors:
-        self.calls += 1
-        self.rows += len(texts)
         ended = asyncio.get_running_loop().create_future()
         if urgent:
             self._search_call = ended
