@@ -15,6 +15,13 @@ import pytest
 
 from memory.engine import MemoryEngine
 from memory.model import Episode
+from tests.postgres import (  # noqa: F401  (fixtures for every folder of tests)
+    each_store,
+    new_database,
+    new_pg_database,
+    pg_cluster,
+    pg_url,
+)
 
 ORG = "T0ORG"
 PROJECT = "channelmind"
@@ -64,6 +71,7 @@ AMBIENT = (
     "SLACK_VERIFICATION_TOKEN",
     "DISCORD_TOKEN",
     "CHANNELMIND_MEMORY_API_KEY",
+    "CHANNELMIND_DATABASE_URL",
     "MM_USER_ID",
     "MM_ORG_ID",
     "MM_PROJ_ID",

@@ -8,6 +8,7 @@ The engine's own checks (ranges, filters, ids passed as plain strings) raise ``I
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -55,6 +56,7 @@ def test_nul_and_control_characters_are_refused() -> None:
         episode("hello", producer="slack:U1\n")
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_100_kb_content_is_accepted_and_searchable(engine: MemoryEngine) -> None:
     filler = " ".join(f"filler{i % 997}" for i in range(12_000))
     content = f"{filler} the needle is quetzalcoatl {filler}"
@@ -62,6 +64,8 @@ async def test_100_kb_content_is_accepted_and_searchable(engine: MemoryEngine) -
     [uid] = await engine.add([episode(content)])
     [stored] = await engine.get(ORG, PROJECT, [uid])
     assert stored.content == content
+    if os.environ.get("CHANNELMIND_DATABASE_URL"):  # the needle is past character 100,000
+        pytest.xfail("PostgreSQL indexes a message's first 100,000 characters (FTS_CHARS)")
     hits = await engine.search("quetzalcoatl", SCOPE, mode="keyword")
     assert [h.episode.uid for h in hits.hits] == [uid]
     await engine.wait_indexed()
@@ -69,6 +73,7 @@ async def test_100_kb_content_is_accepted_and_searchable(engine: MemoryEngine) -
     assert [h.episode.uid for h in (await engine.search("quetzalcoatl", SCOPE)).hits] == [uid]
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_content_over_the_limit_is_refused(engine: MemoryEngine) -> None:
     big = "word " * (MAX_CONTENT_CHARS // 5 + 20_000)  # 1.1 MB
     assert len(big) > MAX_CONTENT_CHARS
@@ -89,6 +94,7 @@ async def test_content_over_the_limit_is_refused(engine: MemoryEngine) -> None:
 
 
 @pytest.mark.parametrize("bad", ["a/b", "", "has space", "semi;colon", "x" * 300, "abc\n"])
+@pytest.mark.usefixtures("each_store")
 async def test_invalid_org_and_project_ids_are_refused(engine: MemoryEngine, bad: str) -> None:
     with refused("org_id: ID can only contain"):
         episode("hello", org_id=bad)
@@ -114,6 +120,7 @@ def test_valid_ids_are_accepted() -> None:
 # -- time ----------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_naive_timestamps_are_utc(engine: MemoryEngine) -> None:
     naive = datetime(2025, 6, 1, 12, 30)
     ep = episode("naive time", created_at=naive)
@@ -154,6 +161,7 @@ async def test_naive_timestamps_are_utc(engine: MemoryEngine) -> None:
         ("created_at > date('yesterday')", "invalid ISO-8601 date"),
     ],
 )
+@pytest.mark.usefixtures("each_store")
 async def test_bad_filters_are_refused_with_their_problem(
     engine: MemoryEngine, text: str, message: str
 ) -> None:
@@ -171,6 +179,7 @@ async def test_bad_filters_are_refused_with_their_problem(
     assert [e.uid for e in await engine.get(ORG, PROJECT, [uid])] == [uid]
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_filter_values_cannot_inject_sql(engine: MemoryEngine) -> None:
     await engine.add([episode("one"), episode("two")])
     sneaky = "producer = 'x'' OR 1=1 --'"
@@ -183,6 +192,7 @@ async def test_filter_values_cannot_inject_sql(engine: MemoryEngine) -> None:
 @pytest.mark.parametrize(
     "query", ['"unbalanced', "NEAR(a b", "a OR", "col:umn", "*", "-", "AND AND", "'; DROP"]
 )
+@pytest.mark.usefixtures("each_store")
 async def test_query_text_is_never_fts_syntax(engine: MemoryEngine, query: str) -> None:
     await engine.add([episode("column near the unbalanced drop")])
     result = await engine.search(query, SCOPE, mode="keyword")
@@ -194,11 +204,13 @@ async def test_query_text_is_never_fts_syntax(engine: MemoryEngine, query: str) 
 
 
 @pytest.mark.parametrize("top_k", [0, -1, 1001])
+@pytest.mark.usefixtures("each_store")
 async def test_top_k_out_of_range(engine: MemoryEngine, top_k: int) -> None:
     with refused("top_k must be between 1 and 1000"):
         await engine.search("anything", SCOPE, top_k=top_k)
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_other_ranges(engine: MemoryEngine) -> None:
     assert (await engine.search("anything", SCOPE, top_k=1000)).hits == []
     for n in (-1, 21):
@@ -212,6 +224,7 @@ async def test_other_ranges(engine: MemoryEngine) -> None:
 # -- failures lose nothing else ------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_a_refused_batch_writes_nothing_and_later_writes_work(
     engine: MemoryEngine,
 ) -> None:
@@ -225,6 +238,7 @@ async def test_a_refused_batch_writes_nothing_and_later_writes_work(
     assert {e.uid for e in await engine.list(SCOPE)} == {before, after}
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_a_batch_failing_in_the_store_is_rolled_back_whole(engine: MemoryEngine) -> None:
     """An episode that slipped past validation (model_construct) cannot be stored: the batch
     is rolled back as a whole, nothing is acknowledged, and the engine stays usable."""
@@ -243,6 +257,7 @@ async def test_a_batch_failing_in_the_store_is_rolled_back_whole(engine: MemoryE
     assert engine.index_errors == 0
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_a_taken_uid_is_refused_not_silently_dropped(engine: MemoryEngine) -> None:
     """A caller-chosen uid that another episode (here: of another org) already has must not
     be acknowledged as stored."""

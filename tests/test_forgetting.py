@@ -1,12 +1,15 @@
-"""Forgetting leaves nothing behind: not in SQLite's rows, not in the FTS index, not in
-Chroma, not in the facts, and not in the bytes of the database file or its WAL."""
+"""Forgetting leaves nothing behind: not in the store's rows, not in its full-text index, not
+in Chroma, not in the facts, and (SQLite) not in the bytes of the database file or its WAL.
+The same forgets run on PostgreSQL, checked through a connection of their own."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import chromadb
 import pytest
 
@@ -16,6 +19,8 @@ from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode, r
 
 #: A word that appears nowhere else, and that the porter stemmer leaves as it is.
 MARKER = "zorblaxquint"
+#: Rows of PostgreSQL's full-text index that match a word.
+PG_MATCHES = "SELECT count(*) FROM episodes WHERE tsv @@ plainto_tsquery('channelmind', $1)"
 #: FTS5 stores terms prefix-compressed (a term's head may be shared with the term before it),
 #: so the raw index bytes are searched for the marker's tail as well.
 TAIL = MARKER[-8:]
@@ -102,6 +107,15 @@ def fts_blobs(conn: sqlite3.Connection) -> bytes:
     return b"".join(r[0] for r in conn.execute("SELECT block FROM episodes_fts_data") if r[0])
 
 
+async def pg_count(url: str, sql: str, *args: object) -> int:
+    """One count from PostgreSQL, on a connection of the test's own."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql, *args))
+    finally:
+        await conn.close()
+
+
 def raw_bytes(data_dir: Path) -> dict[str, bytes]:
     files = {}
     for suffix in ("", "-wal", "-journal"):
@@ -121,6 +135,7 @@ def raw_bytes(data_dir: Path) -> dict[str, bytes]:
         ("filter", _forget_filter),
     ],
 )
+@pytest.mark.usefixtures("each_store")
 async def test_forgotten_content_is_gone_everywhere(
     engine: MemoryEngine, data_dir: Path, kind: str, action: Action
 ) -> None:
@@ -149,35 +164,50 @@ async def test_forgotten_content_is_gone_everywhere(
     await engine.wait_indexed()
 
     # The marker is really everywhere before, or the checks below would prove nothing.
-    with raw_db(data_dir) as conn:
-        assert len(fts_rows(conn, MARKER)) == len(secret)
-        assert fts_vocab(conn, MARKER)
-        assert TAIL.encode() in fts_blobs(conn)
-    assert any(MARKER.encode() in blob for blob in raw_bytes(data_dir).values())
+    pg = os.environ.get("CHANNELMIND_DATABASE_URL")
+    if pg is None:
+        with raw_db(data_dir) as conn:
+            assert len(fts_rows(conn, MARKER)) == len(secret)
+            assert fts_vocab(conn, MARKER)
+            assert TAIL.encode() in fts_blobs(conn)
+        assert any(MARKER.encode() in blob for blob in raw_bytes(data_dir).values())
+    else:
+        assert await pg_count(pg, PG_MATCHES, MARKER) == len(secret)
     assert all(any(u in ids for ids in chroma_ids(data_dir).values()) for u in secret)
 
     forgotten = await action(engine, secret)
     assert sorted(forgotten) == sorted(secret)
 
-    # SQLite rows.
-    with raw_db(data_dir) as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM episodes WHERE content LIKE ?", (f"%{MARKER}%",)
-        ).fetchone() == (0,)
-        marks = ",".join("?" * len(secret))
-        assert conn.execute(
-            f"SELECT count(*) FROM episodes WHERE uid IN ({marks})", secret
-        ).fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM episodes").fetchone() == (len(kept),)
-        assert conn.execute(
-            f"SELECT count(*) FROM fact_citations WHERE episode_uid IN ({marks})", secret
-        ).fetchone() == (0,)
-        # FTS index: no match, and the term is not in its vocabulary.
-        assert fts_rows(conn, MARKER) == []
-        assert fts_vocab(conn, MARKER) == []
-        # ...and not in its segments either (a delete only adds a tombstone segment).
-        assert TAIL.encode() not in fts_blobs(conn)
-        assert conn.execute("SELECT count(*) FROM vector_tombstones").fetchone() == (0,)
+    if pg is not None:  # PostgreSQL: rows, citations, tombstones and the tsvector index
+        assert await pg_count(pg, "SELECT count(*) FROM episodes WHERE content LIKE $1",
+                              f"%{MARKER}%") == 0  # fmt: skip
+        assert await pg_count(pg, "SELECT count(*) FROM episodes WHERE uid = ANY($1)",
+                              secret) == 0  # fmt: skip
+        assert await pg_count(pg, "SELECT count(*) FROM episodes") == len(kept)
+        assert await pg_count(pg, "SELECT count(*) FROM fact_citations"
+                              " WHERE episode_uid = ANY($1)", secret) == 0  # fmt: skip
+        assert await pg_count(pg, PG_MATCHES, MARKER) == 0
+        assert await pg_count(pg, "SELECT count(*) FROM vector_tombstones") == 0
+    if pg is None:
+        # SQLite rows.
+        with raw_db(data_dir) as conn:
+            assert conn.execute(
+                "SELECT count(*) FROM episodes WHERE content LIKE ?", (f"%{MARKER}%",)
+            ).fetchone() == (0,)
+            marks = ",".join("?" * len(secret))
+            assert conn.execute(
+                f"SELECT count(*) FROM episodes WHERE uid IN ({marks})", secret
+            ).fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM episodes").fetchone() == (len(kept),)
+            assert conn.execute(
+                f"SELECT count(*) FROM fact_citations WHERE episode_uid IN ({marks})", secret
+            ).fetchone() == (0,)
+            # FTS index: no match, and the term is not in its vocabulary.
+            assert fts_rows(conn, MARKER) == []
+            assert fts_vocab(conn, MARKER) == []
+            # ...and not in its segments either (a delete only adds a tombstone segment).
+            assert TAIL.encode() not in fts_blobs(conn)
+            assert conn.execute("SELECT count(*) FROM vector_tombstones").fetchone() == (0,)
     # Engine's view.
     scope = Scope(org_id=ORG, project_id=PROJECT)
     for mode in ("hybrid", "keyword", "vector"):
@@ -200,7 +230,7 @@ async def test_forgotten_content_is_gone_everywhere(
     assert facts[mixed].value == "nine"
 
     # Bytes on disk: neither the database file nor its WAL holds the marker any more.
-    for name, blob in raw_bytes(data_dir).items():
+    for name, blob in raw_bytes(data_dir).items():  # none on PostgreSQL
         assert MARKER.encode() not in blob, f"{MARKER} still in {name}"
         assert TAIL.encode() not in blob, f"{TAIL} still in {name}"
     # Content never goes to Chroma at all (only vectors and scope metadata).
@@ -209,6 +239,7 @@ async def test_forgotten_content_is_gone_everywhere(
             assert TAIL.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_forgetting_a_producer_drops_facts_about_them(engine: MemoryEngine) -> None:
     [said] = await engine.add([episode("I love hiking", producer=ALICE)])
     about_alice = await engine.add_fact(

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from memory.engine import MemoryEngine
 from memory.filters import Filter, matches, parse_filter
 from memory.model import Episode, Scope, TimeRange
+from memory.store.factory import make_store
+from tests.postgres import NewDatabase
 
 ORGS = ["T01", "T02"]
 PROJECTS = ["alpha", "beta"]
@@ -172,9 +174,9 @@ def has_word(ep: Episode, words: tuple[str, ...]) -> bool:
     return bool(set(re.findall(r"\w+", ep.content)) & set(words))
 
 
-async def check(stored: list[Episode], asked: list[Query]) -> None:
+async def check(stored: list[Episode], asked: list[Query], database_url: str | None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="cm-isolation-"))
-    engine = await MemoryEngine.open(folder, "hash")
+    engine = await MemoryEngine.open(folder, "hash", store=make_store(database_url, folder))
     try:
         uids = await engine.add(stored)
         truth = {
@@ -236,14 +238,21 @@ async def check(stored: list[Episode], asked: list[Query]) -> None:
 @settings(
     max_examples=25,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,  # new_database makes a store per example
+    ],
 )
 @given(
     stored=st.lists(episodes(), min_size=5, max_size=50),
     asked=st.lists(queries(), min_size=3, max_size=8),
 )
-def test_reads_never_leave_their_scope(stored: list[Episode], asked: list[Query]) -> None:
-    asyncio.run(check(stored, asked))
+def test_reads_never_leave_their_scope(
+    new_database: NewDatabase, stored: list[Episode], asked: list[Query]
+) -> None:
+    """On each store: SQLite, and PostgreSQL with a new database per example."""
+    asyncio.run(check(stored, asked, new_database()))
 
 
 @settings(max_examples=25, deadline=None)

@@ -192,6 +192,7 @@ async def test_a_fact_that_cannot_be_read_is_set_aside_and_deletable(
     assert (await http.post("/api/v2/memories/semantic/delete", json=body)).status_code == 204
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_a_row_that_cannot_be_embedded_is_set_aside(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -216,6 +217,7 @@ async def test_a_row_that_cannot_be_embedded_is_set_aside(
         await engine.close()
 
 
+@pytest.mark.usefixtures("each_store")
 async def test_a_dead_embedder_sets_nothing_aside(data_dir: Path) -> None:
     """The control: when the embedder fails on everything, rows wait (the indexer retries);
     they are not mistaken for bad rows."""

@@ -336,6 +336,17 @@ class PostgresStore:
         types = ["text"] * 7 + ["float8"] + ["text"] * 6
 
         async def insert(conn: asyncpg.Connection) -> list[Added]:
+            try:
+                return await insert_rows(conn)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                # A record that slipped past validation (a missing field): the batch is
+                # refused whole, as SQLite refuses it, and nothing is acknowledged.
+                raise InvalidInput(
+                    f"the batch was not stored: {exc.__class__.__name__}"
+                    f" ({getattr(exc, 'column_name', None) or 'a constraint'})"
+                ) from None
+
+        async def insert_rows(conn: asyncpg.Connection) -> list[Added]:
             inserted = await conn.fetch(
                 "INSERT INTO episodes (uid, org_id, project_id, producer, produced_for, role,"
                 " content, created_at, platform, source_id, thread_id, episode_type, metadata,"

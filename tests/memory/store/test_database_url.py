@@ -15,7 +15,7 @@ import pytest
 
 from memory.store.postgres.cluster import TempCluster
 from tests.conftest import GENERAL, ORG, PROJECT
-from tests.memory.store.conftest import psql
+from tests.postgres import psql
 from tests.server_harness import ROOT, channelmind_serve, free_port
 
 pytestmark = pytest.mark.timeout(120)

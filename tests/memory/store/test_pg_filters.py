@@ -83,7 +83,7 @@ def _values(r: Mapping[str, Any]) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def db(pg_cluster: Any) -> Iterator[Db]:
-    from tests.memory.store.conftest import psql
+    from tests.postgres import psql
 
     psql(pg_cluster, "DROP DATABASE IF EXISTS filters")
     # A collation that does not sort by code point, as a production database may have:
