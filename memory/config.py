@@ -25,6 +25,10 @@ class MemorySettings(BaseSettings):
     #: Unset: the embedded SQLite file in the data folder. ``postgresql://...``: a PostgreSQL
     #: database several processes share (secret: it may hold a password).
     database_url: SecretStr | None = None
+    #: How long a claim on rows to embed lasts: the rows of a process that dies are taken by
+    #: another after this (an embedding batch takes seconds; a slow one is embedded twice,
+    #: harmlessly). Only processes sharing one PostgreSQL database ever wait for it.
+    claim_lease_seconds: float = Field(default=300.0, gt=0)
     openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
 

@@ -68,9 +68,6 @@ log = logging.getLogger(__name__)
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
 SEARCH_DEPTH = 100
-#: How long a claim on rows to embed lasts: a worker that dies leaves its rows to another
-#: after this (an embedding batch takes seconds; a slow one is embedded twice, harmlessly).
-CLAIM_LEASE_S = 300.0
 
 
 class EmbedderMismatch(RuntimeError):
@@ -87,6 +84,7 @@ class MemoryEngine:
         index_batch: int = 512,
         ranking: Ranking | None = None,
         store: Store | None = None,
+        claim_lease_s: float = 300.0,
     ) -> None:
         """``store``: where the records live (default: the embedded SQLite file in the data
         folder; :meth:`open` takes it from ``CHANNELMIND_DATABASE_URL``)."""
@@ -97,6 +95,7 @@ class MemoryEngine:
         self.index_batch = index_batch
         self.ranking = ranking or Ranking()
         self.store: Store = store or make_store(None, self.data_dir)
+        self.claim_lease_s = claim_lease_s  # CHANNELMIND_CLAIM_LEASE_SECONDS
         self.index: VectorIndex | None = None
         self.folder: FolderLock | None = None
         self._wake = asyncio.Event()
@@ -128,6 +127,7 @@ class MemoryEngine:
         folder = Path(data_dir) if data_dir is not None else settings.data_dir
         if "store" not in kwargs:  # a bad CHANNELMIND_DATABASE_URL fails before the model loads
             kwargs["store"] = make_store(settings.database_url_text(), folder)
+        kwargs.setdefault("claim_lease_s", settings.claim_lease_seconds)
         if embedder is None or isinstance(embedder, str):
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
             embedder = await asyncio.to_thread(
@@ -281,7 +281,7 @@ class MemoryEngine:
         index = self._vectors()
         if await self._drop_tombstoned(self.index_batch * 4):
             return True
-        claim = await self.store.claim(self.index_batch, CLAIM_LEASE_S)
+        claim = await self.store.claim(self.index_batch, self.claim_lease_s)
         if claim is None:
             return False
         try:

@@ -4,6 +4,7 @@ deletions' tombstones."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import random
@@ -13,9 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from memory.engine import MemoryEngine
@@ -60,7 +63,10 @@ class Ledger:
 
 
 def db_counts(data_dir: Path) -> tuple[int, int]:
-    """(indexed rows, pending rows), read by another process's view of the file."""
+    """(indexed rows, pending rows), read by another process's view of the store."""
+    pg = os.environ.get("CHANNELMIND_DATABASE_URL")
+    if pg is not None:
+        return ThreadPoolExecutor(1).submit(asyncio.run, pg_counts(pg)).result()
     path = data_dir / "memory.sqlite3"
     if not path.exists():
         return 0, 0
@@ -70,6 +76,18 @@ def db_counts(data_dir: Path) -> tuple[int, int]:
             counts = dict(rows.fetchall())
     except sqlite3.OperationalError:  # schema not created yet
         return 0, 0
+    return counts.get(1, 0), counts.get(0, 0)
+
+
+async def pg_counts(url: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT index_state, count(*) FROM episodes GROUP BY 1")
+    except asyncpg.UndefinedTableError:  # schema not created yet
+        return 0, 0
+    finally:
+        await conn.close()
+    counts = {r[0]: r[1] for r in rows}
     return counts.get(1, 0), counts.get(0, 0)
 
 
@@ -171,7 +189,13 @@ async def check_recovered(data_dir: Path, ledger: Ledger) -> None:
 
 
 @pytest.mark.timeout(600)
-async def test_sigkill_mid_ingest_loses_no_acknowledged_write(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("each_store")
+async def test_sigkill_mid_ingest_loses_no_acknowledged_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On each store. On PostgreSQL the killed writer's claims are leases that end: short
+    here (CHANNELMIND_CLAIM_LEASE_SECONDS), so that the recovery takes its rows soon."""
+    monkeypatch.setenv("CHANNELMIND_CLAIM_LEASE_SECONDS", "10")
     data_dir = tmp_path / "data"
     ledger = Ledger()
     for run in range(2):  # killed twice on the same folder: recovery composes
