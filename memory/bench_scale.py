@@ -8,7 +8,13 @@ chat messages spread over many channels of one org and project, then reports:
   (embedding and Chroma upserts),
 - ``channel_search_ms_p50/p95`` and ``search_ms_p50/p95``: hybrid search latency of realistic
   questions, scoped to one channel and to the whole project,
-- ``disk_mb`` (the data folder) and ``rss_mb`` (the process's peak resident set so far).
+- ``disk_mb`` (the data folder, plus the PostgreSQL database and a ``chroma run`` folder the
+  bench started) and ``rss_mb`` (this process's peak resident set so far; servers apart).
+
+``--database-url`` and ``--chroma-url`` run the same on PostgreSQL and a Chroma server
+(``temp`` starts throwaway ones: :mod:`memory.bench_services`); ``store`` and ``chroma`` in the
+output say which ran. Without them the run is embedded (SQLite + Chroma in the temp folder),
+whatever ``CHANNELMIND_DATABASE_URL`` says.
 
 The text is generated, not sampled from a corpus: words are drawn from a Zipf-like
 distribution whose head is the very common words of chat ("the", "you", "and"), followed by
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -40,6 +47,7 @@ import numpy.typing as npt
 from .embedders import Embedder, make_embedder
 from .engine import MemoryEngine
 from .model import Episode, Scope
+from .store.factory import make_store
 
 ORG = "T0BENCH"
 PROJECT = "bench"
@@ -302,14 +310,24 @@ async def run_size(
     *,
     batch: int = BATCH,
     progress: bool = True,
+    database_url: str | None = None,
+    chroma_url: str | None = None,
+    chroma_folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Ingest, index and query one size in a fresh temporary folder; the numbers as a dict."""
+    """Ingest, index and query one size in a fresh temporary folder (and the empty database
+    ``database_url`` names, if any); the numbers as a dict. ``chroma_folder``: where a Chroma
+    server this run started keeps its files, counted in ``disk_mb``."""
     from tqdm import tqdm
+
+    from .bench_services import database_mb
 
     corpus = Corpus(episodes, channels)
     with tempfile.TemporaryDirectory(prefix="channelmind-scale-") as tmp:
         folder = Path(tmp)
-        engine = await MemoryEngine.open(folder, embedder, "", background=False)
+        store = make_store(database_url, folder)
+        engine = await MemoryEngine.open(
+            folder, embedder, chroma_url or "", background=False, store=store
+        )
         try:
             write_s = write_cpu = 0.0
             with tqdm(
@@ -364,13 +382,20 @@ async def run_size(
             ):
                 channel_ms.append(await _timed_search(engine, text, _in_channel(channel)))
                 project_ms.append(await _timed_search(engine, text, everywhere))
+            served = folder_mb(chroma_folder) if chroma_folder else 0.0
+            if database_url:
+                served += await database_mb(database_url)
+            if chroma_url and engine.index is not None:  # leave no collections on a server
+                await asyncio.to_thread(engine.index.reset)
         finally:
             await engine.close()
-        disk = folder_mb(folder)
+        disk = folder_mb(folder) + served
     return {
         "episodes": episodes,
         "channels": len(corpus.channels),
         "embedder": embedder.fingerprint,
+        "store": "postgresql" if database_url else "sqlite",
+        "chroma": "server" if chroma_url else "embedded",
         "queries": len(asked),
         "write_s": round(write_s, 3),
         "write_per_s": round(episodes / write_s, 1) if write_s > 0 else 0.0,
@@ -417,7 +442,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     if rows:
         first = rows[0]
         lines.append(
-            f"({first['channels']} channels, embedder {first['embedder']}, "
+            f"({first['channels']} channels, embedder {first['embedder']}, store"
+            f" {first['store']}, Chroma {first['chroma']}, "
             f"{first['queries']} queries per scope, hybrid search; latencies in ms; '1st' is a"
             " channel's first query, which loads its vectors; RSS is the peak so far)"
         )
@@ -481,11 +507,32 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from .bench_services import ServerStartFailed, chroma_for, scratch_database
+
     embedder = make_embedder(args.embedder)
     rows: list[dict[str, Any]] = []
-    for size in sizes:
-        row = asyncio.run(run_size(size, args.channels, embedder, args.queries))
-        rows.append(row)
+    try:
+        for size in sizes:  # each size from empty: a fresh folder, database and Chroma server
+            with contextlib.ExitStack() as stack:
+                database = args.database_url and stack.enter_context(
+                    scratch_database(args.database_url)
+                )
+                chroma, chroma_folder = stack.enter_context(chroma_for(args.chroma_url))
+                row = asyncio.run(
+                    run_size(
+                        size,
+                        args.channels,
+                        embedder,
+                        args.queries,
+                        database_url=database or None,
+                        chroma_url=chroma,
+                        chroma_folder=chroma_folder,
+                    )
+                )
+            rows.append(row)
+    except ServerStartFailed as exc:
+        print(f"channelmind bench scale: {exc}", file=sys.stderr)
+        return 2
     if args.plot:
         plot(rows, args.plot)
     if args.json:

@@ -102,6 +102,16 @@ def add(sub: Any) -> None:
     scale.add_argument("--json", action="store_true")
     scale.add_argument("--plot", type=Path)
     scale.add_argument("--sizes", help="several sizes for the plot, e.g. 10000,100000")
+    scale.add_argument(
+        "--database-url",
+        help="records in PostgreSQL: `temp` starts a throwaway cluster; a postgresql:// URL gets"
+        " a scratch database beside it (needs CREATEDB), dropped after. Default: SQLite",
+    )
+    scale.add_argument(
+        "--chroma-url",
+        help="vectors in a Chroma server: `temp` starts `chroma run`; an http:// URL is used"
+        " (the bench's collections are dropped after). Default: embedded Chroma",
+    )
     scale.set_defaults(func=cmd_bench_scale)
 
     imp = bench.add_parser("import", help="Slack export import speed and peak memory")
