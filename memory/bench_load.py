@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from typing import Any
 import httpx
 
 from .bench_scale import Corpus, percentile
+from .bench_services import ServerStartFailed, free_port, running, scratch_database
+from .bench_services import chroma_server as chroma_server_at
 
 ORG = "loadorg"
 PROJECT = "load"
@@ -77,13 +78,6 @@ def make_traffic(messages: int, queries: int, seed: int = 7) -> Traffic:
     return Traffic(adds=adds, queries=[q for q, _ in corpus.queries(queries, seed=seed + 1)])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far (Linux), or None."""
     try:
@@ -93,40 +87,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ServerStartFailed(RuntimeError):
-    pass
-
-
-@contextlib.contextmanager
-def running(
-    command: list[str], env: dict[str, str], cwd: Path, log_path: Path, health: str
-) -> Iterator[int]:
-    """A server subprocess, up once ``health`` answers 200; yields its pid, stops it after."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(health, proc, log_path)
-        yield proc.pid
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @contextlib.contextmanager
 def server_process(
-    tmp: Path, embedder: str, chroma_server: bool = False
-) -> Iterator[tuple[str, int]]:
-    """The memory server in a subprocess on a free loopback port, on the data folder
-    ``tmp/data``; yields (base URL, pid). With ``chroma_server`` its vectors go to a
-    ``chroma run`` process of their own.
+    tmp: Path,
+    embedder: str,
+    chroma_server: bool = False,
+    database_url: str | None = None,
+    replicas: int = 1,
+) -> Iterator[list[tuple[str, int]]]:
+    """``replicas`` memory servers, each a subprocess on a free loopback port with its data
+    folder ``tmp/data-<i>``; yields their (base URL, pid). With ``chroma_server`` their vectors
+    go to one ``chroma run`` process, and with ``database_url`` their records to that database
+    (the two together are how several replicas share one memory).
 
-    Its environment names the data folder and embedder and drops any other ChannelMind
-    setting (API keys, a Chroma URL...) but the embedder backend, and it runs in ``tmp`` so
+    Their environment names the data folder and embedder and drops any other ChannelMind
+    setting (API keys, a Chroma URL...) but the embedder backend, and they run in ``tmp`` so
     that no ``.env`` file is read."""
     keep = ("CHANNELMIND_EMBEDDER_BACKEND",)
     env = {
@@ -134,40 +109,23 @@ def server_process(
         for k, v in os.environ.items()
         if k in keep or not k.startswith(("CHANNELMIND_", "OPENAI_"))
     }
-    env |= {"CHANNELMIND_DATA_DIR": str(tmp / "data"), "CHANNELMIND_EMBEDDER": embedder}
+    env["CHANNELMIND_EMBEDDER"] = embedder
+    if database_url:
+        env["CHANNELMIND_DATABASE_URL"] = database_url
     with contextlib.ExitStack() as stack:
         if chroma_server:
-            chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+            env["CHANNELMIND_CHROMA_URL"] = stack.enter_context(chroma_server_at(tmp, env))
+        started: list[tuple[str, int]] = []
+        for i in range(replicas):
             port = free_port()
-            command = [chroma, "run", "--path", str(tmp / "chroma-server"), "--host"]
-            command += ["127.0.0.1", "--port", str(port)]
-            env_chroma = env | {"ANONYMIZED_TELEMETRY": "False"}
-            health = f"http://127.0.0.1:{port}/api/v2/heartbeat"
-            stack.enter_context(
-                running(command, env_chroma, tmp, tmp / "chroma-server.log", health)
-            )
-            env["CHANNELMIND_CHROMA_URL"] = f"http://127.0.0.1:{port}"
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(port)]
-        pid = stack.enter_context(
-            running(command, env, tmp, tmp / "memory-server.log", f"{url}/api/v2/health")
-        )
-        yield url, pid
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise ServerStartFailed(f"{log_path.stem} exited: " + " | ".join(tail))
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise ServerStartFailed(f"no answer from {url} within 120 s")
+            url = f"http://127.0.0.1:{port}"
+            command = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1"]
+            command += ["--port", str(port)]
+            env_i = env | {"CHANNELMIND_DATA_DIR": str(tmp / f"data-{i}")}
+            log = tmp / f"memory-server-{i}.log"
+            pid = stack.enter_context(running(command, env_i, tmp, log, f"{url}/api/v2/health"))
+            started.append((url, pid))
+        yield started
 
 
 async def seed(http: httpx.AsyncClient, traffic: Traffic, n: int) -> None:
@@ -176,6 +134,11 @@ async def seed(http: httpx.AsyncClient, traffic: Traffic, n: int) -> None:
         batch = traffic.adds[start : min(n, start + 500)]
         body = {"org_id": ORG, "project_id": PROJECT, "messages": batch}
         (await http.post("/api/v2/memories", json=body, timeout=300)).raise_for_status()
+    await wait_indexed(http)
+
+
+async def wait_indexed(http: httpx.AsyncClient) -> None:
+    """Until the server says nothing is left to index."""
     while True:
         reply = await http.post("/api/cm/index/wait", json={"timeout": 60}, timeout=90)
         reply.raise_for_status()
@@ -233,28 +196,46 @@ def summarize(traffic: Traffic, clients: int, seconds: float) -> dict[str, Any]:
     return out
 
 
-async def drive(url: str, pid: int, traffic: Traffic, args: argparse.Namespace) -> dict[str, Any]:
-    """Seed, then run the clients; CPU use and the profile cover the clients' run only."""
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
-        await seed(http, traffic, args.seed_messages)
-        profiler = _profiler(pid, args.profile) if args.profile else None
-        server_before, client_before = cpu_seconds(pid), time.process_time()
+async def drive(
+    servers: list[tuple[str, int]], traffic: Traffic, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Seed through the first server, then run the clients, client i on server i mod N (as a
+    load balancer would spread connections); CPU use and the profile (of the first server)
+    cover the clients' run only."""
+    per_server = max(1, -(-args.clients // len(servers)))
+    limits = httpx.Limits(max_connections=per_server, max_keepalive_connections=per_server)
+    async with contextlib.AsyncExitStack() as stack:
+        https = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0)
+            )
+            for url, _ in servers
+        ]
+        await seed(https[0], traffic, args.seed_messages)
+        for http in https[1:]:
+            await wait_indexed(http)
+        pids = [pid for _, pid in servers]
+        profiler = _profiler(pids[0], args.profile) if args.profile else None
+        server_before, client_before = _cpu_of(pids), time.process_time()
         counter = iter(range(args.seed_messages, 1 << 62))
         measure_from = time.perf_counter() + args.warmup
         stop_at = measure_from + args.seconds
         rngs = [random.Random(1000 + i) for i in range(args.clients)]
         await asyncio.gather(
-            *(client(http, traffic, r, counter, measure_from, stop_at) for r in rngs)
+            *(
+                client(https[i % len(https)], traffic, r, counter, measure_from, stop_at)
+                for i, r in enumerate(rngs)
+            )
         )
         ended = max(time.perf_counter(), stop_at)
-        server_after, client_after = cpu_seconds(pid), time.process_time()
+        server_after, client_after = _cpu_of(pids), time.process_time()
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         _, err = profiler.communicate(timeout=120)
         if profiler.returncode not in (0, -signal.SIGINT) and not args.profile.exists():
             raise ProfilerFailed(f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
     result = summarize(traffic, args.clients, ended - measure_from)
+    result["replicas"] = len(servers)
     if server_before is not None and server_after is not None:
         result["server_cpu_s"] = round(server_after - server_before, 1)
         # CPU per request: what a busy shared machine changes least
@@ -263,6 +244,12 @@ async def drive(url: str, pid: int, traffic: Traffic, args: argparse.Namespace) 
         )
     result["client_cpu_s"] = round(client_after - client_before, 1)
     return result
+
+
+def _cpu_of(pids: list[int]) -> float | None:
+    """The servers' CPU seconds together, or None if one is not readable."""
+    times = [cpu_seconds(pid) for pid in pids]
+    return None if None in times else sum(t for t in times if t is not None)
 
 
 class ProfilerFailed(RuntimeError):
@@ -284,11 +271,18 @@ def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     traffic = make_traffic(args.seed_messages + 20_000, 500)
-    with tempfile.TemporaryDirectory(prefix="channelmind-load-") as tmp:
-        with server_process(Path(tmp), args.embedder, args.chroma_server) as (url, pid):
-            result = asyncio.run(drive(url, pid, traffic, args))
+    # Replicas share one memory only through a database and a Chroma server.
+    chroma = args.chroma_server or args.replicas > 1
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="channelmind-load-")))
+        database = args.database_url and stack.enter_context(scratch_database(args.database_url))
+        servers = stack.enter_context(
+            server_process(tmp, args.embedder, chroma, database or None, args.replicas)
+        )
+        result = asyncio.run(drive(servers, traffic, args))
     result["embedder"] = args.embedder
-    result["chroma"] = "server" if args.chroma_server else "embedded"
+    result["store"] = "postgresql" if args.database_url else "sqlite"
+    result["chroma"] = "server" if chroma else "embedded"
     if args.embedder == "local":
         result["backend"] = os.environ.get("CHANNELMIND_EMBEDDER_BACKEND", "default")
     return result
@@ -296,7 +290,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_report(r: dict[str, Any]) -> str:
     lines = [
-        f"bench load: {r['clients']} clients, {r['seconds']} s, embedder {r['embedder']}"
+        f"bench load: {r['clients']} clients on {r['replicas']} server(s), {r['seconds']} s,"
+        f" embedder {r['embedder']}, store {r['store']}"
         + (f" ({r['backend']} backend)," if "backend" in r else ",")
         + f" Chroma {r['chroma']}, REST API v2 (add 1 message / project-wide search, 50/50)",
         f"throughput {r['requests_per_s']} requests/s ({r['requests']} requests),"
@@ -321,6 +316,13 @@ def format_report(r: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     if args.clients < 1 or args.seconds <= 0 or args.warmup < 0 or args.seed_messages < 0:
         print("channelmind: --clients and --seconds must be positive", file=sys.stderr)
+        return 2
+    if args.replicas < 1 or (args.replicas > 1 and not args.database_url):
+        print(
+            "channelmind: --replicas N>1 shares one memory through PostgreSQL: give"
+            " --database-url (`temp` starts a throwaway cluster)",
+            file=sys.stderr,
+        )
         return 2
     try:
         result = run(args)

@@ -29,6 +29,18 @@ def add(bench: Any) -> None:
     load.add_argument("--embedder", default="local", choices=["local", "hash"])
     load.add_argument("--seed-messages", type=int, default=2000, help="stored before the load")
     load.add_argument("--chroma-server", action="store_true", help="vectors in `chroma run`")
+    load.add_argument(
+        "--database-url",
+        help="records in PostgreSQL: `temp` starts a throwaway cluster; a postgresql:// URL gets"
+        " a scratch database beside it (needs CREATEDB), dropped after. Default: SQLite",
+    )
+    load.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="`serve` processes on one memory (needs"
+        " --database-url; vectors then go to `chroma run`); clients are spread over them",
+    )
     load.add_argument("--profile", type=Path, help="py-spy the server (.svg/.json/.txt)")
     load.add_argument("--json", action="store_true", help="print one JSON object")
     load.set_defaults(func=cmd_bench_load)
