@@ -3,6 +3,7 @@ the hashing embedder (fast, deterministic) unless a module asks for the real mod
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing, contextmanager
@@ -111,3 +112,16 @@ def raw_db(data_dir: Path) -> Iterator[sqlite3.Connection]:
     """A plain sqlite3 connection on the engine's database file (outside the engine)."""
     with closing(sqlite3.connect(data_dir / "memory.sqlite3")) as conn:
         yield conn
+
+
+async def raw_write(data_dir: Path, sql: str, params: tuple[object, ...]) -> None:
+    """One statement through :func:`raw_db`, committed, from a thread: while an engine serves
+    in this event loop, a blocking write here would stop the loop that must finish the
+    engine's own transaction, and SQLite would answer "database is locked"."""
+
+    def write() -> None:
+        with raw_db(data_dir) as conn:
+            conn.execute(sql, params)
+            conn.commit()
+
+    await asyncio.to_thread(write)

@@ -17,7 +17,7 @@ import pytest
 from memory.embedders import HashEmbedder, Vectors
 from memory.engine import MemoryEngine
 
-from .conftest import raw_db
+from .conftest import raw_db, raw_write
 from .server_harness import running
 
 ORG, PROJECT, OTHER_ORG = "acme", "support", "globex"
@@ -109,11 +109,11 @@ async def test_a_row_that_cannot_be_read_is_set_aside_not_500(
     [broken, fine] = await add(http, ORG, "the year ten thousand message", "an ordinary message")
     # An older version stored this row's time past 9999-12-31: put it back that way, and let
     # the indexer meet it again.
-    with raw_db(data_dir) as conn:
-        conn.execute(
-            "UPDATE episodes SET created_at = ?, indexed = 0 WHERE uid = ?", (YEAR_10000, broken)
-        )
-        conn.commit()
+    await raw_write(
+        data_dir,
+        "UPDATE episodes SET created_at = ?, indexed = 0 WHERE uid = ?",
+        (YEAR_10000, broken),
+    )
 
     # Reads of the project answer, without the broken row; other orgs are not blocked.
     for _ in range(3):
@@ -178,9 +178,9 @@ async def test_a_fact_that_cannot_be_read_is_set_aside_and_deletable(
     }
     uids = [(await http.post("/api/cm/facts/add", json={"fact": fact})).json()["uid"]]
     uids.append((await http.post("/api/cm/facts/add", json={"fact": fact})).json()["uid"])
-    with raw_db(data_dir) as conn:
-        conn.execute("UPDATE facts SET created_at = ? WHERE uid = ?", (YEAR_10000, uids[0]))
-        conn.commit()
+    await raw_write(
+        data_dir, "UPDATE facts SET created_at = ? WHERE uid = ?", (YEAR_10000, uids[0])
+    )
     listed_facts = await http.post(
         "/api/cm/facts/list", json={"org_id": ORG, "project_id": PROJECT}
     )
