@@ -4,7 +4,10 @@ the hashing embedder (fast, deterministic) unless a module asks for the real mod
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -125,3 +128,32 @@ async def raw_write(data_dir: Path, sql: str, params: tuple[object, ...]) -> Non
             conn.commit()
 
     await asyncio.to_thread(write)
+
+
+# -- a run that always ends -------------------------------------------------------------------
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A connection a failing test left open keeps a non-daemon worker thread (aiosqlite's)
+    waiting forever, and the interpreter would wait for it after the summary: a run that never
+    ends. Name the threads, give them a moment, then end with pytest's own status."""
+    leftover = [
+        t for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]  # fmt: skip
+    for thread in leftover:
+        thread.join(timeout=5)
+    leftover = [t for t in leftover if t.is_alive()]
+    if leftover and _exit_status:
+        names = ", ".join(sorted(t.name for t in leftover))
+        print(f"\nthreads still running after the tests (leaked by a test): {names}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 import time
 import uuid
@@ -69,6 +70,7 @@ _SCRUB_KEY = "vector_scrub_pending"
 _NEEDS_SCRUB = f"INSERT OR REPLACE INTO meta VALUES ('{_SCRUB_KEY}', '1')"
 #: Bound variables per statement, well under SQLite's limit.
 _CHUNK = 500
+_WAL_ATTEMPTS = 100  # about four minutes of waiting in all, far past any migration
 
 COLUMNS = (
     "id",
@@ -336,15 +338,31 @@ class SQLiteStore:
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, timeout=30.0, isolation_level=None)
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=NORMAL",
-            "PRAGMA foreign_keys=ON",
-            "PRAGMA secure_delete=ON",
-            "PRAGMA busy_timeout=30000",
-            "PRAGMA cache_size=-65536",
-        ):
-            await conn.execute(pragma)
+        try:
+            # Switching a new file to WAL takes an exclusive lock and SQLite does not wait on the
+            # busy handler for it, so a second process opening the same new folder at the same
+            # moment is told "database is locked": wait for the other one to finish instead.
+            for attempt in range(_WAL_ATTEMPTS):
+                try:
+                    await conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            for pragma in (
+                "PRAGMA synchronous=NORMAL",
+                "PRAGMA foreign_keys=ON",
+                "PRAGMA secure_delete=ON",
+                "PRAGMA busy_timeout=30000",
+                "PRAGMA cache_size=-65536",
+            ):
+                await conn.execute(pragma)
+        except BaseException:
+            # An unclosed aiosqlite connection keeps a non-daemon thread alive, and the process
+            # would never exit.
+            await conn.close()
+            raise
         return conn
 
     async def close(self) -> None:
