@@ -55,7 +55,7 @@ from .model import (
     utcnow,
 )
 from .retrieval import Candidate, Query, Ranking
-from .store.base import Claim, Project, Store
+from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
 from .vector_index import VectorIndex, VectorItem, open_chroma
@@ -683,17 +683,30 @@ class MemoryEngine:
         depth: int,
         mode: SearchMode,
     ) -> None:
-        """Add keyword and vector candidates under ``scope`` to ``candidates``."""
-        if mode in ("hybrid", "keyword"):
-            for hit in await self.store.keyword_search(scope, filt, time, query, depth):
-                candidates.setdefault(hit.key, Candidate(hit.key, hit.episode)).keyword = hit.score
-        if mode in ("hybrid", "vector") and query.strip():
+        """Add keyword and vector candidates under ``scope`` to ``candidates``. The two
+        searches run at once (the keyword one in the database, the vector one in the index's
+        thread), so a search waits for the slower of them, not their sum."""
+
+        async def keyword() -> builtins.list[KeywordHit]:
+            if mode not in ("hybrid", "keyword"):
+                return []
+            return await self.store.keyword_search(scope, filt, time, query, depth)
+
+        async def vector() -> builtins.list[tuple[int, Episode, float]]:
+            if mode not in ("hybrid", "vector") or not query.strip():
+                return []
             try:
-                for rid, ep, sim in await self._vector_candidates(query, scope, filt, time, depth):
-                    candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+                return await self._vector_candidates(query, scope, filt, time, depth)
             except Exception:
                 # A failing vector index degrades search to keywords; it never fails it.
                 log.exception("vector search failed; answering from keywords only")
+                return []
+
+        by_keyword, by_vector = await asyncio.gather(keyword(), vector())
+        for hit in by_keyword:
+            candidates.setdefault(hit.key, Candidate(hit.key, hit.episode)).keyword = hit.score
+        for rid, ep, sim in by_vector:
+            candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
 
     async def _vector_candidates(
         self, query: str, scope: Scope, filt: Filter | None, time: TimeRange | None, depth: int
