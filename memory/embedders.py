@@ -283,11 +283,13 @@ def similarities(embedder: Embedder, query: str, texts: Sequence[str]) -> list[f
     return [float(s) for s in sims]
 
 
-#: What runs the local model when CHANNELMIND_EMBEDDER_BACKEND is not set. An ONNX backend
-#: becomes the default only once `channelmind bench embed` measures it at >= 600 messages/s on
-#: this machine with LoCoMo recall@10 within 0.005 of torch's (issue 15); so far it was faster
-#: than torch in every run but short of 600/s (README, "Local embedding backends").
-DEFAULT_BACKEND = "torch"
+#: What runs the local model when CHANNELMIND_EMBEDDER_BACKEND is not set: ONNX Runtime in
+#: float32. It gives torch's vectors to rounding (same fingerprint, so no reindex either way),
+#: LoCoMo recall@10 within 0.002 of torch's, 2.7-5x its throughput, and a query embedded in
+#: 6-11 ms at the median where torch took 11-160 ms and ~490 ms at p95 on a busy machine (its
+#: intra-op threads wait on each other). torch stays one setting away (README, "Local
+#: embedding backends"); a model the ONNX graph does not cover falls back to it.
+DEFAULT_BACKEND = "onnx"
 
 
 def _local_embedder(model: str | None, backend: str | None) -> Embedder:
