@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .engine import MemoryEngine
+from .index.chroma import ChromaIndex
 from .model import Episode, Scope
-from .vector_index import VectorIndex
 
 ORG, PROJECT = "T0BENCH", "forget"
 
@@ -26,13 +26,13 @@ ORG, PROJECT = "T0BENCH", "forget"
 @contextmanager
 def scrubbing(enabled: bool) -> Iterator[None]:
     """The baseline: the engine as it was before it scrubbed Chroma's files."""
-    original = VectorIndex.scrub
+    original = ChromaIndex.scrub
     if not enabled:
-        VectorIndex.scrub = lambda self, collections=None: None  # type: ignore[method-assign]
+        ChromaIndex.scrub = lambda self, collections=None: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        VectorIndex.scrub = original  # type: ignore[method-assign]
+        ChromaIndex.scrub = original  # type: ignore[method-assign]
 
 
 async def measure(folder: Path, size: int, scrub: bool, repeats: int) -> tuple[float, float]:

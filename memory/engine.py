@@ -9,7 +9,7 @@ one stopped.
 One process owns a data folder (:mod:`memory.folder`); a row that cannot be read or embedded is
 set aside (counted in ``stats().set_aside``, logged once, deletable) and never stops the others.
 Forgetting and editing are complete when the call returns: rows, FTS, the WAL, and every byte of
-the old vectors in Chroma's files (:meth:`VectorIndex.scrub`).
+the old vectors in Chroma's files (:meth:`memory.index.base.VectorIndex.scrub_touched`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
-import functools
 import logging
 import secrets
 from collections.abc import Sequence
@@ -33,6 +32,8 @@ from .embed_queue import EmbedQueue
 from .embedders import Embedder, Vectors, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
+from .index.base import VectorIndex, VectorItem
+from .index.chroma import ChromaIndex
 from .model import (
     EMBED_TEXT_VERSION,
     Added,
@@ -58,7 +59,6 @@ from .retrieval import Candidate, Query, Ranking
 from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
-from .vector_index import VectorIndex, VectorItem, open_chroma
 
 if TYPE_CHECKING:
     from .protocol import Memory
@@ -172,13 +172,12 @@ class MemoryEngine:
         made = secrets.token_hex(32)
         key = await self.store.init_meta("index_key", made)
         fresh = key == made
-        path = self.data_dir / "chroma"
-        connect = functools.partial(open_chroma, str(path), self.chroma_url)
-        client_path = None if self.chroma_url else path
-        self.index = await asyncio.to_thread(VectorIndex, connect, bytes.fromhex(key), client_path)
+        self.index = index = await asyncio.to_thread(
+            ChromaIndex.open, self.data_dir, self.chroma_url, bytes.fromhex(key)
+        )
         if fresh and await self.store.count_indexed():
             log.info("the vector index predates keyed names: rebuilding it")
-            await asyncio.to_thread(self.index.reset)
+            await asyncio.to_thread(index.reset)
             await self.store.requeue()
             await self.store.request_scrub()
 

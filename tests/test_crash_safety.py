@@ -176,12 +176,11 @@ async def check_recovered(data_dir: Path, ledger: Ledger) -> None:
         rows = {e.uid: e for e in await engine.list(scope, page_size=10_000)}
         assert set(present) <= set(rows)
         assert engine.index is not None
-        ids = engine.index.all_ids()
-        assert ids[engine.index.project_collection(ORG, PROJECT)] == set(rows)
+        assert engine.index.ids(ORG, PROJECT) == set(rows)
         for channel in CHANNELS:
             in_channel = {u for u, e in rows.items() if e.produced_for == channel}
-            assert ids[engine.index.channel_collection(ORG, PROJECT, channel)] == in_channel
-        orphans = set().union(*ids.values()) - set(rows)
+            assert engine.index.ids(ORG, PROJECT, channel) == in_channel
+        orphans = engine.index.vector_ids() - set(rows)
         assert not orphans, f"{len(orphans)} vectors without a row"
         assert stats.vectors == stats.episodes == len(rows)
     finally:

@@ -12,6 +12,7 @@ import pytest
 from memory.embedders import HashEmbedder
 from memory.engine import EmbedderMismatch, MemoryEngine
 from memory.filters import matches, parse_filter
+from memory.index.base import VectorItem
 from memory.model import Fact, Scope, SourceRef, TimeRange, embed_text
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
 
@@ -23,12 +24,10 @@ def uids_of(result: object) -> list[str]:
     return [h.episode.uid for h in result.hits]  # type: ignore[attr-defined]
 
 
-def stored_vector(engine: MemoryEngine, collection: str, uid: str) -> np.ndarray | None:
+def stored_vector(engine: MemoryEngine, produced_for: str | None, uid: str) -> np.ndarray | None:
+    """The vector a search of the project (None) or of one channel compares for ``uid``."""
     assert engine.index is not None
-    got = engine.index.client.get_collection(collection).get(ids=[uid], include=["embeddings"])
-    if not got["ids"]:
-        return None
-    return np.asarray(got["embeddings"][0], dtype=np.float32)
+    return engine.index.vector(ORG, PROJECT, produced_for, uid)
 
 
 # -- add -----------------------------------------------------------------------------------
@@ -250,13 +249,8 @@ async def test_edit_by_source_ref_reindexes_keywords_and_vector(engine: MemoryEn
     # Vectors: both collections hold the embedding of the new text, not of the old.
     new_vec = engine.embedder.embed([embed_text(stored)])[0]
     old_vec = engine.embedder.embed([embed_text(target)])[0]
-    assert engine.index is not None
-    index = engine.index
-    for name in (
-        index.project_collection(ORG, PROJECT),
-        index.channel_collection(ORG, PROJECT, GENERAL),
-    ):
-        vec = stored_vector(engine, name, uid)
+    for channel in (None, GENERAL):
+        vec = stored_vector(engine, channel, uid)
         assert vec is not None
         assert float(vec @ new_vec) == pytest.approx(1.0, abs=1e-4)
         assert float(vec @ old_vec) < 0.9
@@ -294,7 +288,7 @@ async def test_delete_removes_only_its_org_and_project(engine: MemoryEngine) -> 
     assert uids_of(await engine.search("almond", SCOPE, mode="keyword")) == [kept]
     await engine.wait_indexed()
     assert engine.index is not None
-    assert all(gone not in ids for ids in engine.index.all_ids().values())
+    assert gone not in engine.index.vector_ids()
     assert (await engine.stats()).vectors == 1
 
 
@@ -429,9 +423,8 @@ async def test_reindex_after_dropping_chroma(engine: MemoryEngine) -> None:
     assert await engine.reindex(progress=False) == 30
     await engine.wait_indexed()
     assert (await engine.stats()).vectors == 30
-    ids = engine.index.all_ids()
-    assert ids[engine.index.project_collection(ORG, PROJECT)] == set(uids)
-    assert ids[engine.index.channel_collection(ORG, PROJECT, GENERAL)] == set(uids)
+    assert engine.index.ids(ORG, PROJECT) == set(uids)
+    assert engine.index.ids(ORG, PROJECT, GENERAL) == set(uids)
     assert uids_of(await engine.search("note about topic7", SCOPE, mode="vector"))[0] == uids[7]
 
 
@@ -450,7 +443,7 @@ async def test_startup_repairs_a_lost_vector_index(data_dir: Path) -> None:
         await eng.wait_indexed()
         assert (await eng.stats()).vectors == 12
         assert eng.index is not None
-        assert eng.index.all_ids()[eng.index.project_collection(ORG, PROJECT)] == set(uids)
+        assert eng.index.ids(ORG, PROJECT) == set(uids)
     finally:
         await eng.close()
 
@@ -475,8 +468,7 @@ async def test_changing_the_embedder_needs_reindex(data_dir: Path) -> None:
     )
     try:
         assert await eng.reindex(progress=False) == 1
-        assert eng.index is not None
-        vec = stored_vector(eng, eng.index.project_collection(ORG, PROJECT), uid)
+        vec = stored_vector(eng, None, uid)
         assert vec is not None and vec.shape == (128,)
         found = await eng.search("persistent volume claims", SCOPE, mode="vector")
         assert uids_of(found) == [uid]
@@ -606,14 +598,14 @@ async def test_an_index_written_in_an_older_message_format_is_re_embedded(data_d
         [uid] = await eng.add([ep])
         await eng.wait_indexed()
         assert eng.index is not None
-        collection = eng.index.project_collection(ORG, PROJECT)
         want = embedder.embed([embed_text(ep.model_copy(update={"uid": uid}))])[0]
-        assert np.allclose(stored_vector(eng, collection, uid), want, atol=1e-6)
+        assert np.allclose(stored_vector(eng, None, uid), want, atol=1e-6)
         # What an older version left: another vector (the hash embedder ignores the quotes
         # that tell the versions apart, so another text stands in) and an older marker.
         old = embedder.embed(["written the old way"])[0]
-        eng.index.client.get_collection(collection).upsert(ids=[uid], embeddings=[old.tolist()])
-        assert not np.allclose(stored_vector(eng, collection, uid), want, atol=1e-6)
+        item = VectorItem(uid, ep.org_id, ep.project_id, ep.produced_for, ep.producer, ep.thread_id)
+        eng.index.upsert([item], old.reshape(1, -1))
+        assert not np.allclose(stored_vector(eng, None, uid), want, atol=1e-6)
         await eng.store.set_meta("embed_text", "1")
     finally:
         await eng.close()
@@ -626,7 +618,7 @@ async def test_an_index_written_in_an_older_message_format_is_re_embedded(data_d
     eng = await MemoryEngine.open(data_dir, embedder)
     try:
         await eng.wait_indexed()
-        assert np.allclose(stored_vector(eng, collection, uid), want, atol=1e-6)
+        assert np.allclose(stored_vector(eng, None, uid), want, atol=1e-6)
     finally:
         await eng.close()
     eng = await MemoryEngine.open(data_dir, embedder, background=False)

@@ -1,4 +1,5 @@
-"""Chroma: the vector index. Derived from SQLite, rebuildable from it at any time.
+"""Chroma behind :class:`memory.index.base.VectorIndex`: embedded (a folder) or a server
+(``CHANNELMIND_CHROMA_URL``). Derived from the store, rebuildable from it at any time.
 
 Partitioning (a measured choice, see README "Benchmarks"): Chroma's ``where`` filters cost in
 proportion to the rows they match, while an unfiltered query stays at a few milliseconds at any
@@ -15,8 +16,8 @@ projects, channels or people exist, and once SQLite forgets them no key can be m
 Forgetting (embedded Chroma): Chroma deletes only mark vectors deleted; the vector stays in its
 write-ahead queue (``embeddings_queue`` in ``chroma.sqlite3``) until Chroma purges it, in freed
 SQLite pages after that, and in the HNSW files (a deleted element keeps its data). After a
-forget the engine calls :meth:`VectorIndex.scrub`, which stops Chroma, scrubs its files
-(:mod:`memory.vector_scrub`) and starts it again, so that nothing of a forgotten vector is on
+forget the engine calls :meth:`ChromaIndex.scrub_touched`, which stops Chroma, scrubs its files
+(:mod:`memory.index.chroma_scrub`) and starts it again, so that nothing of a forgotten vector is on
 disk when the call returns, and nothing comes back from memory later.
 
 Vectors are computed by the engine's embedder and passed in; no embedding function is attached
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,25 +44,17 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection as ChromaCollection
 from chromadb.config import Settings as ChromaSettings
 
-from .embedders import Vectors
-from .store.base import StoreUnavailable
-from .vector_scrub import ScrubReport, scrub_folder
+from memory.embedders import Vectors
+from memory.store.base import StoreUnavailable
+
+from .base import ScrubReport, VectorItem
+from .chroma_scrub import scrub_folder
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 4000  # below Chroma's max_batch_size (5461 here)
 PROJECT_PREFIX = "cmp_"
 CHANNEL_PREFIX = "cmc_"
-
-
-@dataclass(frozen=True)
-class VectorItem:
-    uid: str
-    org_id: str
-    project_id: str
-    produced_for: str
-    producer: str
-    thread_id: str | None
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -172,8 +165,13 @@ class _Gate:
                 self._cond.notify_all()
 
 
-class VectorIndex:
-    """Synchronous; the engine calls it from worker threads.
+class ChromaIndex:
+    """:class:`memory.index.base.VectorIndex` on Chroma. Synchronous; the engine calls it from
+    worker threads.
+
+    One class for both embedded Chroma and a Chroma server: they differ only in how the client
+    is made (:func:`open_chroma`) and in whether there are files to scrub, and the naming,
+    partitioning and queries are the same.
 
     ``key`` is the folder's secret for names (see the module docstring); ``path`` is the
     embedded Chroma folder (None for a Chroma server, whose files are not ours to scrub).
@@ -192,6 +190,13 @@ class VectorIndex:
         # Collections vectors were deleted from since the last scrub (None: maybe any, as
         # after a crash: the first scrub goes over every collection).
         self._touched: set[str] | None = None
+
+    @classmethod
+    def open(cls, data_dir: Path, url: str | None, key: bytes) -> ChromaIndex:
+        """The Chroma server at ``url``, or else the embedded Chroma in ``data_dir/chroma``."""
+        path = data_dir / "chroma"
+        connect = functools.partial(open_chroma, str(path), url)
+        return cls(connect, key, None if url else path)
 
     def _mark_touched(self, *names: str) -> None:
         with self._lock:
@@ -273,10 +278,7 @@ class VectorIndex:
         thread_id: str | None = None,
     ) -> list[tuple[str, float]]:
         """Nearest uids with their cosine similarity, best first."""
-        if produced_for is None:
-            name = self.project_collection(org_id, project_id)
-        else:
-            name = self.channel_collection(org_id, project_id, produced_for)
+        name = self._scope_collection(org_id, project_id, produced_for)
         conditions: list[dict[str, Any]] = []
         if producer is not None:
             conditions.append({"p": self.token("producer", producer)})
@@ -327,6 +329,33 @@ class VectorIndex:
         except Exception:  # already gone
             return
 
+    def _scope_collection(self, org_id: str, project_id: str, produced_for: str | None) -> str:
+        if produced_for is None:
+            return self.project_collection(org_id, project_id)
+        return self.channel_collection(org_id, project_id, produced_for)
+
+    def ids(self, org_id: str, project_id: str, produced_for: str | None = None) -> set[str]:
+        """The uids a search of this scope reaches (``produced_for`` None: the project)."""
+        name = self._scope_collection(org_id, project_id, produced_for)
+        with self._gate.shared():
+            collection = self._collection(name, create=False)
+            return set() if collection is None else self._ids_of(collection)
+
+    def vector(
+        self, org_id: str, project_id: str, produced_for: str | None, uid: str
+    ) -> Vectors | None:
+        """The vector a search of this scope compares for ``uid``; None when it has none."""
+        name = self._scope_collection(org_id, project_id, produced_for)
+        with self._gate.shared():
+            collection = self._collection(name, create=False)
+            if collection is None:
+                return None
+            got = collection.get(ids=[uid], include=["embeddings"])
+        embeddings = got.get("embeddings")
+        if not got["ids"] or embeddings is None:
+            return None
+        return np.asarray(embeddings[0], dtype=np.float32)
+
     def _our_collections(self) -> list[ChromaCollection]:
         out = []
         for entry in self.client.list_collections():
@@ -349,16 +378,19 @@ class VectorIndex:
         out: dict[str, set[str]] = {}
         with self._gate.shared():
             for collection in self._our_collections():
-                ids: set[str] = set()
-                offset = 0
-                while True:
-                    page = collection.get(include=[], limit=5000, offset=offset)
-                    ids.update(page["ids"])
-                    if len(page["ids"]) < 5000:
-                        break
-                    offset += 5000
-                out[collection.name] = ids
+                out[collection.name] = self._ids_of(collection)
         return out
+
+    @staticmethod
+    def _ids_of(collection: ChromaCollection) -> set[str]:
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            page = collection.get(include=[], limit=5000, offset=offset)
+            ids.update(page["ids"])
+            if len(page["ids"]) < 5000:
+                return ids
+            offset += 5000
 
     def delete_ids(self, collection_name: str, uids: list[str]) -> None:
         with self._gate.shared():

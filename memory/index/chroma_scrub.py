@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .base import ScrubReport
+
 log = logging.getLogger(__name__)
 
 # Chroma's operation codes in embeddings_queue.
@@ -54,13 +56,6 @@ _LABEL = np.dtype("<u8")
 
 class UnknownChromaFormat(RuntimeError):
     """Chroma's files are not laid out as this module expects (a Chroma upgrade?)."""
-
-
-@dataclass
-class ScrubReport:
-    queue_rows: int = 0  # write-ahead rows emptied
-    hnsw_elements: int = 0  # HNSW elements whose vector was zeroed
-    dropped_segments: int = 0  # folders of dropped collections removed
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""The vector index the engine uses: what it must do, whatever holds the vectors.
+
+The index is derived from the store and rebuildable from it at any time. Every vector belongs
+to one row (its ``uid``) and is reachable by two kinds of search: project-wide (org, project)
+and one channel (org, project, produced_for); narrower filters (producer, thread) are the
+implementation's to apply. The engine keeps the index consistent with two checks of its own:
+a cheap one on open (:meth:`VectorIndex.count` against the rows it says are indexed) and a deep
+one (:meth:`VectorIndex.vector_ids` against every row, dropping orphans with
+:meth:`VectorIndex.drop`).
+
+Calls are synchronous; the engine makes them from worker threads. The implementation is
+:class:`memory.index.chroma.ChromaIndex` (embedded Chroma or a Chroma server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from memory.embedders import Vectors
+
+
+@dataclass(frozen=True)
+class VectorItem:
+    """What the index keeps beside a vector: where it may be found."""
+
+    uid: str
+    org_id: str
+    project_id: str
+    produced_for: str
+    producer: str
+    thread_id: str | None
+
+
+@dataclass
+class ScrubReport:
+    """What a scrub cleared from the index's files."""
+
+    queue_rows: int = 0  # write-ahead rows emptied
+    hnsw_elements: int = 0  # HNSW elements whose vector was zeroed
+    dropped_segments: int = 0  # folders of dropped collections removed
+
+
+class VectorIndex(Protocol):
+    def upsert(self, items: list[VectorItem], vectors: Vectors) -> None:
+        """Write (or overwrite) the vector of each item; ``vectors[i]`` is ``items[i]``'s."""
+        ...
+
+    def query(
+        self,
+        org_id: str,
+        project_id: str,
+        produced_for: str | None,
+        vector: Vectors,
+        k: int,
+        producer: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[tuple[str, float]]:
+        """The ``k`` nearest uids in the scope with their cosine similarity, best first
+        (``produced_for`` None: the whole project)."""
+        ...
+
+    def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:
+        """Delete these vectors of one channel (remembered for :meth:`scrub_touched`)."""
+        ...
+
+    def drop_project(self, org_id: str, project_id: str, channels: list[str]) -> None:
+        """Delete every vector of a project (``channels``: the project's channels)."""
+        ...
+
+    def ids(self, org_id: str, project_id: str, produced_for: str | None = None) -> set[str]:
+        """The uids a search of this scope reaches (``produced_for`` None: the project)."""
+        ...
+
+    def vector(
+        self, org_id: str, project_id: str, produced_for: str | None, uid: str
+    ) -> Vectors | None:
+        """The vector a search of this scope compares for ``uid``; None when it has none."""
+        ...
+
+    def count(self) -> int:
+        """How many vectors the index holds, each counted once (the cheap check on open)."""
+        ...
+
+    def vector_ids(self) -> set[str]:
+        """The uid of every vector in the index (the deep check)."""
+        ...
+
+    def drop(self, uids: Collection[str]) -> None:
+        """Delete these vectors wherever they are (orphans: their rows are gone)."""
+        ...
+
+    def reset(self) -> None:
+        """Delete every vector (before a full reindex, or a new naming key)."""
+        ...
+
+    def scrub_touched(self) -> ScrubReport | None:
+        """Leave nothing of the vectors deleted since the last call in the index's files;
+        None when the files are not this process's to scrub (a server)."""
+        ...
+
+    def close(self) -> None:
+        """Release the index (files, threads); it is unusable afterwards."""
+        ...
