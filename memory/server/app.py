@@ -27,10 +27,12 @@ from memory.engine import MemoryEngine
 from memory.filters import FilterError
 from memory.model import InvalidInput
 
-from . import rest_cm, rest_v2
+from .api_cm.routes import router as cm_router
+from .api_v2.routes import router as v2_router
 from .auth import ApiKeys, AuthMiddleware, is_loopback
 from .mcp_tools import build_mcp, transport_security
 from .metrics import Metrics, MetricsMiddleware
+from .routing import version
 from .service import MemoryService, ServiceError, describe_errors
 from .settings import ServerSettings
 
@@ -224,7 +226,7 @@ def create_app(
 
     app = FastAPI(
         title="ChannelMind memory server",
-        version=rest_v2.version(),
+        version=version(),
         description="MemMachine-compatible REST API v2, ChannelMind routes, and MCP at /mcp/.",
         lifespan=lifespan,
     )
@@ -233,8 +235,8 @@ def create_app(
     app.state.service = (
         MemoryService(engine, metrics, settings.short_term_episodes) if engine is not None else None
     )
-    app.include_router(rest_v2.router)
-    app.include_router(rest_cm.router)
+    app.include_router(v2_router)
+    app.include_router(cm_router)
     app.mount("/mcp", mcp_endpoint)
     _install_handlers(app)
     # Added innermost first: Guard (outermost) -> Metrics -> Auth -> routes.

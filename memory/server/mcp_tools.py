@@ -32,10 +32,10 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import ValidationError
 
+from .api_v2.bodies import AddMemoriesSpec, MemoryMessage, SearchMemoriesSpec
 from .auth import OPEN, Principal, forbidden_message, principal_of
 from .fields import check_id
 from .service import MemoryService, ServiceError, invalid_from
-from .specs import AddMemoriesSpec, MemoryMessage, SearchMemoriesSpec
 
 if TYPE_CHECKING:
     from memory.engine import MemoryEngine

@@ -19,8 +19,7 @@ from memory.filters import Filter, parse_filter
 from memory.model import Episode, Fact, InvalidInput, Scope
 from memory.text import terms
 
-from .metrics import Metrics
-from .specs import (
+from .api_v2.bodies import (
     ALL_TYPES,
     AddMemoriesResponse,
     AddMemoriesSpec,
@@ -43,6 +42,7 @@ from .specs import (
     SemanticFeature,
     ShortTermMemory,
 )
+from .metrics import Metrics
 
 PROJECT_MISSING = "Project does not exist"
 

@@ -1,1 +1,2 @@
-"""The ChannelMind API (``/api/cm``): what MemMachine's v2 cannot express."""
+"""The ChannelMind API (``/api/cm``): what MemMachine's v2 cannot express; its routes and its
+bodies (the bodies shared with :class:`memory.client.MemoryClient`)."""

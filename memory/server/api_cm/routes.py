@@ -11,7 +11,9 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from memory.model import Episode, Fact, ForgetReport, SearchResult, SourceRef, Stats
 
-from .api_cm.bodies import (
+from ..auth import principal_of
+from ..routing import ERRORS, NOT_FOUND, authorize, service_of
+from .bodies import (
     AddedEpisodes,
     AddEpisodesBody,
     AddFactBody,
@@ -37,10 +39,8 @@ from .api_cm.bodies import (
     UidsBody,
     WaitBody,
 )
-from .auth import principal_of
-from .rest_v2 import _ERRORS, _NOT_FOUND, authorize, service_of
 
-router = APIRouter(prefix="/api/cm", responses=_ERRORS, tags=["channelmind"])
+router = APIRouter(prefix="/api/cm", responses=ERRORS, tags=["channelmind"])
 
 
 @router.post("/episodes/add", response_model=AddedEpisodes)
@@ -151,7 +151,7 @@ async def facts(body: FactsBody, request: Request) -> list[Fact]:
     )
 
 
-@router.post("/facts/add", response_model=Uid, responses=_NOT_FOUND)
+@router.post("/facts/add", response_model=Uid, responses=NOT_FOUND)
 async def add_fact(body: AddFactBody, request: Request) -> Uid:
     """Store a fact; 404 when a citation is not an episode of the fact's org and project."""
     fact = body.fact

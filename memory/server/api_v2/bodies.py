@@ -29,7 +29,7 @@ from memory.model import (
     check_time,
 )
 
-from .fields import (
+from ..fields import (
     MAX_EXPAND,
     MAX_PAGE_NUM,
     MAX_PAGE_SIZE,

@@ -8,16 +8,14 @@ health and metrics.
 
 from __future__ import annotations
 
-from importlib import metadata
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .auth import Principal, forbidden_message, principal_of
-from .metrics import Metrics
-from .service import MemoryService
-from .specs import (
+from ..auth import principal_of
+from ..metrics import Metrics
+from ..routing import ERRORS, NOT_FOUND, authorize, service_of, version
+from ..service import MemoryService
+from .bodies import (
     AddMemoriesResponse,
     AddMemoriesSpec,
     CreateProjectSpec,
@@ -35,38 +33,7 @@ from .specs import (
     SearchResponse,
 )
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
-    403: {"model": ErrorResponse, "description": "The API key may not access this org"},
-    422: {"model": ErrorResponse, "description": "Invalid request"},
-}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "Unknown project or ids"}
-}
-
-router = APIRouter(prefix="/api/v2", responses=_ERRORS)
-
-
-def service_of(request: Request) -> MemoryService:
-    service: MemoryService | None = getattr(request.app.state, "service", None)
-    if service is None:
-        raise HTTPException(503, "the memory engine is not open yet")
-    return service
-
-
-def authorize(request: Request, org_id: str) -> Principal:
-    """403 unless the caller's API key grants ``org_id``."""
-    principal = principal_of(request.scope)
-    if not principal.allows(org_id):
-        raise HTTPException(403, forbidden_message(org_id))
-    return principal
-
-
-def version() -> str:
-    try:
-        return metadata.version("channelmind")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+router = APIRouter(prefix="/api/v2", responses=ERRORS)
 
 
 # -- projects ------------------------------------------------------------------------------
@@ -85,7 +52,7 @@ async def create_project(spec: CreateProjectSpec, request: Request) -> ProjectRe
 
 
 @router.post(
-    "/projects/get", response_model=ProjectResponse, responses=_NOT_FOUND, tags=["projects"]
+    "/projects/get", response_model=ProjectResponse, responses=NOT_FOUND, tags=["projects"]
 )
 async def get_project(spec: ProjectSpec, request: Request) -> ProjectResponse:
     authorize(request, spec.org_id)
@@ -95,7 +62,7 @@ async def get_project(spec: ProjectSpec, request: Request) -> ProjectResponse:
 @router.post(
     "/projects/episode_count/get",
     response_model=EpisodeCount,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND,
     tags=["projects"],
 )
 async def episode_count(spec: ProjectSpec, request: Request) -> EpisodeCount:
@@ -114,7 +81,7 @@ async def list_projects(request: Request) -> list[ProjectRef]:
     "/projects/delete",
     status_code=204,
     response_class=Response,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND,
     tags=["projects"],
 )
 async def delete_project(spec: ProjectSpec, request: Request) -> Response:
@@ -161,7 +128,7 @@ async def list_memories(spec: ListMemoriesSpec, request: Request) -> ListRespons
     "/memories/episodic/delete",
     status_code=204,
     response_class=Response,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND,
     tags=["memories"],
 )
 async def delete_episodic(spec: DeleteEpisodicSpec, request: Request) -> Response:
@@ -175,7 +142,7 @@ async def delete_episodic(spec: DeleteEpisodicSpec, request: Request) -> Respons
     "/memories/semantic/delete",
     status_code=204,
     response_class=Response,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND,
     tags=["memories"],
 )
 async def delete_semantic(spec: DeleteSemanticSpec, request: Request) -> Response:

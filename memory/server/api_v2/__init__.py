@@ -1,0 +1,1 @@
+"""The MemMachine-compatible REST API v2 (``/api/v2``): its routes and its bodies."""
