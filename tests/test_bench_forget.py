@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from memory import bench_forget
+from memory.bench import forget as bench_forget
 
 
 def test_bench_forget_reports_baseline_and_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:

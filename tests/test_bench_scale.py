@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.cli import main
-from memory.bench_services import free_port
+from memory.bench.services import free_port
 from memory.store.postgres.cluster import find_bindir
 
 

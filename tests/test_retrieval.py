@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from memory import bench_exact
+from memory.bench import exact as bench_exact
 from memory.engine import MemoryEngine
 from memory.model import Scope
 from memory.retrieval import FEATURES, RankingModel

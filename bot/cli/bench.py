@@ -22,7 +22,7 @@ def _ks(text: str) -> list[int]:
 
 
 def cmd_bench_locomo(args: argparse.Namespace) -> int:
-    from memory import bench_locomo
+    from memory.bench import locomo as bench_locomo
     from memory.embedders import make_embedder
 
     if not args.data.is_file():
@@ -44,14 +44,14 @@ def cmd_bench_locomo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_exact(args: argparse.Namespace) -> int:
-    from memory import bench_exact
+    from memory.bench import exact as bench_exact
     from memory.embedders import make_embedder
 
     return bench_exact.main(make_embedder(args.embedder), args.json)
 
 
 def cmd_bench_scale(args: argparse.Namespace) -> int:
-    from memory import bench_scale
+    from memory.bench import scale as bench_scale
 
     return bench_scale.main(args)
 

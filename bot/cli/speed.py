@@ -9,13 +9,13 @@ from typing import Any
 
 
 def cmd_bench_load(args: argparse.Namespace) -> int:
-    from memory import bench_load
+    from memory.bench import load as bench_load
 
     return bench_load.main(args)
 
 
 def cmd_bench_embed(args: argparse.Namespace) -> int:
-    from memory import bench_embed
+    from memory.bench import embed as bench_embed
 
     return bench_embed.main(args)
 

@@ -195,7 +195,7 @@ class PostgresStore:
     ) -> None:
         """``ranking`` and ``scope_tokens=False`` (the scope as a plain WHERE beside the
         full-text match) exist to measure the alternatives (``python -m
-        memory.store.bench``); the defaults are the measured choice."""
+        memory.bench.stores``); the defaults are the measured choice."""
         self.url = url
         self.pool_size = pool_size
         self.ranking: Ranking = ranking

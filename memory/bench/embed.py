@@ -23,20 +23,20 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import BACKENDS, Embedder, Vectors, make_embedder
+from ..embedders import BACKENDS, Embedder, Vectors, make_embedder
 
 CHUNK = 512  # what the engine's indexer hands the embedder at a time
 
 
 def messages(data: Path | None, n: int) -> tuple[list[str], str]:
-    from .model import embed_text
+    from ..model import embed_text
 
     if data is not None:
-        from .bench_locomo import load
+        from .locomo import load
 
         turns = [embed_text(e) for c in load(data) for e in c.episodes]
         return turns[:n], f"LoCoMo turns from {data.name}"
-    from .bench_scale import Corpus
+    from .scale import Corpus
 
     corpus = Corpus(n, channels=50, seed=11)
     return [embed_text(e) for batch in corpus.batches() for e in batch], "synthetic chat"
@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     texts, kind = messages(args.data, args.messages)
     from tokenizers import Tokenizer
 
-    from .embedders import bundled_model_path
+    from ..embedders import bundled_model_path
 
     tokenizer = Tokenizer.from_file(str(bundled_model_path() / "tokenizer.json"))
     tokenizer.no_truncation()

@@ -35,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from .bench_scale import Corpus, percentile
-from .bench_services import ServerStartFailed, free_port, running, scratch_database
-from .bench_services import chroma_server as chroma_server_at
+from .scale import Corpus, percentile
+from .services import ServerStartFailed, free_port, running, scratch_database
+from .services import chroma_server as chroma_server_at
 
 ORG = "loadorg"
 PROJECT = "load"

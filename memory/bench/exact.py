@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .bench_scale import Corpus
-from .embedders import Embedder
-from .engine import MemoryEngine
-from .model import Episode, Scope, SearchMode
+from ..embedders import Embedder
+from ..engine import MemoryEngine
+from ..model import Episode, Scope, SearchMode
+from .scale import Corpus
 
 ORG = "T0EXACT"
 PROJECT = "exact"

@@ -1,7 +1,7 @@
 """Store-level benchmark: the PostgreSQL store against the SQLite store, side by side.
 
-    python -m memory.store.bench scale --episodes 100000 [--database-url postgresql://...]
-    python -m memory.store.bench locomo --data ../shared/data/locomo/locomo-dev.json
+    python -m memory.bench.stores scale --episodes 100000 [--database-url postgresql://...]
+    python -m memory.bench.stores locomo --data ../shared/data/locomo/locomo-dev.json
 
 ``scale`` writes the synthetic chat of ``channelmind bench scale`` (same generator, same
 seed) into each store through ``add`` in batches of 1,000, then times keyword search (the
@@ -32,12 +32,13 @@ from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
-from memory.bench_scale import ORG, PROJECT, Corpus, percentile
 from memory.model import Episode, Scope
 from memory.store.base import Store
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import TempCluster
 from memory.store.sqlite import SQLiteStore
+
+from .scale import ORG, PROJECT, Corpus, percentile
 
 DEPTH = 50  # candidates the engine asks the store for (max(50, 5 * top_k))
 
@@ -148,7 +149,7 @@ async def scale(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
 
 
 async def locomo(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
-    from memory.bench_locomo import load
+    from .locomo import load
 
     conversations = load(args.data)
     results = []
@@ -187,7 +188,7 @@ async def locomo(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m memory.store.bench",
+        prog="python -m memory.bench.stores",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .bench_scale import percentile
-from .embedders import Embedder
-from .engine import SEARCH_DEPTH, MemoryEngine
-from .model import Episode, Scope, SearchMode
-from .ranking_fit import Labelled, fit_calibration, fit_weights
-from .retrieval import Ranking, RankingModel
+from ..embedders import Embedder
+from ..engine import SEARCH_DEPTH, MemoryEngine
+from ..model import Episode, Scope, SearchMode
+from ..ranking_fit import Labelled, fit_calibration, fit_weights
+from ..retrieval import Ranking, RankingModel
+from .scale import percentile
 
 ORG = "locomo"
 PROJECT = "dev"

@@ -12,7 +12,7 @@ chat messages spread over many channels of one org and project, then reports:
   bench started) and ``rss_mb`` (this process's peak resident set so far; servers apart).
 
 ``--database-url`` and ``--chroma-url`` run the same on PostgreSQL and a Chroma server
-(``temp`` starts throwaway ones: :mod:`memory.bench_services`); ``store`` and ``chroma`` in the
+(``temp`` starts throwaway ones: :mod:`memory.bench.services`); ``store`` and ``chroma`` in the
 output say which ran. Without them the run is embedded (SQLite + Chroma in the temp folder),
 whatever ``CHANNELMIND_DATABASE_URL`` says.
 
@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .embedders import Embedder, make_embedder
-from .engine import MemoryEngine
-from .model import Episode, Scope
-from .store.factory import make_store
+from ..embedders import Embedder, make_embedder
+from ..engine import MemoryEngine
+from ..model import Episode, Scope
+from ..store.factory import make_store
 
 ORG = "T0BENCH"
 PROJECT = "bench"
@@ -319,7 +319,7 @@ async def run_size(
     server this run started keeps its files, counted in ``disk_mb``."""
     from tqdm import tqdm
 
-    from .bench_services import database_mb
+    from .services import database_mb
 
     corpus = Corpus(episodes, channels)
     with tempfile.TemporaryDirectory(prefix="channelmind-scale-") as tmp:
@@ -507,7 +507,7 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from .bench_services import ServerStartFailed, chroma_for, scratch_database
+    from .services import ServerStartFailed, chroma_for, scratch_database
 
     embedder = make_embedder(args.embedder)
     rows: list[dict[str, Any]] = []

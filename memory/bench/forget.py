@@ -2,7 +2,7 @@
 files scrubbed (what the engine does) and without (the baseline), measured in the same run on
 the same data (hashing embedder, SQLite and Chroma in a temp folder).
 
-    python -m memory.bench_forget --sizes 2000 20000
+    python -m memory.bench.forget --sizes 2000 20000
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .engine import MemoryEngine
-from .index.chroma import ChromaIndex
-from .model import Episode, Scope
+from ..engine import MemoryEngine
+from ..index.chroma import ChromaIndex
+from ..model import Episode, Scope
 
 ORG, PROJECT = "T0BENCH", "forget"
 
