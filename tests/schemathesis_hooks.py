@@ -1,5 +1,6 @@
-"""Schemathesis hooks for the memory server's schema (loaded by tests/test_server_fuzz.py and,
-through SCHEMATHESIS_HOOKS, by the ``schemathesis run`` it starts).
+"""Schemathesis hooks for the memory server's schema (loaded by
+tests/memory/server/test_fuzz.py and, through SCHEMATHESIS_HOOKS, by the ``schemathesis run``
+it starts).
 
 The filter language is a grammar the schema names (format ``memmachine-filter``) but no JSON
 Schema can state: valid filters come from this strategy, with literals of any text. And a

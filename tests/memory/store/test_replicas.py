@@ -25,8 +25,8 @@ import pytest
 from memmachine_client import MemMachineClient
 
 from tests.fakes.openai.server import FakeOpenAI
+from tests.memory.index.test_chroma_server import chroma_url  # noqa: F401  (the `chroma run` fixture)
 from tests.server_harness import channelmind_serve
-from tests.test_chroma_server import chroma_url  # noqa: F401  (the `chroma run` fixture)
 
 pytestmark = pytest.mark.timeout(300)
 

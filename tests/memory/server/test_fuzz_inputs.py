@@ -27,8 +27,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
 from memory.server.app import create_app
-
-from .server_harness import settings as server_settings
+from tests.server_harness import settings as server_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client`:DeprecationWarning")
 

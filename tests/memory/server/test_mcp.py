@@ -18,9 +18,8 @@ from mcp.client.streamable_http import streamablehttp_client
 
 from memory.engine import MemoryEngine
 from memory.model import Episode, Fact, Scope
-
-from .conftest import GENERAL, ORG, PROJECT, RANDOM, episode
-from .server_harness import Running, running
+from tests.conftest import GENERAL, ORG, PROJECT, RANDOM, episode
+from tests.server_harness import Running, running
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client`:DeprecationWarning")
 
@@ -126,7 +125,8 @@ async def test_hospital_flow_shares_one_patient_memory(server: Running) -> None:
 
 async def test_header_beats_tool_arguments(server: Running) -> None:
     """The header's identity is used; an argument naming someone else is refused (403), not
-    silently replaced (tests/test_mcp_identity.py checks every argument of every tool)."""
+    silently replaced (tests/memory/server/test_mcp_identity.py checks every argument of every
+    tool)."""
     async with session(server, {"user-id": PATIENT}) as client:
         await call(client, "add_memory", content="blood type is O negative", user_id=PATIENT)
         mine = await call(client, "search_memory", query="blood type")

@@ -21,9 +21,8 @@ from mcp.client.streamable_http import streamablehttp_client
 
 from memory.engine import MemoryEngine
 from memory.model import Episode, Scope
-
-from .conftest import GENERAL, ORG, PROJECT, episode
-from .server_harness import Running, running
+from tests.conftest import GENERAL, ORG, PROJECT, episode
+from tests.server_harness import Running, running
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client`:DeprecationWarning")
 

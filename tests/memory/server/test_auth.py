@@ -19,8 +19,7 @@ from bot.cli import main as cli_main
 from memory.engine import MemoryEngine
 from memory.server.app import ServeRefused, check_bind, create_app
 from memory.server.auth import ApiKeyError, ApiKeys, is_loopback
-
-from .server_harness import Running, running, serve, settings
+from tests.server_harness import Running, running, serve, settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client`:DeprecationWarning")
 

@@ -17,8 +17,7 @@ from memmachine_common.api import MemoryType
 
 from memory.engine import MemoryEngine
 from memory.model import Fact, Scope
-
-from .server_harness import Running, running
+from tests.server_harness import Running, running
 
 T = TypeVar("T")
 

@@ -13,8 +13,7 @@ from mcp.client.streamable_http import streamablehttp_client
 
 from memory.engine import MemoryEngine
 from memory.server.mcp_tools import OrdinaryDisconnect, quiet_ordinary_disconnects
-
-from .server_harness import running
+from tests.server_harness import running
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client`:DeprecationWarning")
 

@@ -27,10 +27,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from memory.server.app import create_app
-
-from .schemathesis_hooks import no_traceback
-from .server_harness import ROOT, channelmind_serve
-from .server_harness import settings as server_settings
+from tests.schemathesis_hooks import no_traceback
+from tests.server_harness import ROOT, channelmind_serve
+from tests.server_harness import settings as server_settings
 
 MAX_EXAMPLES = 12
 STATEFUL_EXAMPLES = 60
