@@ -143,6 +143,18 @@ class Project:
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """One stored setting: ``key`` of ``subject`` (a person, a channel, the project's own
+    marks) in a project."""
+
+    org_id: str
+    project_id: str
+    subject: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     """Whole-store counts for ``stats``."""
 
@@ -372,6 +384,9 @@ class ProjectStore(Protocol):
         self, org_id: str, project_id: str, subject: str, key: str, value: str | None
     ) -> None:
         """Set a setting; None removes it."""
+
+    async def list_settings(self, org_id: str | None = None) -> list[Setting]:
+        """Every setting (of one org), ordered by org, project, subject and key."""
 
     async def counts(self) -> Counts: ...
 

@@ -44,6 +44,7 @@ from ..base import (
     Project,
     ProjectRef,
     Row,
+    Setting,
     StoreUnavailable,
     Tombstone,
 )
@@ -1104,6 +1105,14 @@ class PostgresStore:
                 key,
                 value,
             )
+
+    async def list_settings(self, org_id: str | None = None) -> list[Setting]:
+        rows = await self.db.fetch(
+            "SELECT org_id, project_id, subject, key, value FROM settings"
+            " WHERE $1::text IS NULL OR org_id = $1 ORDER BY org_id, project_id, subject, key",
+            org_id,
+        )
+        return [Setting(*r) for r in rows]
 
     async def counts(self) -> Counts:
         r = await self.db.fetchrow(

@@ -47,6 +47,7 @@ from ..base import (
     Project,
     ProjectRef,
     Row,
+    Setting,
     StoreUnavailable,
     Tombstone,
 )
@@ -1229,6 +1230,14 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?)",
                     (org_id, project_id, subject, key, value),
                 )
+
+    async def list_settings(self, org_id: str | None = None) -> list[Setting]:
+        async with self.reader.execute(
+            "SELECT org_id, project_id, subject, key, value FROM settings"
+            " WHERE ? IS NULL OR org_id = ? ORDER BY org_id, project_id, subject, key",
+            (org_id, org_id),
+        ) as cur:
+            return [Setting(*r) for r in await cur.fetchall()]
 
     async def counts(self) -> Counts:
         async with self.reader.execute(

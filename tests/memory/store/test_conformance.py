@@ -417,3 +417,25 @@ async def test_the_newest_time_survives_the_round_trip(store: Store) -> None:
     [got] = await store.get(ORG, PROJECT, [uid])
     assert got.created_at == datetime.fromtimestamp(now.timestamp(), UTC)
     assert abs(got.created_at - now) <= timedelta(microseconds=1)
+
+
+async def test_list_settings_lists_every_setting_in_order(store: Store) -> None:
+    assert await store.list_settings() == []
+    await store.set_setting("T1OTHER", PROJECT, ALICE, "opt_out", "1")
+    await store.set_setting(ORG, PROJECT, BOB, "opt_out", "1")
+    await store.set_setting(ORG, PROJECT, ALICE, "notice", "2025-03-01")
+    await store.set_setting(ORG, PROJECT, ALICE, "notice", "2025-03-02")  # replaced, not added
+    await store.set_setting(ORG, "alpha", GENERAL, "backfilled", "yes")
+    await store.set_setting(ORG, PROJECT, BOB, "gone", "x")
+    await store.set_setting(ORG, PROJECT, BOB, "gone", None)
+    listed = [
+        (s.org_id, s.project_id, s.subject, s.key, s.value) for s in await store.list_settings()
+    ]
+    assert listed == [
+        (ORG, "alpha", GENERAL, "backfilled", "yes"),
+        (ORG, PROJECT, ALICE, "notice", "2025-03-02"),
+        (ORG, PROJECT, BOB, "opt_out", "1"),
+        ("T1OTHER", PROJECT, ALICE, "opt_out", "1"),
+    ]
+    assert [s.org_id for s in await store.list_settings("T1OTHER")] == ["T1OTHER"]
+    assert len(await store.list_settings(ORG)) == 3
