@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from . import bench, chat, config, data, importing, maintenance, run, server
+from . import bench, chat, config, data, importing, maintenance, migrate, run, server
 from .common import expected_failure
 
 Handler = Callable[[argparse.Namespace], int]
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an expected failure too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (bench, maintenance, server, run, chat, data, importing, config):
+    for group in (bench, maintenance, migrate, server, run, chat, data, importing, config):
         group.add(sub)
     return parser
 
