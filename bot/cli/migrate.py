@@ -115,8 +115,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 await target.open()
             except StoreUnavailable as exc:
                 raise _for_migrate(exc) from None
-            print(f"migrating {folder} to {where}", file=sys.stderr)
             await claim_target(source, target, where, str(folder))
+            print(f"migrating {folder} to {where}", flush=True)
             result = await copy_records(source, target, batch=args.batch, progress=progress)
         finally:
             try:
