@@ -9,10 +9,14 @@ builds its own full-text index, scope tokens and queue state exactly as for any 
   time order; they land in the target's embedding queue,
 * facts, with their uids, citations and supersession.
 
-Vectors are not copied: the target's own indexer embeds the queue (:func:`embed_pending`).
-Reading vectors out of Chroma and writing them back under the target's collection names
-would need the index's private naming and a second way of marking rows indexed, for a saving
-that only matters with a slow embedder; re-embedding is the path every write already takes.
+Vectors are not copied between indexes. The target carries the folder's index naming key
+and embedder (:data:`CARRIED_META`), so an index that already holds a row's
+vector under that key (the folder's own embedded Chroma, or a Chroma server a killed run
+filled) serves it as it is: :func:`adopt_vectors` marks such rows indexed through the queue's
+own claim and complete, and the engine's reconcile queues again every row without a vector.
+The target's indexer embeds the rest (:func:`embed_pending`), the path every write takes.
+Reading vectors out of one Chroma to write them into another would need the index's private
+naming and saves only embedding time; a fresh Chroma server is filled by re-embedding.
 
 Resumable by construction: every copy step first asks the target what it has (by uid) and
 writes only what is missing, each batch in one transaction, so a run killed at any point is
@@ -35,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model import Episode, Fact, InvalidInput, Scope
+from .model import EMBED_TEXT_VERSION, Episode, Fact, InvalidInput, Scope
 from .store.base import Store, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -92,6 +96,9 @@ class Migration:
     tallies: dict[str, Tally] = field(default_factory=dict)
     checks: list[ProjectCheck] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # settings or projects the target lacks
+    #: Every vector the source's index holds is its row's current one (nothing was waiting
+    #: to be embedded, in this version's text format): they may be adopted.
+    vectors_current: bool = False
 
     @property
     def copied(self) -> int:
@@ -133,6 +140,10 @@ async def copy_records(
 ) -> Migration:
     """Copy what ``target`` lacks of ``source`` (see the module docstring) and count both."""
     result = Migration()
+    result.vectors_current = (
+        await source.count_pending() == 0
+        and await source.get_meta("embed_text") == EMBED_TEXT_VERSION
+    )
     refs = await source.projects()
     checks = {(r.org_id, r.project_id): ProjectCheck(r.org_id, r.project_id) for r in refs}
     result.checks = list(checks.values())
@@ -253,6 +264,22 @@ async def _settings(store: Store) -> dict[tuple[str, str, str, str], str]:
     return {
         (s.org_id, s.project_id, s.subject, s.key): s.value for s in await store.list_settings()
     }
+
+
+async def adopt_vectors(engine: MemoryEngine, lease_s: float = 60.0) -> int:
+    """Mark the target's queued rows indexed, then let the engine's reconcile queue again each
+    row whose vector its index does not hold; returns the rows whose vectors were kept.
+
+    Only right when every vector the index holds for a row is that row's current one: the
+    caller adopts only when the source had nothing waiting to be embedded."""
+    claimed = 0
+    while (claim := await engine.store.claim(1000, lease_s)) is not None:
+        await engine.store.complete(claim)
+        claimed += len(claim.episodes)
+    if not claimed:
+        return 0
+    requeued = (await engine.reconcile())["requeued_rows"]
+    return max(0, claimed - requeued)
 
 
 async def embed_pending(engine: MemoryEngine, progress: bool = True) -> int:

@@ -24,6 +24,7 @@ from memory.store.postgres.cluster import TempCluster
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
 from tests.postgres import psql
 from tests.server_harness import ROOT, channelmind_serve, free_port
+from tests.test_chroma_server import chroma_url  # noqa: F401  (a `chroma run` fixture)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -149,6 +150,8 @@ def test_the_migrated_memory_answers_the_same_searches(
     assert "episodes: 43 copied" in done.stdout and "facts: 2 copied" in done.stdout
     assert "counts match" in done.stdout
     assert f"{ORG}/{PROJECT}" in done.stdout and "unreadable, not copied: 1 episodes" in done.stdout
+    # The folder's own index already holds every vector, under the naming key carried over.
+    assert "vectors: 43 kept from" in done.stdout and "0 messages embedded" in done.stdout
 
     with channelmind_serve(folder, CHANNELMIND_DATABASE_URL=pg_url) as (_, url):
         after = [search(url, q, p) for q, p in QUERIES]
@@ -174,6 +177,26 @@ def test_the_migrated_memory_answers_the_same_searches(
     again = migrate("--to", pg_url, "--chroma-url", "embedded", data_dir=folder)
     assert again.returncode == 0, again.stderr
     assert "nothing to copy" in again.stdout and "counts match" in again.stdout
+
+
+def test_into_a_chroma_server_the_messages_are_embedded_again(
+    tmp_path: Path, pg_url: str, chroma_url: str  # noqa: F811  (the fixture)
+) -> None:
+    folder = tmp_path / "data"
+    asyncio.run(fill(folder))
+    with channelmind_serve(folder) as (_, url):
+        before = [search(url, q, p) for q, p in QUERIES]
+
+    done = migrate("--to", pg_url, "--chroma-url", chroma_url, data_dir=folder)
+    assert done.returncode == 0, done.stderr
+    assert "vectors: 0 kept from the Chroma server" in done.stdout
+    assert "43 messages embedded into it" in done.stdout and "counts match" in done.stdout
+    assert "43 vectors in the Chroma server" in done.stdout
+
+    # A replica with a folder of its own: everything it answers is in PostgreSQL and Chroma.
+    replica = {"CHANNELMIND_DATABASE_URL": pg_url, "CHANNELMIND_CHROMA_URL": chroma_url}
+    with channelmind_serve(tmp_path / "replica", **replica) as (_, url):
+        assert [search(url, q, p) for q, p in QUERIES] == before
 
 
 def test_a_run_killed_mid_copy_is_finished_by_the_next(

@@ -69,7 +69,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from bot.settings import mask_url
     from memory import MemoryEngine
     from memory.folder import FolderInUse, FolderLock
-    from memory.migrate import claim_target, copy_records, embed_pending
+    from memory.migrate import adopt_vectors, claim_target, copy_records, embed_pending
     from memory.store.base import StoreUnavailable
     from memory.store.factory import SQLITE_FILE
     from memory.store.postgres import PostgresStore
@@ -135,36 +135,38 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             claim_lease_s=30.0,  # a killed run's rows are taken again soon by the next one
         )
         try:
+            adopted = await adopt_vectors(engine) if result.vectors_current else 0
             embedded = await embed_pending(engine, progress)
             vectors = (await engine.stats()).vectors
         finally:
             await engine.close()
 
         index = f"the Chroma server at {mask_url(chroma)}" if chroma else f"{folder}/chroma"
-        return report(result, embedded, vectors, index, where, str(folder), copied_s)
+        return report(result, (adopted, embedded, vectors), index, where, str(folder), copied_s)
 
     return run(go())
 
 
 def report(
     result: Migration,
-    embedded: int,
-    vectors: int,
+    vectors: tuple[int, int, int],
     index: str,
     where: str,
     folder: str,
     seconds: float,
 ) -> int:
-    """Print what was copied and the per-project counts; 1 when they differ."""
+    """Print what was copied and the per-project counts; 1 when they differ. ``vectors``:
+    kept from the index, embedded, and in the index at the end."""
+    adopted, embedded, held = vectors
     episodes = result.tallies["episodes"]
-    if result.copied == 0 and embedded == 0:
+    if result.copied == 0 and adopted == 0 and embedded == 0:
         print(f"nothing to copy: {where} already holds everything in {folder}")
     else:
         for kind, tally in result.tallies.items():
             print(f"{kind:>9}: {tally.copied} copied, {tally.present} already in the target")
         rate = episodes.copied / seconds if seconds > 0 else 0.0
         print(f"records copied in {seconds:.1f} s ({rate:.0f} episodes/s)")
-        print(f"  vectors: {embedded} messages embedded into {index}")
+        print(f"  vectors: {adopted} kept from {index}, {embedded} messages embedded into it")
     print(f"{'org/project':<40} {'episodes source/target':>23} {'facts source/target':>20}")
     for c in result.checks:
         name = f"{c.org_id}/{c.project_id}"
@@ -177,7 +179,7 @@ def report(
                 f"  (set aside in the source as unreadable, not copied: {c.unreadable_episodes}"
                 f" episodes, {c.unreadable_facts} facts)"
             )
-    print(f"{vectors} vectors in {index}")
+    print(f"{held} vectors in {index}")
     for kind, tally in result.tallies.items():
         for uid, reason in tally.refused[:20]:
             print(f"refused {kind[:-1]} {uid}: {reason}", file=sys.stderr)
