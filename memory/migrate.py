@@ -272,6 +272,8 @@ async def adopt_vectors(engine: MemoryEngine, lease_s: float = 60.0) -> int:
 
     Only right when every vector the index holds for a row is that row's current one: the
     caller adopts only when the source had nothing waiting to be embedded."""
+    if not (await engine.stats()).vectors:  # a fresh index: nothing to keep
+        return 0
     claimed = 0
     while (claim := await engine.store.claim(1000, lease_s)) is not None:
         await engine.store.complete(claim)
