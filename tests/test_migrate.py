@@ -22,9 +22,9 @@ from memory.folder import FolderLock
 from memory.model import Fact
 from memory.store.postgres.cluster import TempCluster
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
+from tests.memory.index.test_chroma_server import chroma_url  # noqa: F401  (a `chroma run` fixture)
 from tests.postgres import psql
 from tests.server_harness import ROOT, channelmind_serve, free_port
-from tests.test_chroma_server import chroma_url  # noqa: F401  (a `chroma run` fixture)
 
 pytestmark = pytest.mark.timeout(300)
 
