@@ -18,6 +18,7 @@ import pytest
 from memory.engine import MemoryEngine
 from memory.model import Fact, Scope
 from tests.conftest import BOB, GENERAL, ORG, PROJECT, episode
+from tests.server_harness import channelmind_serve
 
 
 def free_port() -> int:
@@ -37,7 +38,13 @@ def chroma_executable() -> str:
 
 
 @pytest.fixture
-def chroma_url(tmp_path: Path) -> Iterator[str]:
+def chroma_url(chroma_server: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return chroma_server[0]
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``chroma run`` on a free loopback port: its URL and its process."""
     port = free_port()
     store = tmp_path / "chroma-server"
     log = (tmp_path / "chroma.log").open("wb")
@@ -73,7 +80,7 @@ def chroma_url(tmp_path: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail("the Chroma server did not answer its heartbeat within 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -147,3 +154,34 @@ async def test_engine_on_a_chroma_server(chroma_url: str, data_dir: Path) -> Non
         assert await engine.reconcile() == {"dropped_vectors": 0, "requeued_rows": 0}
     finally:
         await engine.close()
+
+
+async def test_a_chroma_server_that_stops_costs_search_by_meaning_only(
+    chroma_server: tuple[str, subprocess.Popen[bytes]], data_dir: Path
+) -> None:
+    """The vector index goes away under a running ``channelmind serve``: messages are still
+    stored (acknowledged, listed) and search still answers, from keywords."""
+    url, chroma = chroma_server
+    scope = {"org_id": "acme", "project_id": "ops"}
+    with channelmind_serve(data_dir, CHANNELMIND_CHROMA_URL=url) as (_, served):
+        async with httpx.AsyncClient(base_url=served, timeout=120) as http:
+            body = {**scope, "messages": [{"content": "the nightly backup runs at three"}]}
+            assert (await http.post("/api/v2/memories", json=body)).status_code == 200
+            assert (await http.post("/api/cm/index/wait", json={"timeout": 60})).json()["done"]
+
+            chroma.terminate()
+            chroma.wait(timeout=30)
+            later = {**scope, "messages": [{"content": "the espresso machine needs descaling"}]}
+            added = await http.post("/api/v2/memories", json=later)
+            assert added.status_code == 200, added.text
+
+            for query, expected in (
+                ("nightly backup", "the nightly backup runs at three"),
+                ("espresso descaling", "the espresso machine needs descaling"),
+            ):
+                found = await http.post(
+                    "/api/v2/memories/search", json={**scope, "query": query, "top_k": 5}
+                )
+                assert found.status_code == 200, found.text
+                episodes = found.json()["content"]["episodic_memory"]["long_term_memory"]
+                assert [e["content"] for e in episodes["episodes"]][:1] == [expected]
