@@ -21,6 +21,7 @@ is documented in README "Running at scale" (see :data:`PURGE_LIMITS`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -88,6 +89,9 @@ COLUMNS = (
 )
 FACT_FIELDS = ("uid", "org_id", "project_id", "subject", "produced_for", "category", "tag",
                "feature", "value")  # fmt: skip
+#: New episodes this process stores before it refreshes the planner's statistics
+#: (:meth:`PostgresStore._stored`).
+ANALYSE_EVERY = 5_000
 _RETRY = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 #: What PostgreSQL says about text it cannot hold (a NUL character, in text or in jsonb).
 _UNSTORABLE = (
@@ -203,6 +207,9 @@ class PostgresStore:
         self.scope_tokens = scope_tokens
         self._connect = connect
         self._pool: asyncpg.Pool | None = None
+        self._unanalysed = 0  # episodes this process stored since it last refreshed statistics
+        self._analyse_after = ANALYSE_EVERY
+        self._analyse: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -267,6 +274,11 @@ class PostgresStore:
                     await conn.execute("INSERT INTO cm_schema VALUES ($1)", version)
 
     async def close(self) -> None:
+        if self._analyse is not None:
+            self._analyse.cancel()
+            with contextlib.suppress(BaseException):
+                await self._analyse
+            self._analyse = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -398,7 +410,38 @@ class PostgresStore:
                     results[i] = Added(by_ord[n], False)
             return [r for r in results if r is not None]
 
-        return await self._write(insert)
+        added = await self._write(insert)
+        self._stored(sum(a.new for a in added))
+        return added
+
+    def _stored(self, count: int) -> None:
+        """Refresh the planner's statistics on ``episodes`` in the background once this
+        process has stored :data:`ANALYSE_EVERY` new rows, or a tenth of the table if that is
+        more, since it last did.
+
+        Why: without fresh statistics the planner judges a word's or a scope's frequency from
+        defaults and reads whole GIN posting lists for a channel of a few hundred messages.
+        Measured at 30k episodes, channel-scoped hybrid search p50/p95 went from 50/64 ms to
+        11/18 ms after an ANALYZE. Autovacuum does it too, but only after a tenth of the table
+        changed and within its naptime, which a bulk import or a migration outruns."""
+        self._unanalysed += count
+        if self._unanalysed < self._analyse_after or (
+            self._analyse is not None and not self._analyse.done()
+        ):
+            return
+        self._unanalysed = 0
+        self._analyse = asyncio.create_task(self._refresh_statistics())
+
+    async def _refresh_statistics(self) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute("ANALYZE episodes", timeout=None)
+                rows = await conn.fetchval(
+                    "SELECT reltuples FROM pg_class WHERE oid = 'episodes'::regclass"
+                )
+            self._analyse_after = max(ANALYSE_EVERY, int(float(rows or 0) / 10))
+        except Exception as exc:  # statistics are an optimisation: never fail a write for them
+            log.warning("ANALYZE episodes failed: %s", exc)
 
     async def edit(
         self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime

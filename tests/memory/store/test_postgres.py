@@ -13,8 +13,10 @@ from memory.store.base import StoreUnavailable
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import free_port
 from memory.store.postgres.schema import SCHEMA_VERSION
+from memory.store.postgres.store import ANALYSE_EVERY
 from memory.store.shared import narrowest_token
 from tests.conftest import GENERAL, ORG, PROJECT, episode
+from tests.polling import eventually
 
 CHANNEL = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
 
@@ -114,5 +116,38 @@ async def test_a_channel_search_is_one_gin_index_search(pg_url: str) -> None:
             await conn.close()
         assert "ep_fts" in plan
         assert '"Actual Rows": 40' in plan
+    finally:
+        await store.close()
+
+
+async def test_a_bulk_load_refreshes_the_planners_statistics(pg_url: str) -> None:
+    """Autovacuum is off on the test cluster, so only the store can have analysed the table:
+    after :data:`ANALYSE_EVERY` new episodes it does, in the background, and the planner then
+    knows the table's size instead of guessing (what made channel searches read whole GIN
+    posting lists after an import)."""
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+
+        async def analysed() -> tuple[int, float]:
+            row = await store.pool.fetchrow(
+                "SELECT s.analyze_count, c.reltuples FROM pg_stat_user_tables s"
+                " JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'episodes'"
+            )
+            assert row is not None
+            return int(row[0]), float(row[1])
+
+        below = ANALYSE_EVERY - 1
+        await store.add([episode(f"imported {i}", source_id=f"s{i}") for i in range(below)])
+        assert (await analysed())[0] == 0
+        await store.add([episode(f"imported {i}", source_id=f"s{i}") for i in range(below)])
+        assert (await analysed())[0] == 0  # a re-import stores nothing new
+        await store.add([episode("one more", source_id="last")])
+
+        async def once() -> bool:
+            return (await analysed())[0] == 1
+
+        await eventually(once, within=60)
+        assert (await analysed())[1] == ANALYSE_EVERY
     finally:
         await store.close()
