@@ -19,6 +19,7 @@ import pytest
 
 from memory.engine import MemoryEngine
 from memory.model import Episode
+from tests.chroma_server import chroma_server, chroma_url  # noqa: F401  (fixtures for all)
 from tests.postgres import (  # noqa: F401  (fixtures for every folder of tests)
     each_store,
     new_database,

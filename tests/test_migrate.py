@@ -22,7 +22,6 @@ from memory.folder import FolderLock
 from memory.model import Fact
 from memory.store.postgres.cluster import TempCluster
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
-from tests.memory.index.test_chroma_server import chroma_url  # noqa: F401  (a `chroma run` fixture)
 from tests.postgres import psql
 from tests.server_harness import ROOT, channelmind_serve, free_port
 
@@ -180,7 +179,7 @@ def test_the_migrated_memory_answers_the_same_searches(
 
 
 def test_into_a_chroma_server_the_messages_are_embedded_again(
-    tmp_path: Path, pg_url: str, chroma_url: str  # noqa: F811  (the fixture)
+    tmp_path: Path, pg_url: str, chroma_url: str
 ) -> None:
     folder = tmp_path / "data"
     asyncio.run(fill(folder))

@@ -25,7 +25,6 @@ import pytest
 from memmachine_client import MemMachineClient
 
 from tests.fakes.openai.server import FakeOpenAI
-from tests.memory.index.test_chroma_server import chroma_url  # noqa: F401  (the `chroma run` fixture)
 from tests.server_harness import channelmind_serve
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,7 +61,7 @@ def contents(result: Any) -> list[str]:
 
 
 async def test_two_replicas_share_one_memory(
-    tmp_path: Path, pg_url: str, chroma_url: str  # noqa: F811
+    tmp_path: Path, pg_url: str, chroma_url: str
 ) -> None:
     with ExitStack() as stack:
         fake = stack.enter_context(FakeOpenAI.in_thread())
