@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from .common import UsageError, run, settings
 
@@ -26,28 +25,6 @@ if TYPE_CHECKING:
     from memory.migrate import Migration
 
 EMBEDDED = "embedded"
-_SHAPE = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-
-
-def check_target_url(url: str) -> None:
-    """One line (UsageError) unless ``url`` names a PostgreSQL database; never echoes it."""
-    from memory.store.factory import POSTGRES_SCHEMES
-
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError:
-        raise UsageError(f"--to is not a valid URL; give {_SHAPE}") from None
-    if parts.scheme not in POSTGRES_SCHEMES:
-        kind = f"a {parts.scheme}: URL" if parts.scheme else "not a URL"
-        raise UsageError(f"--to is {kind}; give a PostgreSQL database as {_SHAPE}")
-
-
-def _for_migrate(exc: Exception) -> Exception:
-    """A store's one line names the server setting; here the operator gave ``--to``."""
-    from memory.store.base import StoreUnavailable
-
-    return StoreUnavailable(str(exc).replace("CHANNELMIND_DATABASE_URL", "--to"))
 
 
 def check_chroma(url: str) -> None:
@@ -70,15 +47,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from memory import MemoryEngine
     from memory.folder import FolderInUse, FolderLock
     from memory.migrate import adopt_vectors, claim_target, copy_records, embed_pending
-    from memory.store.base import StoreUnavailable
-    from memory.store.factory import SQLITE_FILE
+    from memory.store.factory import SQLITE_FILE, check_database_url
     from memory.store.postgres import PostgresStore
     from memory.store.postgres.store import redact
     from memory.store.sqlite import SQLiteStore
 
     config = settings()
     folder = Path(args.data_dir) if args.data_dir else config.data_dir
-    check_target_url(args.to)
+    check_database_url(args.to, setting="--to")
     chroma = args.chroma_url if args.chroma_url is not None else config.chroma_url
     chroma = None if chroma in (None, "", EMBEDDED) else chroma
     if not (folder / SQLITE_FILE).is_file():
@@ -100,7 +76,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 f"data folder {folder} is in use by {exc.owner.describe()}; stop it first"
                 " (a folder is migrated while nothing writes it)"
             ) from None
-        source, target = SQLiteStore(folder / SQLITE_FILE), PostgresStore(args.to)
+        source = SQLiteStore(folder / SQLITE_FILE)
+        target = PostgresStore(args.to, setting="--to")
         started = time.monotonic()
         try:
             await source.open()
@@ -111,10 +88,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                     f" {embedder.fingerprint!r} is configured; set CHANNELMIND_EMBEDDER (and"
                     " CHANNELMIND_EMBEDDING_MODEL) as `channelmind serve` has them for it"
                 )
-            try:
-                await target.open()
-            except StoreUnavailable as exc:
-                raise _for_migrate(exc) from None
+            await target.open()
             await claim_target(source, target, where, str(folder))
             print(f"migrating {folder} to {where}", flush=True)
             result = await copy_records(source, target, batch=args.batch, progress=progress)
@@ -192,11 +166,13 @@ def report(
 
 
 def add(sub: Any) -> None:
+    from memory.store.factory import URL_SHAPE
+
     mg = sub.add_parser(
         "migrate",
         help="copy an embedded data folder into PostgreSQL (resumable; verifies counts)",
     )
-    mg.add_argument("--to", required=True, metavar="URL", help=_SHAPE)
+    mg.add_argument("--to", required=True, metavar="URL", help=URL_SHAPE)
     mg.add_argument(
         "--chroma-url",
         metavar="URL|embedded",

@@ -144,7 +144,7 @@ def scratch_database(url: str) -> Iterator[str]:
                 raise StoreUnavailable(f"--database-url temp: {first}") from None
             url = cluster.url("postgres")
         else:
-            check_database_url(url)
+            check_database_url(url, setting="--database-url")
         name = f"cm_bench_{secrets.token_hex(6)}"
         asyncio.run(_admin(url, f"CREATE DATABASE {name}"))
         parts = urlsplit(url)

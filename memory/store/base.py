@@ -44,6 +44,9 @@ from memory.filters import Filter
 from memory.model import Added as Added  # a record of the contract; stores make it
 from memory.model import Episode, Fact, Scope, TimeRange
 
+#: Where an operator names the PostgreSQL database a server uses; one-line errors name it.
+DATABASE_URL_SETTING = "CHANNELMIND_DATABASE_URL"
+
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be opened: unreachable server, refused login, unwritable folder,

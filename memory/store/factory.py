@@ -12,30 +12,29 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .base import Store, StoreUnavailable
+from .base import DATABASE_URL_SETTING, Store, StoreUnavailable
 
 #: The embedded store's file inside the data folder.
 SQLITE_FILE = "memory.sqlite3"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-_SHAPE = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+#: What a PostgreSQL URL looks like, for messages and help texts.
+URL_SHAPE = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
-def check_database_url(url: str) -> None:
-    """Raise :class:`StoreUnavailable` unless ``url`` is a usable PostgreSQL URL."""
+def check_database_url(url: str, setting: str = DATABASE_URL_SETTING) -> None:
+    """Raise :class:`StoreUnavailable` unless ``url`` is a usable PostgreSQL URL; the message
+    names ``setting``, where the operator gave it (the variable, or a command's option)."""
+    advice = f"set it to {URL_SHAPE}"
+    if setting == DATABASE_URL_SETTING:
+        advice += ", or unset it for the embedded SQLite in the data folder"
     try:
         parts = urlsplit(url)
         _ = parts.port  # a port that is not a number raises here
     except ValueError:
-        raise StoreUnavailable(
-            f"CHANNELMIND_DATABASE_URL is not a valid URL; set it to {_SHAPE}, or unset it for"
-            " the embedded SQLite in the data folder"
-        ) from None
+        raise StoreUnavailable(f"{setting} is not a valid URL; {advice}") from None
     if parts.scheme not in POSTGRES_SCHEMES:
         kind = f"a {parts.scheme}: URL" if parts.scheme else "not a URL"
-        raise StoreUnavailable(
-            f"CHANNELMIND_DATABASE_URL is {kind}; set it to {_SHAPE}, or unset it for the"
-            " embedded SQLite in the data folder"
-        )
+        raise StoreUnavailable(f"{setting} is {kind}; {advice}")
 
 
 def make_store(database_url: str | None, data_dir: Path) -> Store:

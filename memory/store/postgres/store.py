@@ -36,6 +36,7 @@ from memory.filters import Filter
 from memory.model import Added, Episode, Fact, InvalidInput, Scope, TimeRange
 
 from ..base import (
+    DATABASE_URL_SETTING,
     Adjacent,
     Claim,
     Context,
@@ -196,12 +197,15 @@ class PostgresStore:
         pool_size: int = 10,
         ranking: Ranking = "bm25",
         scope_tokens: bool = True,
+        setting: str = DATABASE_URL_SETTING,
         **connect: Any,
     ) -> None:
         """``ranking`` and ``scope_tokens=False`` (the scope as a plain WHERE beside the
         full-text match) exist to measure the alternatives (``python -m
-        memory.bench.stores``); the defaults are the measured choice."""
+        memory.bench.stores``); the defaults are the measured choice. ``setting``: where the
+        operator gave ``url``, named by the one-line errors of :meth:`open`."""
         self.url = url
+        self.setting = setting
         self.pool_size = pool_size
         self.ranking: Ranking = ranking
         self.scope_tokens = scope_tokens
@@ -225,17 +229,17 @@ class PostgresStore:
                 reason = exc.strerror or type(exc).__name__
             raise StoreUnavailable(
                 f"cannot reach PostgreSQL at {where} ({reason}); start it or fix"
-                " CHANNELMIND_DATABASE_URL"
+                f" {self.setting}"
             ) from None
         except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
             raise StoreUnavailable(
                 f"PostgreSQL at {where} refused the login ({exc.sqlstate}); check the user and"
-                " password in CHANNELMIND_DATABASE_URL"
+                f" password in {self.setting}"
             ) from None
         except asyncpg.exceptions.InvalidCatalogNameError:
             raise StoreUnavailable(
                 f"PostgreSQL at {where} has no such database; create it (createdb) or fix"
-                " CHANNELMIND_DATABASE_URL"
+                f" {self.setting}"
             ) from None
         except asyncpg.PostgresError as exc:
             raise StoreUnavailable(f"PostgreSQL at {where} refused to connect: {exc}") from None
@@ -243,7 +247,7 @@ class PostgresStore:
             # A malformed URL or option; the message names the option, never the password.
             reason = str(exc) if isinstance(exc, asyncpg.InterfaceError) else "malformed"
             raise StoreUnavailable(
-                f"CHANNELMIND_DATABASE_URL cannot be used ({reason}); fix it"
+                f"{self.setting} cannot be used ({reason}); fix it"
             ) from None
         try:
             await self._migrate()
