@@ -253,6 +253,17 @@ def _episode_row(ep: Episode) -> tuple[Any, ...]:
 _Queued = tuple[list[tuple[Any, ...]], "asyncio.Future[list[Added]]"]
 
 
+async def _roll_back(conn: aiosqlite.Connection) -> None:
+    """End whatever transaction a failed or cancelled write left open. SQLite has already
+    rolled back after some errors (and a cancelled COMMIT may have committed), so "no
+    transaction is active" is the expected answer then, not a failure."""
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "no transaction is active" not in str(exc):
+            raise
+
+
 def _settle(done: asyncio.Future[list[Added]], added: list[Added]) -> None:
     if not done.done():  # its caller may have been cancelled; the write stands
         done.set_result(added)
@@ -390,13 +401,16 @@ class SQLiteStore:
         block ends, rolled back on any exception. Every write of this store goes through it."""
         async with self._write_lock:
             conn = self.writer
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                # A caller cancelled while BEGIN waits for another process's lock still gets
+                # its BEGIN run by aiosqlite's thread: the ROLLBACK below is queued after it,
+                # so no transaction is ever left open for the next writer to trip on.
+                await conn.execute("BEGIN IMMEDIATE")
                 yield conn
+                await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                await _roll_back(conn)
                 raise
-            await conn.execute("COMMIT")
 
     async def _migrate(self) -> None:
         await self.writer.execute(
