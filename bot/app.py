@@ -257,13 +257,14 @@ class _Server:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    from memory.server.listen import listening_socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family, reuse_port=False)
-    except OSError as exc:  # create_server adds the address to strerror: ours says it
+        sock = listening_socket(family, host, port)
+    except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None
-    sock.setblocking(False)
     return sock
 
 

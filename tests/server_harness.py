@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from memory.engine import MemoryEngine
 from memory.server.app import create_app
+from memory.server.listen import listening_socket
 from memory.server.settings import ServerSettings
 
 
@@ -45,9 +46,7 @@ class Running:
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
     """Serve ``app`` on a free loopback port until the block ends; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket(socket.AF_INET, "127.0.0.1", 0)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
