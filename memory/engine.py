@@ -55,7 +55,7 @@ from .model import (
     embed_text,
     utcnow,
 )
-from .retrieval import Candidate, Query, Ranking
+from .retrieval import Candidate, Query, Ranking, named_authors, without_names
 from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
@@ -665,11 +665,18 @@ class MemoryEngine:
         candidates: dict[int, Candidate] = {}
         await self._gather(candidates, query, scope, filt, time, depth, mode)
         contextual = mode == "hybrid"
+        asked_top = None
+        if contextual:
+            asked_top = await self._vectors_without_names(
+                candidates, query, scope, filt, time, depth
+            )
         adjacent: dict[int, tuple[int | None, int | None]] = {}
         if contextual:
             found = await self.store.adjacent(list(candidates))
             adjacent = {key: (a.before, a.after) for key, a in found.items()}
-        q = self.ranking.describe(candidates, adjacent, query, utcnow(), contextual=contextual)
+        q = self.ranking.describe(
+            candidates, adjacent, query, utcnow(), contextual=contextual, asked_top=asked_top
+        )
         return candidates, q
 
     async def _gather(
@@ -706,6 +713,39 @@ class MemoryEngine:
             candidates.setdefault(hit.key, Candidate(hit.key, hit.episode)).keyword = hit.score
         for rid, ep, sim in by_vector:
             candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+
+    async def _vectors_without_names(
+        self,
+        candidates: dict[int, Candidate],
+        query: str,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        depth: int,
+    ) -> float | None:
+        """Ranking's stage 0 (memory/retrieval.py): when the query names authors of the
+        candidates, replace the vector list by one searched without their names. Keyword
+        candidates stay; vector-only ones of the first list go. On failure the first list
+        stays. Returns the first list's best cosine when it was replaced: how well the query
+        as asked matched, names included (a name of someone who wrote here is a good sign)."""
+        first = [c.vector for c in candidates.values() if c.vector is not None]
+        if not first:
+            return None  # no vector list to replace (none in the scope, or the index failed)
+        plain = without_names(query, named_authors(candidates.values(), query))
+        if plain is None:
+            return None
+        try:
+            hits = await self._vector_candidates(plain, scope, filt, time, depth)
+        except Exception:
+            log.exception("vector search without names failed; keeping the first one")
+            return None
+        for rid, c in list(candidates.items()):
+            c.vector = None
+            if c.keyword is None:
+                del candidates[rid]
+        for rid, ep, sim in hits:
+            candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+        return max(first)
 
     async def _vector_candidates(
         self, query: str, scope: Scope, filt: Filter | None, time: TimeRange | None, depth: int

@@ -1,8 +1,16 @@
 """Ranking: keyword and vector candidates turned into one score in [0, 1].
 
 The engine gathers candidates under the search's scope (bm25 from FTS5, cosine from Chroma,
-at least 100 of each: fewer cost recall, see README) and asks ``Ranking`` to order them. The
-pipeline, one named stage each, every feature in [0, 1]:
+at least 100 of each: fewer cost recall, see README) and asks ``Ranking`` to order them.
+
+0. names      when the question names people who wrote some of the candidates ("what did
+              Alice paint?"), the engine searches the vectors again without their names
+              (:func:`named_authors`, :func:`without_names`) and keeps that list. A message is
+              embedded with its author's name, so a name in the question pulls every message
+              of that author closer whatever it says, and the vector list fills with their
+              small talk; the authors stage below carries the name instead.
+
+The pipeline, one named stage each, every feature in [0, 1]:
 
 1. normalise  bm25 and cosine against each list's best (and the cosine list's floor), so the
               two lists speak the same scale whatever the query;
@@ -83,7 +91,7 @@ class Query:
 
     text: str
     words: frozenset[str]
-    vector_top: float  # the best cosine among the candidates (0 without vectors)
+    vector_top: float  # the best cosine of the query as asked (0 without vectors)
     keyword_top: float  # the best bm25 among the candidates (0 without keyword matches)
 
 
@@ -148,6 +156,26 @@ def _name_words(display_name: str) -> frozenset[str]:
     return frozenset(w for w in words(display_name) if len(w) > 1)
 
 
+def named_authors(candidates: Iterable[Candidate], query: str) -> frozenset[str]:
+    """The words of the candidates' author names that the query names ("what did Alice
+    say?" names alice when Alice wrote some of them)."""
+    asked = frozenset(words(query))
+    named: set[str] = set()
+    for c in candidates:
+        named |= _name_words(c.episode.display_name) & asked
+    return frozenset(named)
+
+
+def without_names(query: str, names: Iterable[str]) -> str | None:
+    """The query with these names (and their possessive 's) taken out, for the vector search;
+    None when there is nothing to take out or nothing would be left."""
+    text = query
+    for name in names:
+        text = re.sub(rf"(?i)(?<!\w){re.escape(name)}(?:['’]s)?(?!\w)", " ", text)
+    text = " ".join(text.split())
+    return text if text != " ".join(query.split()) and WORD.search(text) else None
+
+
 @dataclass
 class Ranking:
     model: RankingModel = field(default_factory=RankingModel.load)
@@ -162,10 +190,13 @@ class Ranking:
         now: datetime,
         *,
         contextual: bool = True,
+        asked_top: float | None = None,
     ) -> Query:
         """Set every candidate's features; returns what the query matched at best. Without
-        ``contextual`` (the keyword-only and vector-only modes) a list ranks by its own score."""
-        q = self.normalise(candidates, query)
+        ``contextual`` (the keyword-only and vector-only modes) a list ranks by its own score.
+        ``asked_top``: the best cosine of the query as asked when the vector list was searched
+        without the names in it (stage 0); the calibration judges the match by it."""
+        q = self.normalise(candidates, query, asked_top)
         if contextual:
             self.neighbours(candidates, adjacent)
             self.authors(candidates, q)
@@ -176,7 +207,9 @@ class Ranking:
         return q
 
     @staticmethod
-    def normalise(candidates: Mapping[int, Candidate], query: str) -> Query:
+    def normalise(
+        candidates: Mapping[int, Candidate], query: str, asked_top: float | None = None
+    ) -> Query:
         kw = [c.keyword for c in candidates.values() if c.keyword is not None]
         vec = [c.vector for c in candidates.values() if c.vector is not None]
         kw_top = max(kw, default=0.0)
@@ -188,7 +221,8 @@ class Ranking:
                 v = (c.vector - vec_floor) / (vec_top - vec_floor) if vec_top > vec_floor else 1.0
             c.features = {"keyword": k, "vector": v}
         named = frozenset(w for w in words(query) if len(w) > 1)
-        return Query(query, named, max(vec_top, 0.0), kw_top)
+        matched = vec_top if asked_top is None else asked_top
+        return Query(query, named, max(matched, 0.0), kw_top)
 
     @staticmethod
     def neighbours(

@@ -201,3 +201,50 @@ async def test_a_threshold_filters_short_term_memory_too_over_rest(engine: Memor
         long_term, short_term = await layers("why did the deploy fail?", 0.0)
         assert len(long_term) == 1 and short_term in ([], ["the deploy failed again tonight"])
         assert "the deploy failed again tonight" in long_term + short_term
+
+
+async def test_a_name_in_the_question_does_not_bury_what_its_author_said(
+    data_dir: Path,
+) -> None:
+    """Stage 0 of the ranking, over REST with MiniLM: messages are embedded with their
+    author's name, so "what did Dana paint?" sits closer to every short "ok" Dana wrote than
+    to her one message about a watercolour, which shares no word with the question. Searched
+    without the name, the vector list finds it; the authors stage still favours Dana."""
+    small_talk = ["ok", "sure", "lol", "yes!", "haha", "nice", "cool", "thanks", "see you"]
+    small_talk += ["yep", "hmm", "true", "omg", "same", "wow", "great", "yay", "right?", "ha"]
+    answer = (
+        "I spent the whole weekend finishing a watercolour of the harbour at dusk,"
+        " the light on the boats was lovely"
+    )
+    messages = []
+    for who in ("Dana", "Bob") * 6:
+        messages += [(who, text) for text in small_talk]
+    messages.insert(60, ("Dana", answer))
+    engine = await MemoryEngine.open(data_dir, "local")
+    try:
+        await engine.add(
+            [
+                episode(
+                    text,
+                    producer=f"slack:U{who.upper()}",
+                    metadata={"display_name": who},
+                    created_at=at(i),
+                )
+                for i, (who, text) in enumerate(messages)
+            ]
+        )
+        await engine.wait_indexed()
+        assert len(messages) > 200  # more of Dana's small talk than one vector list holds
+        async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+            body = {
+                "org_id": ORG,
+                "project_id": PROJECT,
+                "query": "What did Dana paint?",
+                "top_k": 3,
+                "types": ["episodic"],
+            }
+            found = (await http.post("/api/v2/memories/search", json=body)).json()
+        hits = found["content"]["episodic_memory"]["long_term_memory"]["episodes"]
+        assert [h["content"] for h in hits][:1] == [answer]
+    finally:
+        await engine.close()
