@@ -55,7 +55,7 @@ from .model import (
     embed_text,
     utcnow,
 )
-from .retrieval import Candidate, Query, Ranking, named_authors, without_names
+from .retrieval import Candidate, Query, Ranking, name_like, named_authors, without_names
 from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from .protocol import Memory
 
 log = logging.getLogger(__name__)
+
+#: A vector list searched without some words of the query, and that query (ranking stage 0).
+Guessed = tuple[str, list[tuple[int, Episode, float]]] | None
 
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
@@ -663,12 +666,12 @@ class MemoryEngine:
         """Keyword and vector candidates under ``scope`` with their ranking features, not yet
         scored (``search`` scores them; the LoCoMo benchmark fits the weights on them)."""
         candidates: dict[int, Candidate] = {}
-        await self._gather(candidates, query, scope, filt, time, depth, mode)
+        guessed = await self._gather(candidates, query, scope, filt, time, depth, mode)
         contextual = mode == "hybrid"
         asked_top = None
         if contextual:
             asked_top = await self._vectors_without_names(
-                candidates, query, scope, filt, time, depth
+                candidates, query, scope, filt, time, depth, guessed
             )
         adjacent: dict[int, tuple[int | None, int | None]] = {}
         if contextual:
@@ -688,10 +691,15 @@ class MemoryEngine:
         time: TimeRange | None,
         depth: int,
         mode: SearchMode,
-    ) -> None:
+    ) -> Guessed:
         """Add keyword and vector candidates under ``scope`` to ``candidates``. The two
         searches run at once (the keyword one in the database, the vector one in the index's
-        thread), so a search waits for the slower of them, not their sum."""
+        thread), so a search waits for the slower of them, not their sum. In hybrid mode a
+        query with capitalised words is also searched without them, on a guess that they
+        name authors (ranking stage 0): returned for :meth:`_vectors_without_names`, which
+        would otherwise wait for a second search."""
+        guess = without_names(query, name_like(query)) if mode == "hybrid" else None
+        guessed: Guessed = None
 
         async def keyword() -> builtins.list[KeywordHit]:
             if mode not in ("hybrid", "keyword"):
@@ -699,20 +707,26 @@ class MemoryEngine:
             return await self.store.keyword_search(scope, filt, time, query, depth)
 
         async def vector() -> builtins.list[tuple[int, Episode, float]]:
+            nonlocal guessed
             if mode not in ("hybrid", "vector") or not query.strip():
                 return []
             try:
-                return await self._vector_candidates(query, scope, filt, time, depth)
+                texts = [query] if guess is None else [query, guess]
+                lists = await self._vector_candidates(texts, scope, filt, time, depth)
             except Exception:
                 # A failing vector index degrades search to keywords; it never fails it.
                 log.exception("vector search failed; answering from keywords only")
                 return []
+            if guess is not None:
+                guessed = (guess, lists[1])
+            return lists[0]
 
         by_keyword, by_vector = await asyncio.gather(keyword(), vector())
         for hit in by_keyword:
             candidates.setdefault(hit.key, Candidate(hit.key, hit.episode)).keyword = hit.score
         for rid, ep, sim in by_vector:
             candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+        return guessed
 
     async def _vectors_without_names(
         self,
@@ -722,12 +736,14 @@ class MemoryEngine:
         filt: Filter | None,
         time: TimeRange | None,
         depth: int,
+        guessed: Guessed = None,
     ) -> float | None:
         """Ranking's stage 0 (memory/retrieval.py): when the query names authors of the
-        candidates, replace the vector list by one searched without their names. Keyword
-        candidates stay; vector-only ones of the first list go. On failure the first list
-        stays. Returns the first list's best cosine when it was replaced: how well the query
-        as asked matched, names included (a name of someone who wrote here is a good sign)."""
+        candidates, replace the vector list by one searched without their names (``guessed``
+        already holds it when :meth:`_gather` guessed those names right). Keyword candidates
+        stay; vector-only ones of the first list go. On failure the first list stays. Returns
+        the first list's best cosine when it was replaced: how well the query as asked
+        matched, names included (a name of someone who wrote here is a good sign)."""
         first = [c.vector for c in candidates.values() if c.vector is not None]
         if not first:
             return None  # no vector list to replace (none in the scope, or the index failed)
@@ -735,7 +751,10 @@ class MemoryEngine:
         if plain is None:
             return None
         try:
-            hits = await self._vector_candidates(plain, scope, filt, time, depth)
+            if guessed is not None and guessed[0] == plain:
+                hits = guessed[1]
+            else:
+                [hits] = await self._vector_candidates([plain], scope, filt, time, depth)
         except Exception:
             log.exception("vector search without names failed; keeping the first one")
             return None
@@ -748,23 +767,39 @@ class MemoryEngine:
         return max(first)
 
     async def _vector_candidates(
-        self, query: str, scope: Scope, filt: Filter | None, time: TimeRange | None, depth: int
-    ) -> builtins.list[tuple[int, Episode, float]]:
+        self,
+        queries: Sequence[str],
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        depth: int,
+    ) -> builtins.list[builtins.list[tuple[int, Episode, float]]]:
+        """Each query's nearest episodes under ``scope``, best first: one embedding call for
+        all of them, their index searches at once, one read of the rows."""
         index = self._vectors()
-        vector = (await self.embedding.embed([query], urgent=True))[0]
+        vectors = await self.embedding.embed(list(queries), urgent=True)
         narrowed = filt is not None or time is not None
-        nearest = await asyncio.to_thread(
-            index.query,
-            scope.org_id,
-            scope.project_id,
-            scope.produced_for,
-            vector,
-            depth * 4 if narrowed else depth,
-            scope.producer,
-            scope.thread_id,
+        found = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    index.query,
+                    scope.org_id,
+                    scope.project_id,
+                    scope.produced_for,
+                    vector,
+                    depth * 4 if narrowed else depth,
+                    scope.producer,
+                    scope.thread_id,
+                )
+                for vector in vectors
+            )
         )
-        rows = await self.store.get_scoped(scope, filt, time, [u for u, _ in nearest])
-        return [(rows[u].key, rows[u].episode, sim) for u, sim in nearest if u in rows]
+        uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest))
+        rows = await self.store.get_scoped(scope, filt, time, uids)
+        return [
+            [(rows[u].key, rows[u].episode, sim) for u, sim in nearest if u in rows]
+            for nearest in found
+        ]
 
     @staticmethod
     def _hit(ep: Episode, score: float, expanded: bool = False) -> Hit:

@@ -166,6 +166,18 @@ def named_authors(candidates: Iterable[Candidate], query: str) -> frozenset[str]
     return frozenset(named)
 
 
+def name_like(query: str) -> list[str]:
+    """Words of the query that look like someone's name: capitalised, not the first word,
+    not all capitals or with digits (acronyms, codes). A guess, checked against the authors
+    of the candidates before it is used."""
+    out: list[str] = []
+    for i, m in enumerate(WORD.finditer(query)):
+        word = m.group(0)
+        if i and word[0].isupper() and not word.isupper() and word.isalpha():
+            out.append(word.lower())
+    return out
+
+
 def without_names(query: str, names: Iterable[str]) -> str | None:
     """The query with these names (and their possessive 's) taken out, for the vector search;
     None when there is nothing to take out or nothing would be left."""
