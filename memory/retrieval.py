@@ -6,9 +6,13 @@ at least 100 of each: fewer cost recall, see README) and asks ``Ranking`` to ord
 0. names      when the question names people who wrote some of the candidates ("what did
               Alice paint?"), the engine searches the vectors again without their names
               (:func:`named_authors`, :func:`without_names`) and keeps that list. A message is
-              embedded with its author's name, so a name in the question pulls every message
-              of that author closer whatever it says, and the vector list fills with their
-              small talk; the authors stage below carries the name instead.
+              embedded with its author's name, so a name in the question pulls that author's
+              messages closer whatever they say, the short ones most, and the vector list
+              fills with their small talk; the authors stage below carries the name instead
+              (LoCoMo recall@10 cross-validated 0.782-0.784 -> 0.791-0.795). To spare a search
+              in series, the engine searches the query without its capitalised words
+              (:func:`name_like`) alongside the first one and uses that list when the guess
+              was right.
 
 The pipeline, one named stage each, every feature in [0, 1]:
 
