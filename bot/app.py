@@ -259,9 +259,8 @@ class _Server:
 def _bind(host: str, port: int) -> socket.socket:
     from memory.server.listen import listening_socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = listening_socket(family, host, port)
+        sock = listening_socket(host, port)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from None

@@ -669,12 +669,11 @@ class MemoryEngine:
         guessed = await self._gather(candidates, query, scope, filt, time, depth, mode)
         contextual = mode == "hybrid"
         asked_top = None
+        adjacent: dict[int, tuple[int | None, int | None]] = {}
         if contextual:
             asked_top = await self._vectors_without_names(
                 candidates, query, scope, filt, time, depth, guessed
             )
-        adjacent: dict[int, tuple[int | None, int | None]] = {}
-        if contextual:
             found = await self.store.adjacent(list(candidates))
             adjacent = {key: (a.before, a.after) for key, a in found.items()}
         q = self.ranking.describe(

@@ -46,7 +46,7 @@ class Running:
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
     """Serve ``app`` on a free loopback port until the block ends; yields the base URL."""
-    sock = listening_socket(socket.AF_INET, "127.0.0.1", 0)
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)

@@ -14,8 +14,10 @@ import socket
 BACKLOG = 2048  # uvicorn's default
 
 
-def listening_socket(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
-    """A non-blocking TCP socket bound to ``(host, port)`` and listening; raises OSError."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket bound to ``(host, port)`` (IPv6 when the host has a colon)
+    and listening; raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
