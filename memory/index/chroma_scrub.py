@@ -153,36 +153,42 @@ def _stale_queue_rows(
     conn: sqlite3.Connection, collections: dict[str, _Collection]
 ) -> tuple[list[int], dict[str, dict[str, int]]]:
     """Queue rows whose data is no longer current, and per collection the operation of each
-    id's latest row."""
-    rows: list[tuple[int, str, str, int, bool]] = [
-        (int(seq), str(topic).rsplit("/", 1)[-1], str(uid), int(op), bool(has_data))
-        for seq, topic, uid, op, has_data in conn.execute(
+    id's latest row.
+
+    A row with a vector is superseded by a later delete of its id, or by a later upsert or
+    update that carries a vector (a later ADD is not: Chroma ignores an ADD of an id it has).
+    An update without a vector (metadata only, as :meth:`ChromaIndex.upgrade_layout` writes)
+    supersedes no vector, so the row that carries the id's vector stays as it is; such a row
+    is itself superseded only by a later delete."""
+    rows: list[tuple[int, str, str, int, bool, bool]] = [
+        (int(seq), str(topic).rsplit("/", 1)[-1], str(uid), int(op), bool(data), bool(vec))
+        for seq, topic, uid, op, data, vec in conn.execute(
             "SELECT seq_id, topic, id, operation,"
-            " vector IS NOT NULL OR metadata IS NOT NULL OR encoding IS NOT NULL"
-            " FROM embeddings_queue ORDER BY seq_id"
+            " vector IS NOT NULL OR metadata IS NOT NULL OR encoding IS NOT NULL,"
+            " vector IS NOT NULL FROM embeddings_queue ORDER BY seq_id"
         )
     ]
-    latest: dict[tuple[str, str], tuple[int, int]] = {}
-    for seq, cid, uid, op, _ in rows:
-        latest[(cid, uid)] = (seq, op)
     latest_ops: dict[str, dict[str, int]] = {}
-    for (cid, uid), (_, op) in latest.items():
+    last_delete: dict[tuple[str, str], int] = {}
+    last_vector: dict[tuple[str, str], int] = {}
+    for seq, cid, uid, op, _, has_vector in rows:
         latest_ops.setdefault(cid, {})[uid] = op
+        if op == DELETE:
+            last_delete[(cid, uid)] = seq
+        elif has_vector and op != ADD:
+            last_vector[(cid, uid)] = seq
     stale: list[int] = []
-    for seq, cid, uid, op, has_data in rows:
+    for seq, cid, uid, op, has_data, has_vector in rows:
         if not has_data:
             continue
         info = collections.get(cid)
-        last_seq, last_op = latest[(cid, uid)]
-        if info is None:  # the collection was dropped
+        deleted_after = last_delete.get((cid, uid), -1) > seq
+        if info is None or deleted_after or op == DELETE:  # dropped collection, or gone
             stale.append(seq)
-        elif seq != last_seq:
-            # A later upsert or delete decides this id's vector (a later ADD would not:
-            # Chroma ignores an ADD of an id it has, so the earlier vector stays current).
-            if last_op != ADD:
-                stale.append(seq)
-        elif op == DELETE or (seq <= info.applied and uid not in info.live):
-            stale.append(seq)
+        elif has_vector and last_vector.get((cid, uid), -1) > seq:
+            stale.append(seq)  # a later vector replaced this one
+        elif seq <= info.applied and uid not in info.live:
+            stale.append(seq)  # applied, and the id is gone
     return stale, latest_ops
 
 
