@@ -1,12 +1,14 @@
 """The vector index the engine uses: what it must do, whatever holds the vectors.
 
 The index is derived from the store and rebuildable from it at any time. Every vector belongs
-to one row (its ``uid``) and is reachable by two kinds of search: project-wide (org, project)
-and one channel (org, project, produced_for); narrower filters (producer, thread) are the
-implementation's to apply. The engine keeps the index consistent with two checks of its own:
-a cheap one on open (:meth:`VectorIndex.count` against the rows it says are indexed) and a deep
-one (:meth:`VectorIndex.vector_ids` against every row, dropping orphans with
-:meth:`VectorIndex.drop`).
+to one row (its ``uid``), is stored once, and is reachable by two kinds of search: project-wide
+(org, project) and one channel (org, project, produced_for); narrower filters (producer, thread)
+are the implementation's to apply. How a channel search finds its vectors among the project's
+is the implementation's choice too (Chroma: :mod:`memory.index.chroma`). The engine keeps the
+index consistent with two checks of its own: a cheap one on open (:meth:`VectorIndex.count`
+against the rows it says are indexed) and a deep one (:meth:`VectorIndex.vector_ids` against
+every row, dropping orphans with :meth:`VectorIndex.drop`). An index in an older layout is
+converted when it is opened, without the engine's help.
 
 Calls are synchronous; the engine makes them from worker threads. The implementation is
 :class:`memory.index.chroma.ChromaIndex` (embedded Chroma or a Chroma server).
@@ -62,11 +64,13 @@ class VectorIndex(Protocol):
         ...
 
     def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:
-        """Delete these vectors of one channel (remembered for :meth:`scrub_touched`)."""
+        """Delete these vectors of one channel (remembered for :meth:`scrub_touched`); a later
+        search of any scope no longer returns them."""
         ...
 
     def drop_project(self, org_id: str, project_id: str, channels: list[str]) -> None:
-        """Delete every vector of a project (``channels``: the project's channels)."""
+        """Delete every vector of a project (``channels``: the project's channels, for an
+        implementation that keeps anything per channel)."""
         ...
 
     def ids(self, org_id: str, project_id: str, produced_for: str | None = None) -> set[str]:
@@ -80,7 +84,7 @@ class VectorIndex(Protocol):
         ...
 
     def count(self) -> int:
-        """How many vectors the index holds, each counted once (the cheap check on open)."""
+        """How many vectors the index holds (the cheap check on open)."""
         ...
 
     def vector_ids(self) -> set[str]:

@@ -1,12 +1,24 @@
 """Chroma behind :class:`memory.index.base.VectorIndex`: embedded (a folder) or a server
 (``CHANNELMIND_CHROMA_URL``). Derived from the store, rebuildable from it at any time.
 
-Partitioning (a measured choice, see README "Benchmarks"): Chroma's ``where`` filters cost in
-proportion to the rows they match, while an unfiltered query stays at a few milliseconds at any
-size. So every vector is written to two collections: one per (org, project) for project-wide
-searches, and one per (org, project, produced_for) for the bot's common query, one channel.
-Both are queried on Chroma's unfiltered path; only narrower filters (producer, thread) use a
-``where`` clause, and those match few rows inside one channel.
+Layout (a measured choice, see README "Disk and scale"): each vector is stored once, in one
+collection per (org, project), with its channel as a keyed token in its metadata (``c``).
+Project-wide searches use Chroma's unfiltered HNSW path (a few milliseconds at any size). A
+channel search does not use Chroma's ``where`` filter on that collection: measured on 1.5.9 at
+100k vectors, a filtered HNSW query for a channel of 100-1,000 vectors took 57-217 ms (the graph
+walk visits most of the collection before it finds enough matches) against about 1 ms in a
+collection of its own. Instead the index keeps the vectors of recently searched channels in
+memory (:class:`_ChannelCache`, loaded with one ``where`` read, then kept current by every
+upsert and delete of this process) and compares them all with the query: exact, and well under
+a millisecond for a thousand vectors. That needs this process to be the only writer, which the
+folder lock guarantees for embedded Chroma; a Chroma server may have other writers (replicas),
+so there a channel search is Chroma's filtered query. Narrower filters (producer, thread) are
+``where`` clauses on the same tokens.
+
+An index written by earlier versions (a second copy of every vector in one collection per
+channel, ``cmc_`` + the channel token) is converted on open, without re-embedding: the channel
+collections' ids tag the project collection's vectors, then they are dropped and their files
+scrubbed (:meth:`ChromaIndex.upgrade_layout`).
 
 Names never reach Chroma: collection names and the producer / thread values a ``where`` clause
 matches are keyed hashes (BLAKE2b with the folder's own random key, kept in SQLite), and
@@ -33,7 +45,8 @@ import hashlib
 import logging
 import sys
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -54,7 +67,13 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 4000  # below Chroma's max_batch_size (5461 here)
 PROJECT_PREFIX = "cmp_"
-CHANNEL_PREFIX = "cmc_"
+#: The per-channel copies earlier versions kept (see the module docstring); converted on open.
+OLD_CHANNEL_PREFIX = "cmc_"
+#: Memory for cached channel vectors (float32); least recently searched channels go first.
+CHANNEL_CACHE_BYTES = 384 * 1024 * 1024
+#: A channel with more vectors than this is searched with Chroma's filtered query (it is then a
+#: large part of its project, where the filter finds its matches quickly).
+MAX_CACHED_CHANNEL = 100_000
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -165,13 +184,166 @@ class _Gate:
                 self._cond.notify_all()
 
 
+class _Channel:
+    """The vectors of one channel, normalised, in the order of ``uids``."""
+
+    def __init__(self, uids: list[str], vectors: Vectors) -> None:
+        self.uids = uids
+        self.rows = {uid: i for i, uid in enumerate(uids)}
+        self.matrix = _normalised(vectors)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes)
+
+    def put(self, uids: list[str], vectors: Vectors) -> None:
+        fresh = _normalised(vectors)
+        new: list[int] = []
+        for i, uid in enumerate(uids):
+            row = self.rows.get(uid)
+            if row is None:
+                new.append(i)
+            else:
+                self.matrix[row] = fresh[i]
+        if new:
+            for i in new:
+                self.rows[uids[i]] = len(self.uids)
+                self.uids.append(uids[i])
+            if len(self.matrix):
+                self.matrix = np.concatenate([self.matrix, fresh[new]])
+            else:
+                self.matrix = fresh[new]
+
+    def remove(self, uids: Collection[str]) -> None:
+        gone = {self.rows[u] for u in uids if u in self.rows}
+        if not gone:
+            return
+        keep = [i for i in range(len(self.uids)) if i not in gone]
+        self.uids = [self.uids[i] for i in keep]
+        self.rows = {uid: i for i, uid in enumerate(self.uids)}
+        self.matrix = self.matrix[keep]
+
+    def nearest(self, vector: Vectors, k: int) -> list[tuple[str, float]]:
+        if not self.uids:
+            return []
+        query = _normalised(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        sims = self.matrix @ query
+        k = min(k, len(self.uids))
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [(self.uids[i], float(sims[i])) for i in top]
+
+
+def _normalised(vectors: Vectors) -> Vectors:
+    matrix = np.array(vectors, dtype=np.float32, copy=True).reshape(len(vectors), -1)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    normalised: Vectors = matrix / norms
+    return normalised
+
+
+class _ChannelCache:
+    """Vectors of recently searched channels, keyed by (collection, channel token), within a
+    memory budget. Kept current by the index's own writes; a channel loaded while a write to
+    its collection was under way is not kept (the write may have missed it)."""
+
+    def __init__(self, budget: int = CHANNEL_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.lock = threading.Lock()
+        self._channels: OrderedDict[tuple[str, str], _Channel | None] = OrderedDict()
+        self._versions: dict[str, int] = {}  # writes per collection, to detect racing loads
+        self._home: dict[str, tuple[str, str]] = {}  # uid -> its cached channel
+
+    def version(self, collection: str) -> int:
+        with self.lock:
+            return self._versions.get(collection, 0)
+
+    def get(self, key: tuple[str, str]) -> tuple[bool, _Channel | None]:
+        """(found, channel); a found None is a channel too large to cache."""
+        with self.lock:
+            if key not in self._channels:
+                return False, None
+            self._channels.move_to_end(key)
+            return True, self._channels[key]
+
+    def keep(self, key: tuple[str, str], channel: _Channel | None, version: int) -> None:
+        with self.lock:
+            if self._versions.get(key[0], 0) != version or key in self._channels:
+                return
+            self._channels[key] = channel
+            if channel is not None:
+                for uid in channel.uids:
+                    self._home[uid] = key
+            self._evict()
+
+    def _evict(self) -> None:
+        total = sum(c.nbytes for c in self._channels.values() if c is not None)
+        while total > self.budget and len(self._channels) > 1:
+            _, channel = self._channels.popitem(last=False)
+            if channel is not None:
+                total -= channel.nbytes
+                for uid in channel.uids:
+                    self._home.pop(uid, None)
+
+    def put(self, collection: str, token: str, uids: list[str], vectors: Vectors) -> None:
+        """Record an upsert (already written to Chroma) of vectors of one channel."""
+        key = (collection, token)
+        with self.lock:
+            self._versions[collection] = self._versions.get(collection, 0) + 1
+            moved: dict[tuple[str, str], list[str]] = {}
+            for uid in uids:
+                home = self._home.get(uid)
+                if home is not None and home != key:
+                    moved.setdefault(home, []).append(uid)
+            for home, gone in moved.items():
+                self._remove(home, gone)
+            channel = self._channels.get(key)
+            if channel is not None:
+                channel.put(uids, vectors)
+                for uid in uids:
+                    self._home[uid] = key
+                self._evict()
+
+    def remove(self, collection: str, uids: Collection[str]) -> None:
+        """Record a delete (already done in Chroma) from a collection."""
+        with self.lock:
+            self._versions[collection] = self._versions.get(collection, 0) + 1
+            homes: dict[tuple[str, str], list[str]] = {}
+            for uid in uids:
+                home = self._home.get(uid)
+                if home is not None and home[0] == collection:
+                    homes.setdefault(home, []).append(uid)
+            for home, gone in homes.items():
+                self._remove(home, gone)
+
+    def _remove(self, key: tuple[str, str], uids: list[str]) -> None:
+        channel = self._channels.get(key)
+        if channel is not None:
+            channel.remove(uids)
+        for uid in uids:
+            self._home.pop(uid, None)
+
+    def forget(self, collection: str | None = None) -> None:
+        """Drop the cached channels of a collection (None: all of them)."""
+        with self.lock:
+            for key in [k for k in self._channels if collection in (None, k[0])]:
+                channel = self._channels.pop(key)
+                if channel is not None:
+                    for uid in channel.uids:
+                        self._home.pop(uid, None)
+            if collection is None:
+                self._versions = {k: v + 1 for k, v in self._versions.items()}
+            else:
+                self._versions[collection] = self._versions.get(collection, 0) + 1
+
+
 class ChromaIndex:
     """:class:`memory.index.base.VectorIndex` on Chroma. Synchronous; the engine calls it from
     worker threads.
 
     One class for both embedded Chroma and a Chroma server: they differ only in how the client
-    is made (:func:`open_chroma`) and in whether there are files to scrub, and the naming,
-    partitioning and queries are the same.
+    is made (:func:`open_chroma`), in whether there are files to scrub and in how a channel is
+    searched (the in-memory channel cache needs this process to be the only writer).
 
     ``key`` is the folder's secret for names (see the module docstring); ``path`` is the
     embedded Chroma folder (None for a Chroma server, whose files are not ours to scrub).
@@ -187,16 +359,24 @@ class ChromaIndex:
         self._collections: dict[str, ChromaCollection] = {}
         self._lock = threading.Lock()
         self._gate = _Gate()
+        self._cache = _ChannelCache() if path is not None else None
         # Collections vectors were deleted from since the last scrub (None: maybe any, as
         # after a crash: the first scrub goes over every collection).
         self._touched: set[str] | None = None
 
     @classmethod
     def open(cls, data_dir: Path, url: str | None, key: bytes) -> ChromaIndex:
-        """The Chroma server at ``url``, or else the embedded Chroma in ``data_dir/chroma``."""
+        """The Chroma server at ``url``, or else the embedded Chroma in ``data_dir/chroma``
+        (an index in the layout of earlier versions is converted first)."""
         path = data_dir / "chroma"
         connect = functools.partial(open_chroma, str(path), url)
-        return cls(connect, key, None if url else path)
+        index = cls(connect, key, None if url else path)
+        try:
+            index.upgrade_layout()
+        except BaseException:
+            index.close()
+            raise
+        return index
 
     def _mark_touched(self, *names: str) -> None:
         with self._lock:
@@ -212,8 +392,10 @@ class ChromaIndex:
     def project_collection(self, org_id: str, project_id: str) -> str:
         return PROJECT_PREFIX + self._hash("project", org_id, project_id)
 
-    def channel_collection(self, org_id: str, project_id: str, produced_for: str) -> str:
-        return CHANNEL_PREFIX + self._hash("channel", org_id, project_id, produced_for)
+    def channel_token(self, org_id: str, project_id: str, produced_for: str) -> str:
+        """What a vector's metadata holds for its channel (``c``): a keyed hash (the same one
+        earlier versions named the channel's collection with)."""
+        return self._hash("channel", org_id, project_id, produced_for)
 
     def token(self, kind: str, value: str) -> str:
         """What a vector's metadata holds for a producer or thread: a keyed hash."""
@@ -240,15 +422,23 @@ class ChromaIndex:
             self._collections[name] = found
             return found
 
+    def _names(self) -> list[str]:
+        names = []
+        for entry in self.client.list_collections():
+            names.append(entry if isinstance(entry, str) else entry.name)
+        return names
+
     def upsert(self, items: list[VectorItem], vectors: Vectors) -> None:
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple[str, str], list[int]] = {}
         for i, item in enumerate(items):
             pname = self.project_collection(item.org_id, item.project_id)
-            cname = self.channel_collection(item.org_id, item.project_id, item.produced_for)
-            groups.setdefault(pname, []).append(i)
-            groups.setdefault(cname, []).append(i)
+            token = self.channel_token(item.org_id, item.project_id, item.produced_for)
+            groups.setdefault((pname, token), []).append(i)
+        by_collection: dict[str, list[int]] = {}
+        for (name, _), rows in groups.items():
+            by_collection.setdefault(name, []).extend(rows)
         with self._gate.shared():
-            for name, rows in groups.items():
+            for name, rows in by_collection.items():
                 collection = self._collection(name, create=True)
                 assert collection is not None
                 for start in range(0, len(rows), MAX_BATCH):
@@ -258,14 +448,37 @@ class ChromaIndex:
                         embeddings=np.asarray(vectors[chunk], dtype=np.float32),
                         metadatas=[self._item_meta(items[i]) for i in chunk],
                     )
+            if self._cache is not None:
+                for (name, token), rows in groups.items():
+                    self._cache.put(name, token, [items[i].uid for i in rows], vectors[rows])
 
     def _item_meta(self, item: VectorItem) -> dict[str, str | int | float | bool | None]:
         meta: dict[str, str | int | float | bool | None] = {
-            "p": self.token("producer", item.producer)
+            "c": self.channel_token(item.org_id, item.project_id, item.produced_for),
+            "p": self.token("producer", item.producer),
         }
         if item.thread_id:
             meta["t"] = self.token("thread", item.thread_id)
         return meta
+
+    def _where(
+        self,
+        org_id: str,
+        project_id: str,
+        produced_for: str | None,
+        producer: str | None = None,
+        thread_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        conditions: list[dict[str, Any]] = []
+        if produced_for is not None:
+            conditions.append({"c": self.channel_token(org_id, project_id, produced_for)})
+        if producer is not None:
+            conditions.append({"p": self.token("producer", producer)})
+        if thread_id is not None:
+            conditions.append({"t": self.token("thread", thread_id)})
+        if len(conditions) > 1:
+            return {"$and": conditions}
+        return conditions[0] if conditions else None
 
     def query(
         self,
@@ -278,100 +491,112 @@ class ChromaIndex:
         thread_id: str | None = None,
     ) -> list[tuple[str, float]]:
         """Nearest uids with their cosine similarity, best first."""
-        name = self._scope_collection(org_id, project_id, produced_for)
-        conditions: list[dict[str, Any]] = []
-        if producer is not None:
-            conditions.append({"p": self.token("producer", producer)})
-        if thread_id is not None:
-            conditions.append({"t": self.token("thread", thread_id)})
-        where: dict[str, Any] | None = None
-        if len(conditions) == 1:
-            where = conditions[0]
-        elif conditions:
-            where = {"$and": conditions}
+        name = self.project_collection(org_id, project_id)
         with self._gate.shared():
             collection = self._collection(name, create=False)
             if collection is None:
                 return []
+            if produced_for is not None and producer is None and thread_id is None:
+                channel = self._cached_channel(collection, org_id, project_id, produced_for)
+                if channel is not None:
+                    return channel.nearest(vector, k)
             result = collection.query(
                 query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
                 n_results=k,  # Chroma returns fewer when the collection is smaller
-                where=where,
+                where=self._where(org_id, project_id, produced_for, producer, thread_id),
                 include=["distances"],
             )
         ids = result["ids"][0]
         distances = (result.get("distances") or [[]])[0]
         return [(uid, 1.0 - float(d)) for uid, d in zip(ids, distances, strict=False)]
 
+    def _cached_channel(
+        self, collection: ChromaCollection, org_id: str, project_id: str, produced_for: str
+    ) -> _Channel | None:
+        """The channel's vectors from the cache, loaded on first use; None when there is no
+        cache (a Chroma server) or the channel is too large for it."""
+        cache = self._cache
+        if cache is None:
+            return None
+        token = self.channel_token(org_id, project_id, produced_for)
+        key = (collection.name, token)
+        found, channel = cache.get(key)
+        if found:
+            return channel
+        version = cache.version(collection.name)
+        got = collection.get(
+            where={"c": token}, include=["embeddings"], limit=MAX_CACHED_CHANNEL + 1
+        )
+        uids = list(got["ids"])
+        embeddings = got.get("embeddings")
+        if len(uids) > MAX_CACHED_CHANNEL:
+            channel = None
+        elif not uids or embeddings is None:
+            channel = _Channel([], np.zeros((0, 0), dtype=np.float32))
+        else:
+            channel = _Channel(uids, np.asarray(embeddings, dtype=np.float32))
+        cache.keep(key, channel, version)
+        return channel
+
     def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:
-        with self._gate.shared():
-            for name in (
-                self.project_collection(org_id, project_id),
-                self.channel_collection(org_id, project_id, produced_for),
-            ):
-                collection = self._collection(name, create=False)
-                if collection is not None and uids:
-                    collection.delete(ids=uids)
-                    self._mark_touched(name)
+        self.delete_ids(self.project_collection(org_id, project_id), uids)
 
     def drop_project(self, org_id: str, project_id: str, channels: list[str]) -> None:
-        names = [self.project_collection(org_id, project_id)]
-        names += [self.channel_collection(org_id, project_id, c) for c in channels]
+        del channels  # one collection holds the whole project
         with self._gate.shared():
-            for name in names:
-                self._drop(name)
+            self._drop(self.project_collection(org_id, project_id))
 
     def _drop(self, name: str) -> None:
         with self._lock:
             self._collections.pop(name, None)
+        if self._cache is not None:
+            self._cache.forget(name)
         try:
             self.client.delete_collection(name)
         except Exception:  # already gone
             return
 
-    def _scope_collection(self, org_id: str, project_id: str, produced_for: str | None) -> str:
-        if produced_for is None:
-            return self.project_collection(org_id, project_id)
-        return self.channel_collection(org_id, project_id, produced_for)
-
     def ids(self, org_id: str, project_id: str, produced_for: str | None = None) -> set[str]:
         """The uids a search of this scope reaches (``produced_for`` None: the project)."""
-        name = self._scope_collection(org_id, project_id, produced_for)
+        name = self.project_collection(org_id, project_id)
         with self._gate.shared():
             collection = self._collection(name, create=False)
-            return set() if collection is None else self._ids_of(collection)
+            if collection is None:
+                return set()
+            return self._ids_of(collection, self._where(org_id, project_id, produced_for))
 
     def vector(
         self, org_id: str, project_id: str, produced_for: str | None, uid: str
     ) -> Vectors | None:
         """The vector a search of this scope compares for ``uid``; None when it has none."""
-        name = self._scope_collection(org_id, project_id, produced_for)
+        name = self.project_collection(org_id, project_id)
         with self._gate.shared():
             collection = self._collection(name, create=False)
             if collection is None:
                 return None
-            got = collection.get(ids=[uid], include=["embeddings"])
+            got = collection.get(
+                ids=[uid],
+                where=self._where(org_id, project_id, produced_for),
+                include=["embeddings"],
+            )
         embeddings = got.get("embeddings")
         if not got["ids"] or embeddings is None:
             return None
         return np.asarray(embeddings[0], dtype=np.float32)
 
-    def _our_collections(self) -> list[ChromaCollection]:
+    def _our_collections(self, prefix: str = PROJECT_PREFIX) -> list[ChromaCollection]:
         out = []
-        for entry in self.client.list_collections():
-            name = entry if isinstance(entry, str) else entry.name
-            if name.startswith((PROJECT_PREFIX, CHANNEL_PREFIX)):
+        for name in self._names():
+            if name.startswith(prefix):
                 found = self._collection(name, create=False)
                 if found is not None:
                     out.append(found)
         return out
 
     def count(self) -> int:
-        """Vectors in the project collections (each vector is counted once)."""
+        """Vectors in the index (each is stored once)."""
         with self._gate.shared():
-            return sum(
-                c.count() for c in self._our_collections() if c.name.startswith(PROJECT_PREFIX)
-            )
+            return sum(c.count() for c in self._our_collections())
 
     def all_ids(self) -> dict[str, set[str]]:
         """Every collection's ids (for deep reconciliation and tests)."""
@@ -382,11 +607,11 @@ class ChromaIndex:
         return out
 
     @staticmethod
-    def _ids_of(collection: ChromaCollection) -> set[str]:
+    def _ids_of(collection: ChromaCollection, where: dict[str, Any] | None = None) -> set[str]:
         ids: set[str] = set()
         offset = 0
         while True:
-            page = collection.get(include=[], limit=5000, offset=offset)
+            page = collection.get(include=[], where=where, limit=5000, offset=offset)
             ids.update(page["ids"])
             if len(page["ids"]) < 5000:
                 return ids
@@ -399,6 +624,8 @@ class ChromaIndex:
                 for start in range(0, len(uids), MAX_BATCH):
                     collection.delete(ids=uids[start : start + MAX_BATCH])
                 self._mark_touched(collection_name)
+                if self._cache is not None:
+                    self._cache.remove(collection_name, uids)
 
     def vector_ids(self) -> set[str]:
         """The ids of every vector in the index (the deep consistency check)."""
@@ -414,10 +641,69 @@ class ChromaIndex:
     def reset(self) -> None:
         """Drop every collection of ours (before a full reindex, or a new naming key)."""
         with self._gate.shared():
-            for collection in self._our_collections():
-                self._drop(collection.name)
+            for name in self._names():
+                if name.startswith((PROJECT_PREFIX, OLD_CHANNEL_PREFIX)):
+                    self._drop(name)
             with self._lock:
                 self._collections.clear()
+            if self._cache is not None:
+                self._cache.forget()
+
+    def upgrade_layout(self) -> int:
+        """Convert an index in the layout of earlier versions (every vector also in a
+        collection of its channel) to one copy per vector: tag each project vector with its
+        channel, drop the channel collections and scrub their files. A vector no channel
+        collection held is deleted (the engine's count check on open then re-embeds its row).
+        Returns how many channel collections were converted; safe to repeat after a crash."""
+        with self._gate.shared():
+            old = self._our_collections(OLD_CHANNEL_PREFIX)
+            if not old:
+                return 0
+            log.info(
+                "the vector index keeps a second copy of each vector per channel (earlier"
+                " versions): converting %d channel collections to one copy per vector",
+                len(old),
+            )
+            owner: dict[str, ChromaCollection] = {}
+            tagged: set[str] = set()  # already converted (a run a crash cut short)
+            for project in self._our_collections():
+                for uid, meta in self._metadatas(project):
+                    owner[uid] = project
+                    if meta.get("c"):
+                        tagged.add(uid)
+            for channel in old:
+                token = channel.name.removeprefix(OLD_CHANNEL_PREFIX)
+                members: dict[str, list[str]] = {}
+                for uid in self._ids_of(channel):
+                    if uid in owner:
+                        members.setdefault(owner[uid].name, []).append(uid)
+                for uids in members.values():
+                    project = owner[uids[0]]
+                    for start in range(0, len(uids), MAX_BATCH):
+                        chunk = uids[start : start + MAX_BATCH]
+                        project.update(ids=chunk, metadatas=[{"c": token}] * len(chunk))
+                    tagged.update(uids)
+                self._drop(channel.name)
+            untagged: dict[str, list[str]] = {}
+            for uid, project in owner.items():
+                if uid not in tagged:
+                    untagged.setdefault(project.name, []).append(uid)
+        for name, uids in untagged.items():
+            self.delete_ids(name, uids)
+        self.scrub()
+        return len(old)
+
+    @staticmethod
+    def _metadatas(collection: ChromaCollection) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        offset = 0
+        while True:
+            page = collection.get(include=["metadatas"], limit=5000, offset=offset)
+            metas = page.get("metadatas") or [{}] * len(page["ids"])
+            for uid, meta in zip(page["ids"], metas, strict=True):
+                yield uid, meta or {}
+            if len(page["ids"]) < 5000:
+                return
+            offset += 5000
 
     # -- files -----------------------------------------------------------------------------
 

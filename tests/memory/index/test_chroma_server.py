@@ -59,8 +59,9 @@ async def test_engine_on_a_chroma_server(chroma_url: str, data_dir: Path) -> Non
         assert report.uids == [uids[1]]
         assert report.facts == 1
         assert set(remote.get(include=[])["ids"]) == {uids[0], uids[2]}
-        general = client.get_collection(engine.index.channel_collection(ORG, PROJECT, GENERAL))
-        assert set(general.get(include=[])["ids"]) == {uids[0]}
+        general = {"c": engine.index.channel_token(ORG, PROJECT, GENERAL)}
+        assert set(remote.get(where=general, include=[])["ids"]) == {uids[0]}
+        assert [c.name for c in client.list_collections()] == [remote.name]  # one copy each
         assert engine.index is not None
         assert uids[1] not in engine.index.vector_ids()
         assert (await engine.search("espresso descaling", scope, mode="vector")).hits[
