@@ -185,53 +185,69 @@ class _Gate:
 
 
 class _Channel:
-    """The vectors of one channel, normalised, in the order of ``uids``."""
+    """The vectors of one channel, normalised: ``view`` is (uids, matrix), row i of the matrix
+    being uids[i]. Writers (under the cache's lock) publish a new view after changing rows a
+    published view does not reach (appends go to spare capacity), so a search reading it
+    without the lock sees one consistent state; an overwritten vector changes in place."""
 
     def __init__(self, uids: list[str], vectors: Vectors) -> None:
-        self.uids = uids
+        self._buffer = _normalised(vectors)
+        self.view: tuple[list[str], Vectors] = (list(uids), self._buffer)
         self.rows = {uid: i for i, uid in enumerate(uids)}
-        self.matrix = _normalised(vectors)
+
+    @property
+    def uids(self) -> list[str]:
+        return self.view[0]
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes)
+        return int(self._buffer.nbytes)
 
     def put(self, uids: list[str], vectors: Vectors) -> None:
         fresh = _normalised(vectors)
+        held, _ = self.view
+        size = len(held)
         new: list[int] = []
         for i, uid in enumerate(uids):
             row = self.rows.get(uid)
             if row is None:
                 new.append(i)
             else:
-                self.matrix[row] = fresh[i]
-        if new:
-            for i in new:
-                self.rows[uids[i]] = len(self.uids)
-                self.uids.append(uids[i])
-            if len(self.matrix):
-                self.matrix = np.concatenate([self.matrix, fresh[new]])
-            else:
-                self.matrix = fresh[new]
+                self._buffer[row] = fresh[i]
+        if not new:
+            return
+        end = size + len(new)
+        if end > len(self._buffer) or self._buffer.shape[1:] != fresh.shape[1:]:
+            grown = np.empty((max(end, 2 * size), fresh.shape[1]), dtype=np.float32)
+            grown[:size] = self._buffer[:size]
+            self._buffer = grown
+        self._buffer[size:end] = fresh[new]
+        for offset, i in enumerate(new):
+            self.rows[uids[i]] = size + offset
+        held.extend(uids[i] for i in new)  # readers index only rows their matrix has
+        self.view = (held, self._buffer[:end])
 
     def remove(self, uids: Collection[str]) -> None:
         gone = {self.rows[u] for u in uids if u in self.rows}
         if not gone:
             return
-        keep = [i for i in range(len(self.uids)) if i not in gone]
-        self.uids = [self.uids[i] for i in keep]
-        self.rows = {uid: i for i, uid in enumerate(self.uids)}
-        self.matrix = self.matrix[keep]
+        held, matrix = self.view
+        keep = [i for i in range(len(held)) if i not in gone]
+        kept = [held[i] for i in keep]
+        self.rows = {uid: i for i, uid in enumerate(kept)}
+        self._buffer = matrix[keep]
+        self.view = (kept, self._buffer)
 
     def nearest(self, vector: Vectors, k: int) -> list[tuple[str, float]]:
-        if not self.uids:
+        uids, matrix = self.view
+        if not len(matrix) or k < 1:
             return []
         query = _normalised(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
-        sims = self.matrix @ query
-        k = min(k, len(self.uids))
+        sims = matrix @ query
+        k = min(k, len(matrix))
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top], kind="stable")]
-        return [(self.uids[i], float(sims[i])) for i in top]
+        return [(uids[i], float(sims[i])) for i in top]
 
 
 def _normalised(vectors: Vectors) -> Vectors:
