@@ -1,7 +1,7 @@
 """Chroma behind :class:`memory.index.base.VectorIndex`: embedded (a folder) or a server
 (``CHANNELMIND_CHROMA_URL``). Derived from the store, rebuildable from it at any time.
 
-Layout (a measured choice, see README "Disk and scale"): each vector is stored once, in one
+Layout (a measured choice, see README "Disk per message"): each vector is stored once, in one
 collection per (org, project), with its channel as a keyed token in its metadata (``c``).
 Project-wide searches use Chroma's unfiltered HNSW path (a few milliseconds at any size). A
 channel search does not use Chroma's ``where`` filter on that collection: measured on 1.5.9 at
@@ -13,15 +13,15 @@ upsert and delete of this process) and compares them all with the query: exact, 
 a millisecond for a thousand vectors. That needs this process to be the only writer, which the
 folder lock guarantees for embedded Chroma; a Chroma server may have other writers (replicas),
 so there a channel search is Chroma's filtered query. Narrower filters (producer, thread) are
-``where`` clauses on the same tokens.
+tokens too: checked on the cached rows of a channel, a ``where`` clause otherwise.
 
 An index written by earlier versions (a second copy of every vector in one collection per
 channel, ``cmc_`` + the channel token) is converted on open, without re-embedding: the channel
 collections' ids tag the project collection's vectors, then they are dropped and their files
 scrubbed (:meth:`ChromaIndex.upgrade_layout`).
 
-Names never reach Chroma: collection names and the producer / thread values a ``where`` clause
-matches are keyed hashes (BLAKE2b with the folder's own random key, kept in SQLite), and
+Names never reach Chroma: collection names and the channel / producer / thread tokens in a
+vector's metadata are keyed hashes (BLAKE2b with the folder's own random key, kept in SQLite), and
 collections carry no metadata of ours. So Chroma's files say nothing about which orgs,
 projects, channels or people exist, and once SQLite forgets them no key can be matched to them.
 
@@ -53,6 +53,7 @@ from urllib.parse import urlparse
 
 import chromadb
 import numpy as np
+import numpy.typing as npt
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection as ChromaCollection
 from chromadb.config import Settings as ChromaSettings
@@ -185,14 +186,15 @@ class _Gate:
 
 
 class _Channel:
-    """The vectors of one channel, normalised: ``view`` is (uids, matrix), row i of the matrix
-    being uids[i]. Writers (under the cache's lock) publish a new view after changing rows a
-    published view does not reach (appends go to spare capacity), so a search reading it
-    without the lock sees one consistent state; an overwritten vector changes in place."""
+    """The vectors of one channel, normalised: ``view`` is (uids, matrix, tags), row i of the
+    matrix being uids[i], whose (producer, thread) tokens are tags[i]. Writers (under the
+    cache's lock) publish a new view after changing rows a published view does not reach
+    (appends go to spare capacity, and to the ends of the lists), so a search reading it
+    without the lock sees one consistent state; an overwritten row changes in place."""
 
-    def __init__(self, uids: list[str], vectors: Vectors) -> None:
+    def __init__(self, uids: list[str], vectors: Vectors, tags: list[Tag]) -> None:
         self._buffer = _normalised(vectors)
-        self.view: tuple[list[str], Vectors] = (list(uids), self._buffer)
+        self.view: tuple[list[str], Vectors, list[Tag]] = (list(uids), self._buffer, list(tags))
         self.rows = {uid: i for i, uid in enumerate(uids)}
 
     @property
@@ -203,9 +205,9 @@ class _Channel:
     def nbytes(self) -> int:
         return int(self._buffer.nbytes)
 
-    def put(self, uids: list[str], vectors: Vectors) -> None:
+    def put(self, uids: list[str], vectors: Vectors, tags: list[Tag]) -> None:
         fresh = _normalised(vectors)
-        held, _ = self.view
+        held, _, held_tags = self.view
         size = len(held)
         new: list[int] = []
         for i, uid in enumerate(uids):
@@ -214,6 +216,7 @@ class _Channel:
                 new.append(i)
             else:
                 self._buffer[row] = fresh[i]
+                held_tags[row] = tags[i]
         if not new:
             return
         end = size + len(new)
@@ -224,22 +227,38 @@ class _Channel:
         self._buffer[size:end] = fresh[new]
         for offset, i in enumerate(new):
             self.rows[uids[i]] = size + offset
-        held.extend(uids[i] for i in new)  # readers index only rows their matrix has
-        self.view = (held, self._buffer[:end])
+        # Readers index only the rows their matrix has.
+        held_tags.extend(tags[i] for i in new)
+        held.extend(uids[i] for i in new)
+        self.view = (held, self._buffer[:end], held_tags)
 
     def remove(self, uids: Collection[str]) -> None:
         gone = {self.rows[u] for u in uids if u in self.rows}
         if not gone:
             return
-        held, matrix = self.view
+        held, matrix, held_tags = self.view
         keep = [i for i in range(len(held)) if i not in gone]
         kept = [held[i] for i in keep]
         self.rows = {uid: i for i, uid in enumerate(kept)}
         self._buffer = matrix[keep]
-        self.view = (kept, self._buffer)
+        self.view = (kept, self._buffer, [held_tags[i] for i in keep])
 
-    def nearest(self, vector: Vectors, k: int) -> list[tuple[str, float]]:
-        uids, matrix = self.view
+    def nearest(
+        self, vector: Vectors, k: int, producer: str | None = None, thread: str | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` most similar rows (of this producer and thread, by token, when given)."""
+        uids, matrix, tags = self.view
+        rows: npt.NDArray[np.intp] | None = None
+        if producer is not None or thread is not None:
+            rows = np.fromiter(
+                (
+                    i
+                    for i in range(len(matrix))
+                    if producer in (None, tags[i][0]) and thread in (None, tags[i][1])
+                ),
+                dtype=np.intp,
+            )
+            matrix = matrix[rows]
         if not len(matrix) or k < 1:
             return []
         query = _normalised(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
@@ -247,7 +266,12 @@ class _Channel:
         k = min(k, len(matrix))
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top], kind="stable")]
-        return [(uids[i], float(sims[i])) for i in top]
+        ids = top if rows is None else rows[top]
+        return [(uids[i], float(sims[j])) for i, j in zip(ids, top, strict=True)]
+
+
+#: A cached row's (producer token, thread token or None).
+Tag = tuple[str, str | None]
 
 
 def _normalised(vectors: Vectors) -> Vectors:
@@ -256,6 +280,10 @@ def _normalised(vectors: Vectors) -> Vectors:
     norms[norms == 0] = 1.0
     normalised: Vectors = matrix / norms
     return normalised
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 class _ChannelCache:
@@ -301,7 +329,9 @@ class _ChannelCache:
                 for uid in channel.uids:
                     self._home.pop(uid, None)
 
-    def put(self, collection: str, token: str, uids: list[str], vectors: Vectors) -> None:
+    def put(
+        self, collection: str, token: str, uids: list[str], vectors: Vectors, tags: list[Tag]
+    ) -> None:
         """Record an upsert (already written to Chroma) of vectors of one channel."""
         key = (collection, token)
         with self.lock:
@@ -315,7 +345,7 @@ class _ChannelCache:
                 self._remove(home, gone)
             channel = self._channels.get(key)
             if channel is not None:
-                channel.put(uids, vectors)
+                channel.put(uids, vectors, tags)
                 for uid in uids:
                     self._home[uid] = key
                 self._evict()
@@ -466,7 +496,17 @@ class ChromaIndex:
                     )
             if self._cache is not None:
                 for (name, token), rows in groups.items():
-                    self._cache.put(name, token, [items[i].uid for i in rows], vectors[rows])
+                    self._cache.put(
+                        name,
+                        token,
+                        [items[i].uid for i in rows],
+                        vectors[rows],
+                        [self._tag(items[i].producer, items[i].thread_id) for i in rows],
+                    )
+
+    def _tag(self, producer: str, thread_id: str | None) -> Tag:
+        thread = self.token("thread", thread_id) if thread_id else None
+        return self.token("producer", producer), thread
 
     def _item_meta(self, item: VectorItem) -> dict[str, str | int | float | bool | None]:
         meta: dict[str, str | int | float | bool | None] = {
@@ -512,10 +552,15 @@ class ChromaIndex:
             collection = self._collection(name, create=False)
             if collection is None:
                 return []
-            if produced_for is not None and producer is None and thread_id is None:
+            if produced_for is not None:
                 channel = self._cached_channel(collection, org_id, project_id, produced_for)
                 if channel is not None:
-                    return channel.nearest(vector, k)
+                    return channel.nearest(
+                        vector,
+                        k,
+                        None if producer is None else self.token("producer", producer),
+                        None if thread_id is None else self.token("thread", thread_id),
+                    )
             result = collection.query(
                 query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
                 n_results=k,  # Chroma returns fewer when the collection is smaller
@@ -541,16 +586,20 @@ class ChromaIndex:
             return channel
         version = cache.version(collection.name)
         got = collection.get(
-            where={"c": token}, include=["embeddings"], limit=MAX_CACHED_CHANNEL + 1
+            where={"c": token},
+            include=["embeddings", "metadatas"],
+            limit=MAX_CACHED_CHANNEL + 1,
         )
         uids = list(got["ids"])
         embeddings = got.get("embeddings")
         if len(uids) > MAX_CACHED_CHANNEL:
             channel = None
         elif not uids or embeddings is None:
-            channel = _Channel([], np.zeros((0, 0), dtype=np.float32))
+            channel = _Channel([], np.zeros((0, 0), dtype=np.float32), [])
         else:
-            channel = _Channel(uids, np.asarray(embeddings, dtype=np.float32))
+            metas = got.get("metadatas") or [{}] * len(uids)
+            tags = [(str((m or {}).get("p", "")), _str_or_none((m or {}).get("t"))) for m in metas]
+            channel = _Channel(uids, np.asarray(embeddings, dtype=np.float32), tags)
         cache.keep(key, channel, version)
         return channel
 

@@ -9,7 +9,7 @@ import numpy as np
 from memory.engine import MemoryEngine
 from memory.index.base import VectorItem
 from memory.model import Scope
-from tests.conftest import BOB, GENERAL, ORG, PROJECT, RANDOM, episode
+from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode
 
 
 async def vector_hits(engine: MemoryEngine, text: str, channel: str) -> list[str]:
@@ -52,7 +52,14 @@ async def test_channel_and_project_searches_score_alike(engine: MemoryEngine) ->
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((40, 16)).astype(np.float32) * 3
     items = [
-        VectorItem(f"u{i}", ORG, PROJECT, GENERAL if i % 2 else RANDOM, BOB, None)
+        VectorItem(
+            f"u{i}",
+            ORG,
+            PROJECT,
+            GENERAL if i % 2 else RANDOM,
+            BOB if i % 3 else ALICE,
+            "t1" if i % 5 == 0 else None,
+        )
         for i in range(40)
     ]
     index.upsert(items, vectors)
@@ -65,3 +72,12 @@ async def test_channel_and_project_searches_score_alike(engine: MemoryEngine) ->
     for uid, similarity in in_channel:
         assert abs(similarity - everywhere[uid]) < 1e-4
     assert index.ids(ORG, PROJECT, GENERAL) == {f"u{i}" for i in range(1, 40, 2)}
+
+    # Narrower filters inside a channel: the same rows, scores and order as Chroma's own
+    # filtered query over the project, restricted to the channel.
+    for producer, thread in ((ALICE, None), (None, "t1"), (BOB, "t1")):
+        mine = index.query(ORG, PROJECT, GENERAL, query, 40, producer=producer, thread_id=thread)
+        chroma = index.query(ORG, PROJECT, None, query, 40, producer=producer, thread_id=thread)
+        expected = [(u, s) for u, s in chroma if int(u[1:]) % 2]
+        assert mine and [u for u, _ in mine] == [u for u, _ in expected], (producer, thread)
+        assert np.allclose([s for _, s in mine], [s for _, s in expected], atol=1e-4)
