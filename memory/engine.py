@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from .index.chroma import ChromaIndex
 from .model import (
     EMBED_TEXT_VERSION,
     Added,
+    Brief,
     Episode,
     Fact,
     ForgetReport,
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: A vector list searched without some words of the query, and that query (ranking stage 0).
-Guessed = tuple[str, list[tuple[int, Episode, float]]] | None
+Guessed = tuple[str, list[tuple[int, Brief, float]]] | None
 
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
@@ -647,9 +648,13 @@ class MemoryEngine:
             ranked = [c for c in ranked if not asks(c.episode.content)]
         if score_threshold is not None:
             ranked = [c for c in ranked if c.score >= score_threshold]
-        hits = [self._hit(c.episode, c.score) for c in ranked[:top_k]]
+        # The candidates are Briefs (what ranking reads); the hits get whole Episodes.
+        top = [c.episode.uid for c in ranked[:top_k]]
+        full = {ep.uid: ep for ep in await self.store.get(scope.org_id, scope.project_id, top)}
+        returned = [c for c in ranked[:top_k] if c.episode.uid in full]  # not forgotten since
+        hits = [self._hit(full[c.episode.uid], c.score) for c in returned]
         if expand_context and hits:
-            hits = await self._expand(ranked[:top_k], expand_context, top_k, statements_only)
+            hits = await self._expand(returned, full, expand_context, top_k, statements_only)
         scores = {c.episode.uid: c.score for c in ranked}
         return SearchResult(hits=hits, query=query, scores=scores)
 
@@ -705,7 +710,7 @@ class MemoryEngine:
                 return []
             return await self.store.keyword_search(scope, filt, time, query, depth)
 
-        async def vector() -> builtins.list[tuple[int, Episode, float]]:
+        async def vector() -> builtins.list[tuple[int, Brief, float]]:
             nonlocal guessed
             if mode not in ("hybrid", "vector") or not query.strip():
                 return []
@@ -772,9 +777,9 @@ class MemoryEngine:
         filt: Filter | None,
         time: TimeRange | None,
         depth: int,
-    ) -> builtins.list[builtins.list[tuple[int, Episode, float]]]:
+    ) -> builtins.list[builtins.list[tuple[int, Brief, float]]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
-        all of them, their index searches at once, one read of the rows."""
+        all of them, their index searches at once, one read of the rows (as Briefs)."""
         index = self._vectors()
         vectors = await self.embedding.embed(list(queries), urgent=True)
         narrowed = filt is not None or time is not None
@@ -816,10 +821,15 @@ class MemoryEngine:
         )
 
     async def _expand(
-        self, ranked: builtins.list[Candidate], n: int, top_k: int, statements_only: bool = False
+        self,
+        ranked: builtins.list[Candidate],
+        full: Mapping[str, Episode],
+        n: int,
+        top_k: int,
+        statements_only: bool = False,
     ) -> builtins.list[Hit]:
         """Each hit with up to ``n`` neighbours either side, in conversation order; the list
-        is cut at ``top_k`` entries, neighbours counting."""
+        is cut at ``top_k`` entries, neighbours counting. ``full``: the hits' Episodes."""
         around = await self.store.neighbours([c.row_id for c in ranked], n, n)
         out: builtins.list[Hit] = []
         seen: set[str] = set()
@@ -828,7 +838,7 @@ class MemoryEngine:
             context = around.get(c.row_id)
             before = [r.episode for r in reversed(context.before)] if context else []
             after = [r.episode for r in context.after] if context else []
-            group = [*before, c.episode, *after]
+            group = [*before, full[c.episode.uid], *after]
             for ep in group:
                 if ep.uid in seen or (statements_only and asks(ep.content)):
                     continue

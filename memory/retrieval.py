@@ -57,7 +57,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .model import Episode
+from .model import Brief
 from .query_dates import periods, without_dates
 from .text import WORD, words
 
@@ -79,7 +79,7 @@ _DATE_WORD = re.compile(
 @dataclass
 class Candidate:
     row_id: int
-    episode: Episode
+    episode: Brief
     keyword: float | None = None  # bm25, larger is better
     vector: float | None = None  # cosine similarity
     features: dict[str, float] = field(default_factory=dict)

@@ -198,3 +198,36 @@ def test_filter_text_round_trips_values(value: str | int | float | bool, op: str
         op = "="
     original = Comparison("metadata.k", op, value)
     assert parse_filter(filter_text(original)) == original
+
+
+async def test_search_hits_and_their_neighbours_are_whole_episodes(
+    client: MemoryClient, server: Running
+) -> None:
+    """A search ranks light records of its candidates and reads whole episodes only for what
+    it returns: each hit and each neighbour added for context is the stored episode, every
+    field of it (role, thread, source, type, metadata with the author's name and link)."""
+    stored = [
+        episode(
+            f"the deploy of service {i} went {'fine' if i % 2 else 'badly'}",
+            producer=(ALICE, BOB)[i % 2],
+            role=("user", "assistant")[i % 2],
+            created_at=at(i),
+            thread_id="t1" if i % 3 == 0 else None,
+            episode_type="message" if i % 4 else "note",
+            metadata={"display_name": f"Person {i % 2}", "permalink": f"https://x/{i}", "n": i},
+        )
+        for i in range(40)
+    ]
+    uids = await client.add(stored)
+    await server.engine.wait_indexed()
+    await client.wait_indexed()
+    whole = {e.uid: e for e in await client.get(ORG, PROJECT, uids)}
+    assert len(whole) == 40
+    for expand in (0, 1):
+        found = await client.search("deploy went badly", CHANNEL, top_k=6, expand_context=expand)
+        assert len(found.hits) == 6
+        assert any(h.expanded for h in found.hits) == bool(expand)
+        for hit in found.hits:
+            assert hit.episode == whole[hit.episode.uid]
+            assert hit.source.link == whole[hit.episode.uid].link is not None
+            assert hit.source.thread_id == whole[hit.episode.uid].thread_id

@@ -32,7 +32,7 @@ from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
-from memory.model import Episode, Scope
+from memory.model import Brief, Episode, Scope
 from memory.store.base import Store
 from memory.store.postgres import PostgresStore
 from memory.store.postgres.cluster import TempCluster
@@ -59,7 +59,7 @@ class Side:
     async def add(self, episodes: list[Episode]) -> None:
         await self.store.add(episodes)
 
-    async def search(self, scope: Scope, text: str) -> list[tuple[Episode, float]]:
+    async def search(self, scope: Scope, text: str) -> list[tuple[Brief, float]]:
         hits = await self.store.keyword_search(scope, None, None, text, DEPTH)
         return [(h.episode, h.score) for h in hits]
 

@@ -42,7 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from memory.filters import Filter
 from memory.model import Added as Added  # a record of the contract; stores make it
-from memory.model import Episode, Fact, Scope, TimeRange
+from memory.model import Brief, Episode, Fact, Scope, TimeRange
 
 #: Where an operator names the PostgreSQL database a server uses; one-line errors name it.
 DATABASE_URL_SETTING = "CHANNELMIND_DATABASE_URL"
@@ -66,12 +66,22 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
-class KeywordHit:
-    """A keyword (full-text) candidate. ``score`` is positive and larger is better; it is
-    bm25-like (term rarity and document length count), comparable within one query."""
+class Found:
+    """A search's candidate: a stored episode as ranking reads it (a :class:`Brief`, not a
+    whole Episode: a search reads hundreds of these), with its row key."""
 
     key: int
-    episode: Episode
+    episode: Brief
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordHit:
+    """A keyword (full-text) candidate, as :class:`Found`. ``score`` is positive and larger is
+    better; it is bm25-like (term rarity and document length count), comparable within one
+    query."""
+
+    key: int
+    episode: Brief
     score: float
 
 
@@ -232,8 +242,9 @@ class EpisodeStore(Protocol):
 
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
-    ) -> dict[str, Row]:
-        """The rows among ``uids`` inside the scope, time range and filter, by uid."""
+    ) -> dict[str, Found]:
+        """The rows among ``uids`` inside the scope, time range and filter, by uid, as
+        candidates of a search."""
 
     async def find_source(
         self, org_id: str, project_id: str, platform: str, source_id: str

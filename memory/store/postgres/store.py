@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from memory.filters import Filter
-from memory.model import Added, Episode, Fact, InvalidInput, Scope, TimeRange
+from memory.model import Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
 
 from ..base import (
     DATABASE_URL_SETTING,
@@ -42,6 +42,7 @@ from ..base import (
     Context,
     Counts,
     Deleted,
+    Found,
     KeywordHit,
     Project,
     ProjectRef,
@@ -134,8 +135,12 @@ class _Queries:
             raise InvalidInput(_NUL_MESSAGE) from None
 
 
-def cols(alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in COLUMNS.split(","))
+#: What a search's candidates are read with (:class:`memory.model.Brief`).
+BRIEF_COLUMNS = "id, uid, producer, content, created_at, metadata"
+
+
+def cols(alias: str, columns: str = COLUMNS) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
 def row_episode(r: asyncpg.Record, offset: int = 0) -> Episode:
@@ -156,6 +161,12 @@ def row_episode(r: asyncpg.Record, offset: int = 0) -> Episode:
         episode_type=v[12],
         metadata=json.loads(v[13]),
     )
+
+
+def row_found(r: asyncpg.Record) -> Found:
+    """A search candidate from a record whose columns start with :data:`BRIEF_COLUMNS`."""
+    brief = Brief(r[1], r[2], r[3], from_epoch(r[4]), json.loads(r[5]))
+    return Found(int(r[0]), brief)
 
 
 def scope_where(
@@ -584,16 +595,17 @@ class PostgresStore:
 
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
-    ) -> dict[str, Row]:
+    ) -> dict[str, Found]:
         if not uids:
             return {}
         p = Params([list(uids)])
         where = scope_where(scope, time, filt, p)
         rows = await self.db.fetch(
-            f"SELECT {cols('e')} FROM episodes e WHERE e.uid = ANY($1::text[]) AND {where}",
+            f"SELECT {cols('e', BRIEF_COLUMNS)} FROM episodes e"
+            f" WHERE e.uid = ANY($1::text[]) AND {where}",
             *p.values,
         )
-        return {r["uid"]: Row(int(r["id"]), row_episode(r)) for r in rows}
+        return {r["uid"]: row_found(r) for r in rows}
 
     async def find_source(
         self, org_id: str, project_id: str, platform: str, source_id: str
@@ -650,14 +662,16 @@ class PostgresStore:
         where = scope_where(scope, time, filt, p)
         if self.ranking == "ts_rank_cd":
             sql = (
-                f"SELECT {cols('e')}, ts_rank_cd(e.tsv, to_tsquery('{FTS_CONFIG}', {words}))"
+                f"SELECT {cols('e', BRIEF_COLUMNS)},"
+                f" ts_rank_cd(e.tsv, to_tsquery('{FTS_CONFIG}', {words}))"
                 f" AS score FROM episodes e WHERE {match} AND {where}"
                 f" ORDER BY score DESC, e.id DESC LIMIT {p(limit, 'bigint')}"
             )
         else:
             sql = self._bm25_sql(match, where, p(terms, "text[]"), p(limit, "bigint"))
         rows = await self.db.fetch(sql, *p.values)
-        return [KeywordHit(int(r["id"]), row_episode(r), float(r["score"])) for r in rows]
+        found = [(row_found(r), float(r["score"])) for r in rows]
+        return [KeywordHit(f.key, f.episode, score) for f, score in found]
 
     @staticmethod
     def _bm25_sql(match: str, where: str, terms: str, limit: str) -> str:
@@ -686,7 +700,8 @@ class PostgresStore:
             "  FROM hits h CROSS JOIN LATERAL unnest(h.ts) AS m(i) JOIN df USING (i)"
             "  CROSS JOIN total GROUP BY h.id, h.dl, total.avgdl),"
             f" top AS (SELECT id, score FROM scored ORDER BY score DESC, id DESC LIMIT {limit})"
-            f" SELECT {cols('e')}, top.score FROM top JOIN episodes e ON e.id = top.id"
+            f" SELECT {cols('e', BRIEF_COLUMNS)}, top.score FROM top"
+            " JOIN episodes e ON e.id = top.id"
             " ORDER BY top.score DESC, e.id DESC"
         )
 

@@ -26,16 +26,16 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from memory.filters import Filter
-from memory.model import Added, Episode, Fact, InvalidInput, Scope, TimeRange
+from memory.model import Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
 
 from ..base import (
     Adjacent,
@@ -43,6 +43,7 @@ from ..base import (
     Context,
     Counts,
     Deleted,
+    Found,
     KeywordHit,
     Project,
     ProjectRef,
@@ -64,6 +65,7 @@ from .filters import to_sql
 from .schema import INDEXED, MIGRATIONS, PENDING, SCHEMA_VERSION, SET_ASIDE
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Set in the transaction that deletes or edits episodes, cleared once the vector index's
 #: files hold nothing of them: a crash in between scrubs on the next open.
@@ -91,8 +93,12 @@ COLUMNS = (
 )
 
 
-def cols(alias: str) -> str:
-    return ", ".join(f"{alias}.{c}" for c in COLUMNS)
+#: What a search's candidates are read with (:class:`memory.model.Brief`).
+BRIEF_COLUMNS = ("id", "uid", "producer", "content", "created_at", "metadata")
+
+
+def cols(alias: str, columns: Sequence[str] = COLUMNS) -> str:
+    return ", ".join(f"{alias}.{c}" for c in columns)
 
 
 def row_to_episode(row: Sequence[Any]) -> Episode:
@@ -114,6 +120,19 @@ def row_to_episode(row: Sequence[Any]) -> Episode:
         episode_type=episode_type,
         metadata=json.loads(metadata),
     )
+
+
+def _row(row: Sequence[Any]) -> Row:
+    return Row(int(row[0]), row_to_episode(row))
+
+
+def row_to_found(row: Sequence[Any]) -> Found:
+    """A search candidate from a row whose first columns are :data:`BRIEF_COLUMNS`. Reads
+    what :func:`row_to_episode` reads of a broken row (time, metadata), so the same rows are
+    set aside whichever of the two reads them first."""
+    key, uid, producer, content, created, metadata = row[:6]
+    brief = Brief(uid, producer, content, from_epoch(created), json.loads(metadata))
+    return Found(int(key), brief)
 
 
 FACT_COLUMNS = (
@@ -692,8 +711,9 @@ class SQLiteStore:
 
     async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
         scope = Scope.model_construct(org_id=org_id, project_id=project_id)
-        found = await self.get_scoped(scope, None, None, uids)
-        return [found[u].episode for u in dict.fromkeys(uids) if u in found]
+        rows = await self._readable(await self._among(scope, None, None, uids, COLUMNS), _row)
+        found = {row.episode.uid: row.episode for row in rows}
+        return [found[u] for u in dict.fromkeys(uids) if u in found]
 
     async def existing(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[str]:
         found: set[str] = set()
@@ -708,21 +728,31 @@ class SQLiteStore:
 
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
-    ) -> dict[str, Row]:
+    ) -> dict[str, Found]:
+        rows = await self._among(scope, filt, time, uids, BRIEF_COLUMNS)
+        return {found.episode.uid: found for found in await self._readable(rows, row_to_found)}
+
+    async def _among(
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        uids: Sequence[str],
+        columns: Sequence[str],
+    ) -> list[Any]:
+        """The rows among ``uids`` inside the scope, time range and filter (``columns``)."""
         where, params = scope_sql(scope, time, filt)
-        out: dict[str, Row] = {}
+        out: list[Any] = []
         for chunk in _chunks(uids):
             values = ",".join("(?)" for _ in chunk)
             # CROSS JOIN pins the join order: look the uids up first, then check the scope
             # (the planner otherwise walked the scope's index: every row of the project).
             async with self.reader.execute(
-                f"WITH wanted(uid) AS (VALUES {values}) SELECT {cols('e')} FROM wanted"
+                f"WITH wanted(uid) AS (VALUES {values}) SELECT {cols('e', columns)} FROM wanted"
                 f" CROSS JOIN episodes e ON e.uid = wanted.uid WHERE {where}",
                 [*chunk, *params],
             ) as cur:
-                rows = await cur.fetchall()
-            for row in await self._rows(rows):
-                out[row.episode.uid] = row
+                out += await cur.fetchall()
         return out
 
     async def find_source(
@@ -769,14 +799,16 @@ class SQLiteStore:
             return []
         where, params = scope_sql(scope, time, filt)
         sql = (
-            f"SELECT {cols('e')}, bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
+            f"SELECT {cols('e', BRIEF_COLUMNS)}, bm25(episodes_fts, 1.0, 0.0) AS rank"
+            " FROM episodes_fts"
             " JOIN episodes e ON e.id = episodes_fts.rowid"
             f" WHERE episodes_fts MATCH ? AND {where} ORDER BY rank LIMIT ?"
         )
         async with self.reader.execute(sql, [scope_match(scope, terms), *params, limit]) as cur:
             rows = await cur.fetchall()
         rank = {int(r[0]): -float(r[-1]) for r in rows}
-        return [KeywordHit(r.key, r.episode, rank[r.key]) for r in await self._rows(rows)]
+        found = await self._readable(rows, row_to_found)
+        return [KeywordHit(f.key, f.episode, rank[f.key]) for f in found]
 
     async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:
         """The previous and next row key in the same channel, for each key, in one query."""
@@ -961,13 +993,19 @@ class SQLiteStore:
     # -- rows that cannot be read ----------------------------------------------------------
 
     async def _rows(self, rows: Iterable[Sequence[Any]]) -> list[Row]:
-        """Rows whose first columns are :data:`COLUMNS`, as records; a row that cannot be
-        read is set aside instead of failing the whole query."""
-        out: list[Row] = []
+        """Rows whose first columns are :data:`COLUMNS`, as records."""
+        return await self._readable(rows, _row)
+
+    async def _readable(
+        self, rows: Iterable[Sequence[Any]], read: Callable[[Sequence[Any]], T]
+    ) -> list[T]:
+        """Episode rows (the row key, then the uid) as records; a row that cannot be read is
+        set aside instead of failing the whole query."""
+        out: list[T] = []
         broken: list[tuple[str, str, str]] = []
         for r in rows:
             try:
-                out.append(Row(int(r[0]), row_to_episode(r)))
+                out.append(read(r))
             except UNREADABLE as exc:
                 broken.append((str(r[1]), "episode", _unreadable(exc)))
         await self._set_aside_records(broken)
