@@ -57,7 +57,7 @@ from .model import (
     utcnow,
 )
 from .retrieval import Candidate, Query, Ranking, name_like, named_authors, without_names
-from .store.base import Claim, KeywordHit, Project, Store
+from .store.base import Claim, Found, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
 
@@ -758,7 +758,9 @@ class MemoryEngine:
             if guessed is not None and guessed[0] == plain:
                 hits = guessed[1]
             else:
-                [hits] = await self._vector_candidates([plain], scope, filt, time, depth)
+                # The candidates are already read (and inside the scope): read only new rows.
+                known = {c.episode.uid: Found(rid, c.episode) for rid, c in candidates.items()}
+                [hits] = await self._vector_candidates([plain], scope, filt, time, depth, known)
         except Exception:
             log.exception("vector search without names failed; keeping the first one")
             return None
@@ -777,9 +779,11 @@ class MemoryEngine:
         filt: Filter | None,
         time: TimeRange | None,
         depth: int,
+        known: Mapping[str, Found] | None = None,
     ) -> builtins.list[builtins.list[tuple[int, Brief, float]]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
-        all of them, their index searches at once, one read of the rows (as Briefs)."""
+        all of them, their index searches at once, one read of the rows (as Briefs) but those
+        ``known`` (rows of this scope already read, by uid)."""
         index = self._vectors()
         vectors = await self.embedding.embed(list(queries), urgent=True)
         narrowed = filt is not None or time is not None
@@ -798,8 +802,9 @@ class MemoryEngine:
                 for vector in vectors
             )
         )
-        uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest))
-        rows = await self.store.get_scoped(scope, filt, time, uids)
+        known = known or {}
+        uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))
+        rows = {**known, **await self.store.get_scoped(scope, filt, time, uids)}
         return [
             [(rows[u].key, rows[u].episode, sim) for u, sim in nearest if u in rows]
             for nearest in found
