@@ -5,8 +5,9 @@ to refit ``memory/ranking.json`` (``--fit``). Two small fits, both on labelled c
 features the engine computed for a question's candidates, and which of them are evidence):
 
 - weights: coordinate ascent on mean recall@k, the figure the benchmark reports. Each round
-  tries a few steps up and down on every weight but the keyword one (it fixes the scale) and
-  keeps any that raise recall; the steps halve each round. It starts from round design
+  tries a few steps up and down on every weight but the keyword one (it fixes the scale),
+  takes the one that raises recall most and repeats until none does; the steps halve each
+  round. It starts from round design
   weights, never from a previous fit, so a held-out conversation never leaks into its fold.
 - calibration: a logistic regression of "this candidate is evidence" on its rank, how far its
   combined score is behind the query's best, whether it holds an exact match, the query's
@@ -34,6 +35,7 @@ START = {
     "keyword": 0.3,
     "vector": 0.3,
     "neighbour": 0.35,
+    "session": 0.0,
     "author": 0.3,
     "when": 0.0,
     "substance": 0.0,
@@ -98,19 +100,23 @@ def fit_weights(
     scale = w[FEATURES.index("keyword")]
     best = packed.recall(w, k)
     for r in range(rounds):
-        improved = False
         step = scale / (2**r)
-        for i, name in enumerate(FEATURES):
-            if name == "keyword":
-                continue
-            for g in STEPS:
-                trial = w.copy()
-                trial[i] = max(0.0, w[i] + g * step)
-                value = packed.recall(trial, k)
-                if value > best + 1e-9:
-                    best, w, improved = value, trial, True
-        if not improved:
-            break
+        while True:
+            # The best single move over every weight, not the first that helps: a fit that
+            # took moves in feature order depended on that order (LoCoMo CV 0.802 or 0.808
+            # for the same features listed differently).
+            trials = [
+                np.where(np.arange(len(w)) == i, max(0.0, w[i] + g * step), w)
+                for i, name in enumerate(FEATURES)
+                if name != "keyword"
+                for g in STEPS
+            ]
+            value, trial = max(
+                ((packed.recall(t, k), t) for t in trials), key=lambda pair: pair[0]
+            )
+            if value <= best + 1e-9:
+                break
+            best, w = value, trial
     return {f: float(v) for f, v in zip(FEATURES, w, strict=True)}
 
 

@@ -248,3 +248,38 @@ async def test_a_name_in_the_question_does_not_bury_what_its_author_said(
         assert [h["content"] for h in hits][:1] == [answer]
     finally:
         await engine.close()
+
+
+async def test_a_match_amid_talk_on_its_topic_outranks_a_lone_one_over_rest(
+    engine: MemoryEngine,
+) -> None:
+    """The sessions stage: the same words said twice, once in an hour of talk about the boat
+    trip and once days later between unrelated messages. The first is where the trip was
+    discussed; without the stage the later one would win on recency alone."""
+    said = "the boat trip on the lake was lovely"
+    stretch = [
+        "we booked the boat trip on the lake for saturday",
+        "can someone water the plants",
+        said,
+        "the printer is out of toner again",
+        "photos from the boat trip on the lake are up",
+    ]
+    later = ["can someone water the plants", said, "the printer is out of toner again"]
+    uids = await engine.add(
+        [episode(text, created_at=at(10 * i)) for i, text in enumerate(stretch)]
+        + [episode(text, created_at=at(3 * 24 * 60 + 10 * i)) for i, text in enumerate(later)]
+    )
+    await engine.wait_indexed()
+    amid, lone = uids[2], uids[len(stretch) + 1]
+    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        body = {
+            "org_id": ORG,
+            "project_id": PROJECT,
+            "query": "how was the boat trip on the lake?",
+            "top_k": 8,
+            "types": ["episodic"],
+        }
+        found = (await http.post("/api/v2/memories/search", json=body)).json()
+    hits = [h["uid"] for h in found["content"]["episodic_memory"]["long_term_memory"]["episodes"]]
+    assert amid in hits and lone in hits
+    assert hits.index(amid) < hits.index(lone)
