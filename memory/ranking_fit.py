@@ -39,6 +39,7 @@ START = {
     "author": 0.3,
     "when": 0.0,
     "substance": 0.0,
+    "statement": 0.0,
 }
 STEPS = (-1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0)
 CALIBRATE_TOP = 20

@@ -30,7 +30,9 @@ The pipeline, one named stage each, every feature in [0, 1]:
 4. authors    questions about people name them ("what did Alice say about the deploy?");
 5. dates      a question that names a date ("in June", "on 3 May 2023") is about messages
               written around then;
-6. substance  a message that says something is longer than "haha nice!";
+6. substance  a message that says something is longer than "haha nice!", and states rather
+              than asks: answers are statements, while a question repeats the question's
+              words without the answer (:func:`memory.text.asks`);
 7. recency    a small fixed nudge to newer messages in live channels (gone after months);
 8. combine    a weighted sum of the above (weights below);
 9. exact      a rare identifier, number, code or name the question quotes verbatim puts the
@@ -67,10 +69,19 @@ from typing import Any
 
 from .model import Brief
 from .query_dates import periods, without_dates
-from .text import WORD, words
+from .text import WORD, asks, words
 
 MODEL_PATH = Path(__file__).with_name("ranking.json")
-FEATURES = ("keyword", "vector", "neighbour", "session", "author", "when", "substance")
+FEATURES = (
+    "keyword",
+    "vector",
+    "neighbour",
+    "session",
+    "author",
+    "when",
+    "substance",
+    "statement",
+)
 # A token appearing verbatim in more candidates than this is not an identifier to match.
 EXACT_RARE = 3
 SUBSTANCE_WORDS = 100  # messages this long (in words) count as fully substantive
@@ -295,6 +306,7 @@ class Ranking:
         for c in candidates.values():
             count = len(WORD.findall(c.episode.content))
             c.features["substance"] = min(1.0, math.log1p(count) / top)
+            c.features["statement"] = 0.0 if asks(c.episode.content) else 1.0
 
     def recency(self, candidates: Mapping[int, Candidate], now: datetime) -> None:
         half_life = self.model.recency_half_life_days * 86400.0

@@ -283,3 +283,26 @@ async def test_a_match_amid_talk_on_its_topic_outranks_a_lone_one_over_rest(
     hits = [h["uid"] for h in found["content"]["episodic_memory"]["long_term_memory"]["episodes"]]
     assert amid in hits and lone in hits
     assert hits.index(amid) < hits.index(lone)
+
+
+async def test_the_answer_outranks_the_same_words_asked_over_rest(engine: MemoryEngine) -> None:
+    """The substance stage's statement feature: an answer states, a question asks with the
+    same words but does not hold the answer. Here the question is newer, so without the
+    feature it would win on recency alone."""
+    stated = "the migration broke the deploy on friday"
+    asked = "the migration broke the deploy on friday?"
+    uids = await engine.add(
+        [episode(stated, created_at=at(0)), episode(asked, created_at=at(3 * 24 * 60))]
+    )
+    await engine.wait_indexed()
+    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        body = {
+            "org_id": ORG,
+            "project_id": PROJECT,
+            "query": "what broke the deploy on friday",
+            "top_k": 2,
+            "types": ["episodic"],
+        }
+        found = (await http.post("/api/v2/memories/search", json=body)).json()
+    hits = [h["uid"] for h in found["content"]["episodic_memory"]["long_term_memory"]["episodes"]]
+    assert hits == uids
