@@ -112,9 +112,7 @@ def fit_weights(
                 if name != "keyword"
                 for g in STEPS
             ]
-            value, trial = max(
-                ((packed.recall(t, k), t) for t in trials), key=lambda pair: pair[0]
-            )
+            value, trial = max(((packed.recall(t, k), t) for t in trials), key=lambda pair: pair[0])
             if value <= best + 1e-9:
                 break
             best, w = value, trial
