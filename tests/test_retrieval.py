@@ -250,6 +250,20 @@ async def test_a_name_in_the_question_does_not_bury_what_its_author_said(
         await engine.close()
 
 
+async def _search_uids(engine: MemoryEngine, query: str, top_k: int) -> list[str]:
+    """The uids of long-term hits for ``query`` over REST, best first."""
+    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
+        body = {
+            "org_id": ORG,
+            "project_id": PROJECT,
+            "query": query,
+            "top_k": top_k,
+            "types": ["episodic"],
+        }
+        found = (await http.post("/api/v2/memories/search", json=body)).json()
+    return [h["uid"] for h in found["content"]["episodic_memory"]["long_term_memory"]["episodes"]]
+
+
 async def test_a_match_amid_talk_on_its_topic_outranks_a_lone_one_over_rest(
     engine: MemoryEngine,
 ) -> None:
@@ -271,16 +285,7 @@ async def test_a_match_amid_talk_on_its_topic_outranks_a_lone_one_over_rest(
     )
     await engine.wait_indexed()
     amid, lone = uids[2], uids[len(stretch) + 1]
-    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
-        body = {
-            "org_id": ORG,
-            "project_id": PROJECT,
-            "query": "how was the boat trip on the lake?",
-            "top_k": 8,
-            "types": ["episodic"],
-        }
-        found = (await http.post("/api/v2/memories/search", json=body)).json()
-    hits = [h["uid"] for h in found["content"]["episodic_memory"]["long_term_memory"]["episodes"]]
+    hits = await _search_uids(engine, "how was the boat trip on the lake?", 8)
     assert amid in hits and lone in hits
     assert hits.index(amid) < hits.index(lone)
 
@@ -295,14 +300,5 @@ async def test_the_answer_outranks_the_same_words_asked_over_rest(engine: Memory
         [episode(stated, created_at=at(0)), episode(asked, created_at=at(3 * 24 * 60))]
     )
     await engine.wait_indexed()
-    async with running(engine) as srv, httpx.AsyncClient(base_url=srv.url) as http:
-        body = {
-            "org_id": ORG,
-            "project_id": PROJECT,
-            "query": "what broke the deploy on friday",
-            "top_k": 2,
-            "types": ["episodic"],
-        }
-        found = (await http.post("/api/v2/memories/search", json=body)).json()
-    hits = [h["uid"] for h in found["content"]["episodic_memory"]["long_term_memory"]["episodes"]]
+    hits = await _search_uids(engine, "what broke the deploy on friday", 2)
     assert hits == uids
