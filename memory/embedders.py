@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .minilm_onnx import WEIGHT_BITS
 from .text import WORD
 
 Vectors = npt.NDArray[np.float32]
@@ -142,21 +143,45 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Tokens (rows x padded width) per ONNX Runtime run. Small enough that a run's activations
+#: stay in a core's cache (batches of 64 short messages ran at two thirds the rate of 16),
+#: large enough that the per-run overhead and the weights read per run are shared by enough
+#: rows.
+BATCH_TOKENS = 768
+
+
+def _batches(
+    lengths: npt.NDArray[np.intp], order: npt.NDArray[np.intp], budget: int
+) -> list[npt.NDArray[np.intp]]:
+    """Cut ``order`` (row indices by ascending token count) into runs of at most ``budget``
+    padded tokens (at least one row each): each pads to its own longest row."""
+    batches, start = [], 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or (end + 1 - start) * lengths[order[end]] > budget:
+            batches.append(order[start:end])
+            start = end
+    return batches
+
+
 class OnnxEmbedder:
     """The packaged MiniLM on ONNX Runtime: the same weights, tokenizer and pooling as
     :class:`LocalEmbedder`, without torch (see memory/minilm_onnx.py for the graph).
 
-    Texts are sorted by token count and cut into batches, so that a batch pads to nearly its
-    own length; the batches run on ``threads`` workers, each on one core (one intra-op thread
-    per run: on a busy machine, threads that wait for each other inside every operator cost
-    more than they bring). ``int8`` quantises the dense layers (``onnx-int8``).
+    Texts are sorted by token count and cut into batches of about :data:`BATCH_TOKENS` padded
+    tokens, so that a batch pads to nearly its own length and its activations stay in cache;
+    the batches run on ``threads`` workers, each on one core (one intra-op thread per run: on
+    a busy machine, threads that wait for each other inside every operator cost more than they
+    bring). ``int8`` quantises the dense layers (``onnx-int8``) to ``bits``-bit weights (unset:
+    8 with VNNI, else 7; see :func:`memory.minilm_onnx.weight_bits`).
 
     In float32 the fingerprint is the torch backend's: the vectors are torch's to rounding
     (cosine >= 0.99999, pinned by tests/test_onnx_embedder.py), so an index built by one is
     searched by the other without a reindex. int8 vectors moved further (cosine to torch's
-    0.992-0.997 on average, down to 0.95 for messages of one or two words) and cost recall, so
-    ``onnx-int8`` has a fingerprint of its own: switching to or from it asks for a reindex
-    instead of mixing both kinds of vector in one index.
+    0.998 on average with 8-bit weights, 0.997 with 7, down to 0.95 for messages of one or two
+    words) and cost a little recall, so ``onnx-int8`` has a fingerprint of its own that names
+    its weight bits (``:int8`` for 7, ``:int8w8`` for 8): switching to or from it, or moving a
+    folder between CPUs with and without VNNI, asks for a reindex instead of mixing kinds of
+    vector in one index.
     """
 
     name = "local"
@@ -167,12 +192,13 @@ class OnnxEmbedder:
         *,
         int8: bool = False,
         threads: int | None = None,
-        batch_size: int = 32,
+        batch_tokens: int = BATCH_TOKENS,
+        bits: int | None = None,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from .minilm_onnx import BertConfig, build
+        from .minilm_onnx import BertConfig, build, weight_bits
 
         path = _model_dir(model_path)
         config = BertConfig.load(path)
@@ -183,8 +209,9 @@ class OnnxEmbedder:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # no warnings about initialisers it folded away
+        self.bits = (bits or weight_bits()) if int8 else 32
         self._session = ort.InferenceSession(
-            build(path, int8=int8),
+            build(path, int8=int8, bits=self.bits),
             options,
             providers=["CPUExecutionProvider"],
             # Its fused kernel ran slower here than the Add + LayerNormalization it replaces.
@@ -193,14 +220,17 @@ class OnnxEmbedder:
         self._path = path
         self.dim = config.hidden
         self.backend = "onnx-int8" if int8 else "onnx"
-        self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.threads = max(1, threads or _cores())
         self._pool: ThreadPoolExecutor | None = None
 
     @property
     def fingerprint(self) -> str:
         torch_fingerprint = f"local:{self._path.name}:{self.dim}"  # LocalEmbedder's
-        return f"{torch_fingerprint}:int8" if self.backend == "onnx-int8" else torch_fingerprint
+        if self.bits == 32:
+            return torch_fingerprint
+        # 7-bit weights kept the plain ":int8" they were first indexed under
+        return f"{torch_fingerprint}:int8" + ("" if self.bits == WEIGHT_BITS else f"w{self.bits}")
 
     def embed(self, texts: list[str]) -> Vectors:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -210,7 +240,7 @@ class OnnxEmbedder:
         encodings = self._tokenizer.encode_batch([t.strip() for t in texts])
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable")
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = _batches(lengths, order, self.batch_tokens)
 
         def run(rows: npt.NDArray[np.intp]) -> None:
             width = int(lengths[rows].max())

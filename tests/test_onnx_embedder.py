@@ -21,11 +21,12 @@ from memory.embedders import (
     DEFAULT_BACKEND,
     LocalEmbedder,
     OnnxEmbedder,
+    _batches,
     bundled_model_path,
     make_embedder,
 )
 from memory.engine import MemoryEngine
-from memory.minilm_onnx import UnsupportedModel
+from memory.minilm_onnx import UnsupportedModel, weight_bits
 from memory.model import Scope
 from tests.bot.cli.processes import channelmind, environment, one_line
 from tests.conftest import ORG, PROJECT, episode
@@ -69,7 +70,7 @@ def test_float32_vectors_equal_torch(onnx_fp32: OnnxEmbedder, torch_vectors: Any
     # the same text alone, in any batch, on one or several threads: the same vector
     alone = np.concatenate([onnx_fp32.embed([t]) for t in TEXTS])
     assert np.allclose(alone, vectors, atol=1e-5)
-    one_thread = OnnxEmbedder(threads=1, batch_size=3)
+    one_thread = OnnxEmbedder(threads=1, batch_tokens=24)  # runs of one to a few texts
     assert np.allclose(one_thread.embed(TEXTS), vectors, atol=1e-5)
 
 
@@ -82,6 +83,39 @@ def test_int8_vectors_stay_close_to_torch(onnx_int8: OnnxEmbedder, torch_vectors
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     # quantising [CLS] with the rest is what the separate stream avoids: it would be worse
     assert not np.allclose(vectors, torch_vectors, atol=1e-5)
+
+
+def test_weight_bits_follow_the_cpu_and_name_the_index(
+    tmp_path: Path, onnx_int8: OnnxEmbedder, torch_vectors: Any
+) -> None:
+    """8-bit weights where the CPU has VNNI (read from its flags), 7 bits elsewhere: the
+    vectors differ, so the fingerprint says which (7 bits keeps the ":int8" it always had)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert weight_bits(cpuinfo) == 8
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx_vnni\n")
+    assert weight_bits(cpuinfo) == 8
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert weight_bits(cpuinfo) == 7
+    assert weight_bits(tmp_path / "missing") == 7
+    seven, eight = OnnxEmbedder(int8=True, bits=7), OnnxEmbedder(int8=True, bits=8)
+    base = LocalEmbedder().fingerprint
+    assert (seven.fingerprint, eight.fingerprint) == (f"{base}:int8", f"{base}:int8w8")
+    assert onnx_int8.bits == weight_bits()
+    cos7 = (seven.embed(TEXTS) * torch_vectors).sum(axis=1)
+    cos8 = (eight.embed(TEXTS) * torch_vectors).sum(axis=1)
+    assert not np.allclose(cos7, cos8, atol=1e-6)
+    assert cos8.mean() > cos7.mean()  # half the rounding, closer to float32
+
+
+def test_batches_hold_a_token_budget() -> None:
+    lengths = np.array([5, 3, 40, 3, 10, 300, 9])
+    order = np.argsort(lengths, kind="stable")
+    batches = _batches(lengths, order, 30)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for rows in batches:  # within budget, or one text alone (longer than the budget)
+        assert len(rows) * lengths[rows].max() <= 30 or len(rows) == 1
+    assert [len(b) for b in batches] == [3, 2, 1, 1]  # 3,3,5 | 9,10 | 40 | 300
 
 
 def test_float32_shares_torch_fingerprint(onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder) -> None:

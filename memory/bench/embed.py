@@ -53,7 +53,11 @@ def run(texts: list[str], runs: int) -> dict[str, Any]:
     for backend in BACKENDS:
         began = time.perf_counter()
         loaded[backend] = make_embedder("local", backend=backend)
-        results[backend] = {"load_s": round(time.perf_counter() - began, 2), "runs": []}
+        results[backend] = {
+            "load_s": round(time.perf_counter() - began, 2),
+            "fingerprint": loaded[backend].fingerprint,  # onnx-int8's names its weight bits
+            "runs": [],
+        }
         embed_all(loaded[backend], texts[:64])  # warm up
     cpu: dict[str, list[float]] = {b: [] for b in BACKENDS}
     vectors: dict[str, Vectors] = {}
