@@ -18,7 +18,9 @@ tokens too: checked on the cached rows of a channel, a ``where`` clause otherwis
 An index written by earlier versions (a second copy of every vector in one collection per
 channel, ``cmc_`` + the channel token) is converted on open, without re-embedding: the channel
 collections' ids tag the project collection's vectors, then they are dropped and their files
-scrubbed (:meth:`ChromaIndex.upgrade_layout`).
+scrubbed (:meth:`ChromaIndex.upgrade_layout`). Tokens were 24 hex digits then; they are 11
+characters now (:func:`short_token`, derived from the long form, so an old index is converted
+on open by metadata-only updates: :meth:`ChromaIndex.upgrade_tokens`).
 
 Names never reach Chroma: collection names and the channel / producer / thread tokens in a
 vector's metadata are keyed hashes (BLAKE2b with the folder's own random key, kept in SQLite), and
@@ -38,6 +40,7 @@ to a collection (Chroma's default one would download a model at run time).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import functools
@@ -72,6 +75,10 @@ PROJECT_PREFIX = "cmp_"
 OLD_CHANNEL_PREFIX = "cmc_"
 #: Memory for cached channel vectors (float32); least recently searched channels go first.
 CHANNEL_CACHE_BYTES = 384 * 1024 * 1024
+#: Length of the hex tokens earlier versions put in a vector's metadata (see short_token).
+LONG_TOKEN = 24
+#: The metadata keys that hold tokens: channel, producer, thread.
+TOKEN_KEYS = ("c", "p", "t")
 #: A channel with more vectors than this is searched with Chroma's filtered query (it is then a
 #: large part of its project, where the filter finds its matches quickly).
 MAX_CACHED_CHANNEL = 100_000
@@ -274,12 +281,28 @@ class _Channel:
 Tag = tuple[str, str | None]
 
 
+def short_token(hashed: str) -> str:
+    """The token a vector's metadata holds for a 24-hex-digit keyed hash: its first 64 bits in
+    URL-safe base64, 11 characters. Chroma stores each token twice (a metadata row and its
+    index), so this saves about 60 bytes per message over the hex form earlier versions
+    stored (which this converts: a pure function of it, so no name is needed). Tokens only
+    tell a project's channels, producers and threads apart: 64 bits make a collision among
+    a million of them about one in 30 million."""
+    if len(hashed) != LONG_TOKEN:
+        return hashed
+    return base64.urlsafe_b64encode(bytes.fromhex(hashed)[:8]).decode("ascii").rstrip("=")
+
+
 def _normalised(vectors: Vectors) -> Vectors:
     matrix = np.array(vectors, dtype=np.float32, copy=True).reshape(len(vectors), -1)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     normalised: Vectors = matrix / norms
     return normalised
+
+
+def _has_long_token(meta: Mapping[str, Any]) -> bool:
+    return any(len(str(meta.get(k) or "")) == LONG_TOKEN for k in TOKEN_KEYS)
 
 
 def _str_or_none(value: object) -> str | None:
@@ -419,6 +442,7 @@ class ChromaIndex:
         index = cls(connect, key, None if url else path)
         try:
             index.upgrade_layout()
+            index.upgrade_tokens()
         except BaseException:
             index.close()
             raise
@@ -432,6 +456,7 @@ class ChromaIndex:
     # -- names -----------------------------------------------------------------------------
 
     def _hash(self, kind: str, *parts: str) -> str:
+        """A keyed hash of a name, 24 hex digits (collection names; earlier versions' tokens)."""
         data = "\x1f".join((kind, *parts)).encode("utf-8")
         return hashlib.blake2b(data, key=self.key, digest_size=12).hexdigest()
 
@@ -439,13 +464,13 @@ class ChromaIndex:
         return PROJECT_PREFIX + self._hash("project", org_id, project_id)
 
     def channel_token(self, org_id: str, project_id: str, produced_for: str) -> str:
-        """What a vector's metadata holds for its channel (``c``): a keyed hash (the same one
-        earlier versions named the channel's collection with)."""
-        return self._hash("channel", org_id, project_id, produced_for)
+        """What a vector's metadata holds for its channel (``c``): a keyed hash (a
+        :func:`short_token` of the one earlier versions named the channel's collection with)."""
+        return short_token(self._hash("channel", org_id, project_id, produced_for))
 
     def token(self, kind: str, value: str) -> str:
         """What a vector's metadata holds for a producer or thread: a keyed hash."""
-        return self._hash(kind, value)
+        return short_token(self._hash(kind, value))
 
     # -- collections -----------------------------------------------------------------------
 
@@ -737,7 +762,7 @@ class ChromaIndex:
                     if meta.get("c"):
                         tagged.add(uid)
             for channel in old:
-                token = channel.name.removeprefix(OLD_CHANNEL_PREFIX)
+                token = short_token(channel.name.removeprefix(OLD_CHANNEL_PREFIX))
                 members: dict[str, list[str]] = {}
                 for uid in self._ids_of(channel):
                     if uid in owner:
@@ -757,6 +782,42 @@ class ChromaIndex:
             self.delete_ids(name, uids)
         self.scrub()
         return len(old)
+
+    def upgrade_tokens(self) -> int:
+        """Shorten the hex tokens earlier versions put in vectors' metadata to
+        :func:`short_token` form (metadata-only updates: nothing is embedded again), then scrub
+        the old values from Chroma's files. A collection is converted when its last vector
+        still has a hex token (the conversion goes in Chroma's order, so a run a crash cut
+        short is finished on the next open). Returns how many vectors were converted."""
+        converted = 0
+        with self._gate.shared():
+            for collection in self._our_collections():
+                total = collection.count()
+                if not total:
+                    continue
+                last = collection.get(include=["metadatas"], limit=1, offset=total - 1)
+                if not _has_long_token((last.get("metadatas") or [{}])[0] or {}):
+                    continue
+                log.info(
+                    "the vector index holds the longer tokens of earlier versions: shortening"
+                    " them in %d vectors (once, nothing is embedded again)",
+                    total,
+                )
+                ids: list[str] = []
+                metas: list[dict[str, str | int | float | bool | None]] = []
+                for uid, meta in self._metadatas(collection):
+                    if _has_long_token(meta):
+                        ids.append(uid)
+                        metas.append(
+                            {k: short_token(str(meta[k])) for k in TOKEN_KEYS if k in meta}
+                        )
+                for start in range(0, len(ids), MAX_BATCH):
+                    end = start + MAX_BATCH
+                    collection.update(ids=ids[start:end], metadatas=metas[start:end])  # type: ignore[arg-type]
+                converted += len(ids)
+        if converted:
+            self.scrub()
+        return converted
 
     @staticmethod
     def _metadatas(collection: ChromaCollection) -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -16,6 +16,7 @@ from memory.engine import MemoryEngine
 from memory.index.chroma import OLD_CHANNEL_PREFIX, close_chroma, open_chroma
 from memory.model import Scope
 from tests.conftest import BOB, GENERAL, ORG, PROJECT, RANDOM, episode
+from tests.memory.index.test_token_upgrade import old_token
 
 TEXTS = {
     GENERAL: ["the nightly backup runs at three", "alice keeps the backup keys"],
@@ -23,22 +24,25 @@ TEXTS = {
 }
 
 
-def write_old_layout(chroma: Path, project: str, tokens: dict[str, str]) -> None:
+def write_old_layout(chroma: Path, project: str, long_tokens: dict[str, str]) -> None:
     """Rewrite the index as earlier versions laid it out: the project collection without
-    channel tags, and a copy of each vector in a collection per channel (``cmc_`` + token)."""
+    channel tags, and a copy of each vector in a collection per channel (``cmc_`` + token),
+    tokens in their long form (``long_tokens``: today's token -> the long one)."""
     client = open_chroma(str(chroma))
     try:
         current = client.get_collection(project, embedding_function=None)
         got = current.get(include=["embeddings", "metadatas"])
         ids, vectors = list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32)
         metas = [dict(m or {}) for m in got["metadatas"] or []]
-        channels = [m.pop("c") for m in metas]
+        channels = [long_tokens[m.pop("c")] for m in metas]
+        for m in metas:  # earlier versions' producer tokens were the long form too
+            m["p"] = long_tokens[str(m["p"])]
         client.delete_collection(project)
         old = client.create_collection(
             project, metadata={"hnsw:space": "cosine"}, embedding_function=None
         )
         old.upsert(ids=ids, embeddings=vectors, metadatas=metas)  # type: ignore[arg-type]
-        for token in tokens.values():
+        for token in set(channels):
             rows = [i for i, c in enumerate(channels) if c == token]
             copy = client.create_collection(
                 OLD_CHANNEL_PREFIX + token,
@@ -86,10 +90,15 @@ async def test_an_old_two_copy_folder_is_converted_once_without_reembedding(
         await engine.wait_indexed()
         assert engine.index is not None
         project = engine.index.project_collection(ORG, PROJECT)
-        tokens = {c: engine.index.channel_token(ORG, PROJECT, c) for c in TEXTS}
+        key = engine.index.key
+        long_tokens = {
+            engine.index.channel_token(ORG, PROJECT, c): old_token(key, "channel", ORG, PROJECT, c)
+            for c in TEXTS
+        }
+        long_tokens[engine.index.token("producer", BOB)] = old_token(key, "producer", BOB)
     finally:
         await engine.close()
-    write_old_layout(data_dir / "chroma", project, tokens)
+    write_old_layout(data_dir / "chroma", project, long_tokens)
     names, folders, _ = collections_and_segments(data_dir / "chroma")
     assert len(names) == 3 and folders >= 3  # the old layout really is on disk
 
