@@ -9,7 +9,9 @@ helper (``BEGIN IMMEDIATE`` under the write lock, roll back on any exception).
 Forgetting: ``secure_delete`` overwrites deleted content instead of leaving it in free pages,
 a delete merges the FTS segments in its transaction (an FTS5 delete only adds a tombstone), and
 :meth:`SQLiteStore.purge` folds and truncates the WAL, so forgotten text leaves the file and its
-log when the engine's call returns.
+log when the engine's call returns. A new file is made with ``auto_vacuum=INCREMENTAL`` and
+gives free pages back to the file system after indexing and forgetting (see
+:meth:`SQLiteStore._give_back_free_pages`).
 
 One process owns a data folder (:mod:`memory.folder`), so the embedding queue's claims live in
 that process (:class:`_Leases`) instead of in the file: the write lock orders them, a claim
