@@ -10,10 +10,28 @@ walk visits most of the collection before it finds enough matches) against about
 collection of its own. Instead the index keeps the vectors of recently searched channels in
 memory (:class:`_ChannelCache`, loaded with one ``where`` read, then kept current by every
 upsert and delete of this process) and compares them all with the query: exact, and well under
-a millisecond for a thousand vectors. That needs this process to be the only writer, which the
-folder lock guarantees for embedded Chroma; a Chroma server may have other writers (replicas),
-so there a channel search is Chroma's filtered query. Narrower filters (producer, thread) are
-tokens too: checked on the cached rows of a channel, a ``where`` clause otherwise.
+a millisecond for a thousand vectors. Narrower filters (producer, thread) are tokens too:
+checked on the cached rows of a channel, a ``where`` clause otherwise.
+
+With embedded Chroma this process is the only writer (the folder lock), so its own writes keep
+the cache exact. A Chroma server is shared by replicas, any of which may add or delete a
+channel's vectors, so there each channel has a mark: a record in a small collection of the
+project's own (``cmm_`` + the project collection's keyed hash; the record's id is the channel
+token, its value a random nonce). Every writer, after its upsert or delete of a channel's
+vectors has returned, writes a new nonce to that channel's mark. A search reads the mark (one
+get by id, about 2 ms), then uses the cached copy only if it was loaded under that same mark;
+otherwise it reads the mark's value first and the vectors second, and caches them under that
+value. Why that is enough: a write W whose new mark the reader saw had finished writing its
+vectors before it marked, so before the reader's mark read, so before its vector read: the
+load includes W. A write whose mark came after the reader's mark read changes the mark away from
+the value the copy is cached under (nonces never repeat, so it cannot come back), and the next
+search reloads. A reader that reads the old mark while vectors land may or may not see them, and
+reloads next time either way. A writer that dies between its vectors and its mark has not
+completed its claim or cleared its tombstone in the store, so the write is done again, and marked,
+by whoever retries it. Every replica, the writer included, thus reloads a channel after each
+change to it; a forgotten vector stays in no replica's memory past its next search of that
+channel (the writer drops it at once). Replicas of a version without marks must not share the
+server with this one.
 
 An index written by earlier versions (a second copy of every vector in one collection per
 channel, ``cmc_`` + the channel token) is converted on open, without re-embedding: the channel
@@ -46,6 +64,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import secrets
 import sys
 import threading
 from collections import OrderedDict
@@ -73,6 +92,9 @@ MAX_BATCH = 4000  # below Chroma's max_batch_size (5461 here)
 PROJECT_PREFIX = "cmp_"
 #: The per-channel copies earlier versions kept (see the module docstring); converted on open.
 OLD_CHANNEL_PREFIX = "cmc_"
+#: With a Chroma server: a project's channel marks (see the module docstring), one tiny record
+#: per channel, named after the project's collection.
+MARKS_PREFIX = "cmm_"
 #: Memory for cached channel vectors (float32); least recently searched channels go first.
 CHANNEL_CACHE_BYTES = 384 * 1024 * 1024
 #: Length of the hex tokens earlier versions put in a vector's metadata (see short_token).
@@ -199,10 +221,15 @@ class _Channel:
     (appends go to spare capacity, and to the ends of the lists), so a search reading it
     without the lock sees one consistent state; an overwritten row changes in place."""
 
-    def __init__(self, uids: list[str], vectors: Vectors, tags: list[Tag]) -> None:
+    def __init__(
+        self, uids: list[str], vectors: Vectors, tags: list[Tag], stamp: str | None = None
+    ) -> None:
         self._buffer = _normalised(vectors)
         self.view: tuple[list[str], Vectors, list[Tag]] = (list(uids), self._buffer, list(tags))
         self.rows = {uid: i for i, uid in enumerate(uids)}
+        #: The channel's mark (a Chroma server) read before these rows were: see the module
+        #: docstring. None: no mark (embedded Chroma, or a channel no writer has marked yet).
+        self.stamp = stamp
 
     @property
     def uids(self) -> list[str]:
@@ -333,10 +360,26 @@ class _ChannelCache:
             self._channels.move_to_end(key)
             return True, self._channels[key]
 
-    def keep(self, key: tuple[str, str], channel: _Channel | None, version: int) -> None:
+    def keep(
+        self,
+        key: tuple[str, str],
+        channel: _Channel | None,
+        version: int,
+        stale: _Channel | None = None,
+    ) -> None:
+        """Cache a freshly loaded channel, in place of ``stale`` (the copy found out of date),
+        unless this process wrote to the collection while it was loading."""
         with self.lock:
-            if self._versions.get(key[0], 0) != version or key in self._channels:
+            if self._versions.get(key[0], 0) != version:
                 return
+            if key in self._channels:
+                held = self._channels[key]
+                if held is None or held is not stale:
+                    return  # another search loaded it meanwhile
+                del self._channels[key]
+                for uid in held.uids:
+                    if self._home.get(uid) == key:
+                        del self._home[uid]
             self._channels[key] = channel
             if channel is not None:
                 for uid in channel.uids:
@@ -428,7 +471,11 @@ class ChromaIndex:
         self._collections: dict[str, ChromaCollection] = {}
         self._lock = threading.Lock()
         self._gate = _Gate()
-        self._cache = _ChannelCache() if path is not None else None
+        self._cache = _ChannelCache()
+        # A Chroma server may have other writers (replicas): they and we mark every channel
+        # whose vectors change, and a cached channel is used only while its mark is the one
+        # read before it was loaded (the module docstring says why that is enough).
+        self._shared = path is None
         # Collections vectors were deleted from since the last scrub (None: maybe any, as
         # after a crash: the first scrub goes over every collection).
         self._touched: set[str] | None = None
@@ -519,15 +566,16 @@ class ChromaIndex:
                         embeddings=np.asarray(vectors[chunk], dtype=np.float32),
                         metadatas=[self._item_meta(items[i]) for i in chunk],
                     )
-            if self._cache is not None:
-                for (name, token), rows in groups.items():
-                    self._cache.put(
-                        name,
-                        token,
-                        [items[i].uid for i in rows],
-                        vectors[rows],
-                        [self._tag(items[i].producer, items[i].thread_id) for i in rows],
-                    )
+            for name in by_collection:
+                self._mark(name, {token for (n, token) in groups if n == name})
+            for (name, token), rows in groups.items():
+                self._cache.put(
+                    name,
+                    token,
+                    [items[i].uid for i in rows],
+                    vectors[rows],
+                    [self._tag(items[i].producer, items[i].thread_id) for i in rows],
+                )
 
     def _tag(self, producer: str, thread_id: str | None) -> Tag:
         thread = self.token("thread", thread_id) if thread_id else None
@@ -599,16 +647,19 @@ class ChromaIndex:
     def _cached_channel(
         self, collection: ChromaCollection, org_id: str, project_id: str, produced_for: str
     ) -> _Channel | None:
-        """The channel's vectors from the cache, loaded on first use; None when there is no
-        cache (a Chroma server) or the channel is too large for it."""
+        """The channel's vectors from the cache, loaded on first use and, with a Chroma
+        server, again whenever its mark has changed since; None when the channel is too large
+        for the cache."""
         cache = self._cache
-        if cache is None:
-            return None
         token = self.channel_token(org_id, project_id, produced_for)
         key = (collection.name, token)
-        found, channel = cache.get(key)
-        if found:
-            return channel
+        found, held = cache.get(key)
+        if found and held is None:
+            return None
+        # The mark is read before the vectors (the module docstring says why).
+        stamp = self._stamp(collection.name, token) if self._shared else None
+        if held is not None and held.stamp == stamp:
+            return held
         version = cache.version(collection.name)
         got = collection.get(
             where={"c": token},
@@ -617,30 +668,70 @@ class ChromaIndex:
         )
         uids = list(got["ids"])
         embeddings = got.get("embeddings")
+        channel: _Channel | None
         if len(uids) > MAX_CACHED_CHANNEL:
             channel = None
         elif not uids or embeddings is None:
-            channel = _Channel([], np.zeros((0, 0), dtype=np.float32), [])
+            channel = _Channel([], np.zeros((0, 0), dtype=np.float32), [], stamp)
         else:
             metas = got.get("metadatas") or [{}] * len(uids)
             tags = [(str((m or {}).get("p", "")), _str_or_none((m or {}).get("t"))) for m in metas]
-            channel = _Channel(uids, np.asarray(embeddings, dtype=np.float32), tags)
-        cache.keep(key, channel, version)
+            channel = _Channel(uids, np.asarray(embeddings, dtype=np.float32), tags, stamp)
+        cache.keep(key, channel, version, stale=held)
         return channel
 
+    def cached_uids(self, org_id: str, project_id: str, produced_for: str) -> set[str] | None:
+        """The uids this process holds in memory for a channel (None: it holds none)."""
+        name = self.project_collection(org_id, project_id)
+        found, held = self._cache.get((name, self.channel_token(org_id, project_id, produced_for)))
+        return set(held.uids) if found and held is not None else None
+
+    # -- channel marks (a Chroma server) ----------------------------------------------------
+
+    @staticmethod
+    def _marks_name(collection_name: str) -> str:
+        return MARKS_PREFIX + collection_name.removeprefix(PROJECT_PREFIX)
+
+    def _mark(self, collection_name: str, tokens: Collection[str]) -> None:
+        """With a Chroma server, after changing these channels' vectors: give each channel a
+        new mark (a random nonce no earlier mark had), so that every replica's cached copy of
+        them is out of date."""
+        if not self._shared or not tokens:
+            return
+        marks = self._collection(self._marks_name(collection_name), create=True)
+        assert marks is not None
+        ids = sorted(tokens)
+        nonce = secrets.token_hex(8)
+        marks.upsert(
+            ids=ids,
+            embeddings=np.ones((len(ids), 1), dtype=np.float32),
+            metadatas=[{"v": nonce}] * len(ids),
+        )
+
+    def _stamp(self, collection_name: str, token: str) -> str | None:
+        """A channel's mark now (None: never marked)."""
+        marks = self._collection(self._marks_name(collection_name), create=False)
+        if marks is None:
+            return None
+        got = marks.get(ids=[token], include=["metadatas"])
+        metas = got.get("metadatas") or []
+        return _str_or_none((metas[0] or {}).get("v")) if metas else None
+
     def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:
-        self.delete_ids(self.project_collection(org_id, project_id), uids)
+        token = self.channel_token(org_id, project_id, produced_for)
+        self.delete_ids(self.project_collection(org_id, project_id), uids, [token])
 
     def drop_project(self, org_id: str, project_id: str, channels: list[str]) -> None:
         del channels  # one collection holds the whole project
+        name = self.project_collection(org_id, project_id)
         with self._gate.shared():
-            self._drop(self.project_collection(org_id, project_id))
+            self._drop(name)
+            self._drop(self._marks_name(name))
 
     def _drop(self, name: str) -> None:
         with self._lock:
             self._collections.pop(name, None)
-        if self._cache is not None:
-            self._cache.forget(name)
+        self._cache.forget(name)
         try:
             self.client.delete_collection(name)
         except Exception:  # already gone
@@ -707,15 +798,25 @@ class ChromaIndex:
                 return ids
             offset += 5000
 
-    def delete_ids(self, collection_name: str, uids: list[str]) -> None:
+    def delete_ids(
+        self, collection_name: str, uids: list[str], channels: Collection[str] = ()
+    ) -> None:
+        """Delete vectors from a collection; ``channels``: the tokens of the channels they
+        are in, when known (with a Chroma server the vectors' own are read too, to mark)."""
         with self._gate.shared():
             collection = self._collection(collection_name, create=False)
             if collection is not None and uids:
+                changed = set(channels)
                 for start in range(0, len(uids), MAX_BATCH):
-                    collection.delete(ids=uids[start : start + MAX_BATCH])
+                    chunk = uids[start : start + MAX_BATCH]
+                    if self._shared:
+                        got = collection.get(ids=chunk, include=["metadatas"])
+                        metas = got.get("metadatas") or []
+                        changed.update(str(m["c"]) for m in metas if m and m.get("c"))
+                    collection.delete(ids=chunk)
                 self._mark_touched(collection_name)
-                if self._cache is not None:
-                    self._cache.remove(collection_name, uids)
+                self._mark(collection_name, changed)
+                self._cache.remove(collection_name, uids)
 
     def vector_ids(self) -> set[str]:
         """The ids of every vector in the index (the deep consistency check)."""
@@ -732,12 +833,11 @@ class ChromaIndex:
         """Drop every collection of ours (before a full reindex, or a new naming key)."""
         with self._gate.shared():
             for name in self._names():
-                if name.startswith((PROJECT_PREFIX, OLD_CHANNEL_PREFIX)):
+                if name.startswith((PROJECT_PREFIX, OLD_CHANNEL_PREFIX, MARKS_PREFIX)):
                     self._drop(name)
             with self._lock:
                 self._collections.clear()
-            if self._cache is not None:
-                self._cache.forget()
+            self._cache.forget()
 
     def upgrade_layout(self) -> int:
         """Convert an index in the layout of earlier versions (every vector also in a
@@ -772,6 +872,7 @@ class ChromaIndex:
                     for start in range(0, len(uids), MAX_BATCH):
                         chunk = uids[start : start + MAX_BATCH]
                         project.update(ids=chunk, metadatas=[{"c": token}] * len(chunk))
+                    self._mark(project.name, [token])
                     tagged.update(uids)
                 self._drop(channel.name)
             untagged: dict[str, list[str]] = {}

@@ -1,14 +1,20 @@
 """Channel-scoped vector search in the one-copy layout: one Chroma collection per project, a
 channel found by its token, its vectors compared in memory once searched (see
-:mod:`memory.index.chroma`). What a channel search returns must follow every later write."""
+:mod:`memory.index.chroma`). What a channel search returns must follow every later write: this
+process's own and, with a Chroma server, those of other replicas sharing it."""
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 
 from memory.engine import MemoryEngine
 from memory.index.base import VectorItem
+from memory.index.chroma import ChromaIndex, open_chroma
 from memory.model import Scope
+from memory.store.postgres import PostgresStore
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode
 
 
@@ -81,3 +87,97 @@ async def test_channel_and_project_searches_score_alike(engine: MemoryEngine) ->
         expected = [(u, s) for u, s in chroma if int(u[1:]) % 2]
         assert mine and [u for u, _ in mine] == [u for u, _ in expected], (producer, thread)
         assert np.allclose([s for _, s in mine], [s for _, s in expected], atol=1e-4)
+
+
+def replica(chroma_url: str, key: bytes) -> ChromaIndex:
+    return ChromaIndex(functools.partial(open_chroma, None, chroma_url), key)
+
+
+def test_a_cached_channel_follows_another_replicas_writes(chroma_url: str) -> None:
+    """Two indexes on one Chroma server (two replicas): what A has cached of a channel follows
+    B's upserts and deletes (by channel, and of orphans by id alone) from A's next search on,
+    and A's results are still exact: those of a search over every vector of the channel."""
+    key = bytes(range(32))
+    a, b = replica(chroma_url, key), replica(chroma_url, key)
+    try:
+        rng = np.random.default_rng(5)
+        vectors = rng.standard_normal((30, 16)).astype(np.float32)
+        items = [
+            VectorItem(f"u{i}", ORG, PROJECT, GENERAL if i % 3 else RANDOM, BOB, None)
+            for i in range(30)
+        ]
+        general = {item.uid for item in items if item.produced_for == GENERAL}
+        b.upsert(items[:20], vectors[:20])
+        query = rng.standard_normal(16).astype(np.float32)
+
+        def exact(uids: set[str], k: int) -> list[str]:
+            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            sims = unit @ (query / np.linalg.norm(query))
+            return sorted(uids, key=lambda u: -sims[int(u[1:])])[:k]
+
+        first = {u for u in general if int(u[1:]) < 20}
+        assert [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 5)] == exact(first, 5)
+        assert a.cached_uids(ORG, PROJECT, GENERAL) == first
+
+        # B adds vectors (one of them the query itself) and deletes one of the channel.
+        vectors[25] = query
+        b.upsert(items[20:], vectors[20:])
+        b.delete(ORG, PROJECT, GENERAL, ["u1"])
+        now = general - {"u1"}
+        found = [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 40)]
+        assert found == exact(now, 40) and found[0] == "u25"
+        assert a.cached_uids(ORG, PROJECT, GENERAL) == now  # u1 left A's memory
+
+        # An orphan dropped by id alone (its channel unknown to the caller) leaves A too.
+        b.drop({"u2"})
+        assert "u2" not in [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 40)]
+        assert a.cached_uids(ORG, PROJECT, GENERAL) == now - {"u2"}
+
+        # A's own writes are followed too, and B (which cached nothing) reads them.
+        a.delete(ORG, PROJECT, GENERAL, ["u4"])
+        assert "u4" not in [u for u, _ in b.query(ORG, PROJECT, GENERAL, query, 40)]
+        assert b.cached_uids(ORG, PROJECT, GENERAL) == now - {"u2", "u4"}
+    finally:
+        a.reset()
+        a.close()
+        b.close()
+
+
+async def test_replicas_searching_a_channel_see_each_others_adds_and_forgets(
+    tmp_path: Path, pg_url: str, chroma_url: str
+) -> None:
+    """Two engines on one PostgreSQL store and one Chroma server: A searches a channel (and so
+    holds its vectors), B adds and indexes a message there and forgets another; A's next
+    search of the channel finds the new one and not the forgotten one, which is gone from A's
+    memory as well."""
+    engines = [
+        await MemoryEngine.open(
+            tmp_path / name,
+            "hash",
+            chroma_url=chroma_url,
+            store=PostgresStore(pg_url),
+            background=False,
+        )
+        for name in ("a", "b")
+    ]
+    a, b = engines
+    try:
+        kept = await a.add([episode("the backup rota starts monday")])
+        gone = await a.add([episode("who owns the backup keys", producer=BOB)])
+        await a.wait_indexed()
+        assert set(await vector_hits(a, "backup", GENERAL)) == {*kept, *gone}
+        assert a.index is not None and b.index is not None
+        assert a.index.cached_uids(ORG, PROJECT, GENERAL) == {*kept, *gone}
+
+        new = await b.add([episode("the backup moved to tuesday night")])
+        await b.wait_indexed()
+        await b.forget(ORG, producer=BOB)
+        found = await vector_hits(a, "backup moved to tuesday night", GENERAL)
+        assert found[0] == new[0] and set(found) == {*kept, *new}
+        assert a.index.cached_uids(ORG, PROJECT, GENERAL) == {*kept, *new}
+        anything = np.ones(a.embedder.dim, dtype=np.float32)
+        reached = a.index.query(ORG, PROJECT, GENERAL, anything, 10)
+        assert sorted(uid for uid, _ in reached) == sorted([*kept, *new])
+    finally:
+        for engine in engines:
+            await engine.close()
