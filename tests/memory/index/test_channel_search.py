@@ -96,7 +96,9 @@ def replica(chroma_url: str, key: bytes) -> ChromaIndex:
 def test_a_cached_channel_follows_another_replicas_writes(chroma_url: str) -> None:
     """Two indexes on one Chroma server (two replicas): what A has cached of a channel follows
     B's upserts and deletes (by channel, and of orphans by id alone) from A's next search on,
-    and A's results are still exact: those of a search over every vector of the channel."""
+    and A's results are still exact: those of a search over every vector of the channel. A
+    copy that was of use is reloaded at once; one written to before any search used it is
+    dropped, that search asks Chroma, and the next one (no write between) reloads."""
     key = bytes(range(32))
     a, b = replica(chroma_url, key), replica(chroma_url, key)
     try:
@@ -116,8 +118,9 @@ def test_a_cached_channel_follows_another_replicas_writes(chroma_url: str) -> No
             return sorted(uids, key=lambda u: -sims[int(u[1:])])[:k]
 
         first = {u for u in general if int(u[1:]) < 20}
-        assert [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 5)] == exact(first, 5)
-        assert a.cached_uids(ORG, PROJECT, GENERAL) == first
+        for _ in range(2):  # loads the channel, then uses the copy
+            assert [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 5)] == exact(first, 5)
+            assert a.cached_uids(ORG, PROJECT, GENERAL) == first
 
         # B adds vectors (one of them the query itself) and deletes one of the channel.
         vectors[25] = query
@@ -128,15 +131,20 @@ def test_a_cached_channel_follows_another_replicas_writes(chroma_url: str) -> No
         assert found == exact(now, 40) and found[0] == "u25"
         assert a.cached_uids(ORG, PROJECT, GENERAL) == now  # u1 left A's memory
 
-        # An orphan dropped by id alone (its channel unknown to the caller) leaves A too.
+        # An orphan dropped by id alone (its channel unknown to the caller) leaves A too; the
+        # copy A reloaded above was not used before this write, so A asks Chroma and keeps
+        # no rows until a search finds the channel quiet.
         b.drop({"u2"})
-        assert "u2" not in [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 40)]
-        assert a.cached_uids(ORG, PROJECT, GENERAL) == now - {"u2"}
+        now -= {"u2"}
+        assert [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 40)] == exact(now, 40)
+        assert a.cached_uids(ORG, PROJECT, GENERAL) == set()
+        assert [u for u, _ in a.query(ORG, PROJECT, GENERAL, query, 40)] == exact(now, 40)
+        assert a.cached_uids(ORG, PROJECT, GENERAL) == now
 
         # A's own writes are followed too, and B (which cached nothing) reads them.
         a.delete(ORG, PROJECT, GENERAL, ["u4"])
-        assert "u4" not in [u for u, _ in b.query(ORG, PROJECT, GENERAL, query, 40)]
-        assert b.cached_uids(ORG, PROJECT, GENERAL) == now - {"u2", "u4"}
+        assert [u for u, _ in b.query(ORG, PROJECT, GENERAL, query, 40)] == exact(now - {"u4"}, 40)
+        assert b.cached_uids(ORG, PROJECT, GENERAL) == now - {"u4"}
     finally:
         a.reset()
         a.close()
@@ -165,7 +173,8 @@ async def test_replicas_searching_a_channel_see_each_others_adds_and_forgets(
         kept = await a.add([episode("the backup rota starts monday")])
         gone = await a.add([episode("who owns the backup keys", producer=BOB)])
         await a.wait_indexed()
-        assert set(await vector_hits(a, "backup", GENERAL)) == {*kept, *gone}
+        for _ in range(2):  # loads the channel, then uses the copy
+            assert set(await vector_hits(a, "backup", GENERAL)) == {*kept, *gone}
         assert a.index is not None and b.index is not None
         assert a.index.cached_uids(ORG, PROJECT, GENERAL) == {*kept, *gone}
 
@@ -181,3 +190,18 @@ async def test_replicas_searching_a_channel_see_each_others_adds_and_forgets(
     finally:
         for engine in engines:
             await engine.close()
+
+
+async def test_a_channel_without_vectors_is_searched_then_follows_its_first(
+    engine: MemoryEngine,
+) -> None:
+    """A channel searched before it has any vector (its project has some) holds none, then
+    the first one written to it."""
+    await engine.add([episode("the backup disk is full", produced_for=RANDOM)])
+    await engine.wait_indexed()
+    assert engine.index is not None
+    anything = np.ones(engine.embedder.dim, dtype=np.float32)
+    assert engine.index.query(ORG, PROJECT, GENERAL, anything, 5) == []
+    first = await engine.add([episode("the backup rota starts monday")])
+    await engine.wait_indexed()
+    assert await vector_hits(engine, "backup rota", GENERAL) == first

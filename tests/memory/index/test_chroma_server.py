@@ -10,6 +10,7 @@ import chromadb
 import httpx
 
 from memory.engine import MemoryEngine
+from memory.index.chroma import MARKS_PREFIX, PROJECT_PREFIX
 from memory.model import Fact, Scope
 from tests.conftest import BOB, GENERAL, ORG, PROJECT, episode
 from tests.server_harness import channelmind_serve
@@ -61,7 +62,12 @@ async def test_engine_on_a_chroma_server(chroma_url: str, data_dir: Path) -> Non
         assert set(remote.get(include=[])["ids"]) == {uids[0], uids[2]}
         general = {"c": engine.index.channel_token(ORG, PROJECT, GENERAL)}
         assert set(remote.get(where=general, include=[])["ids"]) == {uids[0]}
-        assert [c.name for c in client.list_collections()] == [remote.name]  # one copy each
+        # One copy of each vector; beside it only the project's channel marks (no vectors).
+        marks = MARKS_PREFIX + remote.name.removeprefix(PROJECT_PREFIX)
+        assert sorted(c.name for c in client.list_collections()) == sorted([remote.name, marks])
+        assert set(client.get_collection(marks).get(include=[])["ids"]) == {
+            engine.index.channel_token(ORG, PROJECT, channel) for channel in (GENERAL, "slack:COPS")
+        }
         assert engine.index is not None
         assert uids[1] not in engine.index.vector_ids()
         assert (await engine.search("espresso descaling", scope, mode="vector")).hits[
