@@ -28,9 +28,11 @@ the value the copy is cached under (nonces never repeat, so it cannot come back)
 search reloads. A reader that reads the old mark while vectors land may or may not see them, and
 reloads next time either way. A writer that dies between its vectors and its mark has not
 completed its claim or cleared its tombstone in the store, so the write is done again, and marked,
-by whoever retries it. Every replica, the writer included, thus reloads a channel after each
-change to it; a forgotten vector stays in no replica's memory past its next search of that
-channel (the writer drops it at once). Replicas of a version without marks must not share the
+by whoever retries it. Every replica, the writer included, thus stops using its copy of a
+channel after each change to it: its next search reloads it, or, for a channel written between
+every two searches, drops it and asks Chroma's filtered query (:meth:`ChromaIndex._cached_channel`).
+A forgotten vector stays in no replica's memory past its next search of that channel (the
+writer drops it at once). Replicas of a version without marks must not share the
 server with this one.
 
 An index written by earlier versions (a second copy of every vector in one collection per
