@@ -237,6 +237,11 @@ class _Channel:
         self.seen = stamp
         self.used = False
 
+    @classmethod
+    def empty(cls, stamp: str | None) -> _Channel:
+        """A channel with no vectors (yet) under the mark ``stamp``."""
+        return cls([], np.zeros((0, 0), dtype=np.float32), [], stamp)
+
     @property
     def uids(self) -> list[str]:
         return self.view[0]
@@ -679,7 +684,7 @@ class ChromaIndex:
             # A channel written between every two searches is searched by Chroma's filter.
             # The out-of-date rows leave memory either way (they may hold forgotten vectors).
             if not (held.used or held.seen == stamp):
-                empty = _Channel([], np.zeros((0, 0), dtype=np.float32), [], stamp=_NO_MARK)
+                empty = _Channel.empty(_NO_MARK)
                 empty.seen = stamp
                 cache.keep(key, empty, None, stale=held)
                 return None
@@ -695,7 +700,7 @@ class ChromaIndex:
         if len(uids) > MAX_CACHED_CHANNEL:
             channel = None
         elif not uids or embeddings is None:
-            channel = _Channel([], np.zeros((0, 0), dtype=np.float32), [], stamp)
+            channel = _Channel.empty(stamp)
         else:
             metas = got.get("metadatas") or [{}] * len(uids)
             tags = [(str((m or {}).get("p", "")), _str_or_none((m or {}).get("t"))) for m in metas]
