@@ -18,7 +18,8 @@ class MemorySettings(BaseSettings):
     embedder: Literal["local", "openai", "hash"] = "local"
     embedding_model: str | None = None
     #: What runs the local model: torch (sentence-transformers) or ONNX Runtime (float32, or
-    #: int8 dense layers); unset, the default (memory.embedders.DEFAULT_BACKEND). See README,
+    #: int8 dense layers); unset, the default for a new folder (memory.embedders.default_backend)
+    #: and, for a folder indexed with another local backend, that one. See README,
     #: "Local embedding backends".
     embedder_backend: Literal["torch", "onnx", "onnx-int8"] | None = None
     chroma_url: str | None = None

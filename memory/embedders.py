@@ -120,7 +120,7 @@ class LocalEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        return f"local:{self._path.name}:{self.dim}"
+        return _local_fingerprint(self._path, self.dim, 32)
 
     def embed(self, texts: list[str]) -> Vectors:
         vectors = self._model.encode(
@@ -134,6 +134,18 @@ class LocalEmbedder:
 
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+#: The local model's weight bits: float32 (torch, onnx), then onnx-int8's 7 and 8 bits.
+LOCAL_BITS = (32, WEIGHT_BITS, 8)
+
+
+def _local_fingerprint(model_dir: Path, dim: int, bits: int) -> str:
+    """The local model's fingerprint: torch and float32 ONNX share one (the same vectors to
+    rounding); int8 names its weight bits, 7 bits keeping the plain ":int8" it was first
+    indexed under."""
+    plain = f"local:{model_dir.name}:{dim}"
+    if bits == 32:
+        return plain
+    return f"{plain}:int8" + ("" if bits == WEIGHT_BITS else f"w{bits}")
 
 
 def _cores() -> int:
@@ -226,11 +238,7 @@ class OnnxEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        torch_fingerprint = f"local:{self._path.name}:{self.dim}"  # LocalEmbedder's
-        if self.bits == 32:
-            return torch_fingerprint
-        # 7-bit weights kept the plain ":int8" they were first indexed under
-        return f"{torch_fingerprint}:int8" + ("" if self.bits == WEIGHT_BITS else f"w{self.bits}")
+        return _local_fingerprint(self._path, self.dim, self.bits)
 
     def embed(self, texts: list[str]) -> Vectors:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -313,13 +321,19 @@ def similarities(embedder: Embedder, query: str, texts: Sequence[str]) -> list[f
     return [float(s) for s in sims]
 
 
-#: What runs the local model when CHANNELMIND_EMBEDDER_BACKEND is not set: ONNX Runtime in
-#: float32. It gives torch's vectors to rounding (same fingerprint, so no reindex either way),
-#: LoCoMo recall@10 within 0.002 of torch's, 2.7-5x its throughput, and a query embedded in
-#: 6-11 ms at the median where torch took 11-160 ms and ~490 ms at p95 on a busy machine (its
-#: intra-op threads wait on each other). torch stays one setting away (README, "Local
-#: embedding backends"); a model the ONNX graph does not cover falls back to it.
-DEFAULT_BACKEND = "onnx"
+def default_backend() -> str:
+    """What runs the local model for a new folder when CHANNELMIND_EMBEDDER_BACKEND is not set:
+    ``onnx-int8`` on a CPU with VNNI (8-bit weights), else ``onnx`` (float32).
+
+    Measured on the 2-core development machine (README, "Local embedding backends"): int8
+    embedded 671 messages/s to float32's 261, and cost 0.0039 of cross-validated LoCoMo
+    recall@10 with 8-bit weights (0.8047 to 0.8086), inside the 0.005 the default may lose;
+    with 7-bit weights it cost 0.0052 (0.8034), outside it. A folder indexed with another
+    local backend keeps it while the variable is unset (:func:`folder_embedder`); a model the
+    ONNX graph does not cover falls back to torch."""
+    from .minilm_onnx import weight_bits
+
+    return "onnx-int8" if weight_bits() == 8 else "onnx"
 
 
 def _local_embedder(model: str | None, backend: str | None) -> Embedder:
@@ -329,7 +343,7 @@ def _local_embedder(model: str | None, backend: str | None) -> Embedder:
 
     if backend is None:
         try:
-            return _local_embedder(model, DEFAULT_BACKEND)
+            return _local_embedder(model, default_backend())
         except UnsupportedModel as exc:
             log.info("embedding with torch: %s", exc)
             return LocalEmbedder(model)
@@ -338,6 +352,25 @@ def _local_embedder(model: str | None, backend: str | None) -> Embedder:
     if backend in ("onnx", "onnx-int8"):
         return OnnxEmbedder(model, int8=backend == "onnx-int8")
     raise ValueError(f"unknown embedder backend {backend!r}: choose {', '.join(BACKENDS)}")
+
+
+def folder_embedder(fingerprint: str, current: Embedder) -> Embedder | None:
+    """The embedder that wrote an index under ``fingerprint``, when that is ``current``'s
+    local model on another backend (float32, or int8 with other weight bits): a folder keeps
+    what it was indexed with while CHANNELMIND_EMBEDDER_BACKEND is unset (README, "Local
+    embedding backends"). None for anything else, which only a reindex can bridge."""
+    from .minilm_onnx import UnsupportedModel
+
+    if not isinstance(current, LocalEmbedder | OnnxEmbedder):
+        return None
+    for bits in LOCAL_BITS:
+        if _local_fingerprint(current._path, current.dim, bits) == fingerprint:
+            try:
+                found = OnnxEmbedder(str(current._path), int8=bits != 32, bits=bits)
+            except UnsupportedModel:  # an int8 index, and a model only torch runs now
+                return None
+            return found if found.fingerprint == fingerprint else None
+    return None
 
 
 def make_embedder(
@@ -350,7 +383,7 @@ def make_embedder(
 ) -> Embedder:
     """Build the embedder named by ``CHANNELMIND_EMBEDDER`` (local, openai or hash); the local
     one runs on ``backend`` (``CHANNELMIND_EMBEDDER_BACKEND``: torch, onnx or onnx-int8;
-    unset: :data:`DEFAULT_BACKEND`)."""
+    unset: :func:`default_backend`)."""
     if kind == "local":
         if backend is None:
             from .config import MemorySettings

@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import MemorySettings
 from .embed_queue import EmbedQueue
-from .embedders import Embedder, Vectors, make_embedder, similarities
+from .embedders import Embedder, Vectors, folder_embedder, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
 from .index.base import VectorIndex, VectorItem
@@ -93,8 +93,7 @@ class MemoryEngine:
         """``store``: where the records live (default: the embedded SQLite file in the data
         folder; :meth:`open` takes it from ``CHANNELMIND_DATABASE_URL``)."""
         self.data_dir = Path(data_dir)
-        self.embedder = embedder
-        self.embedding = EmbedQueue(embedder)  # every model call of this engine goes through it
+        self._use_embedder(embedder)
         self.chroma_url = chroma_url
         self.index_batch = index_batch
         self.ranking = ranking or Ranking()
@@ -148,15 +147,22 @@ class MemoryEngine:
             chroma_url if chroma_url is not None else settings.chroma_url,
             **kwargs,
         )
-        await engine._start(allow_embedder_change, background)
+        follow_folder = settings.embedder_backend is None and not allow_embedder_change
+        await engine._start(allow_embedder_change, background, follow_folder)
         return engine
 
-    async def _start(self, allow_embedder_change: bool, background: bool) -> None:
+    def _use_embedder(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.embedding = EmbedQueue(embedder)  # every model call of this engine goes through it
+
+    async def _start(
+        self, allow_embedder_change: bool, background: bool, follow_folder: bool = False
+    ) -> None:
         # FolderInUse / FolderNotWritable, before anything is touched.
         self.folder = await asyncio.to_thread(FolderLock.acquire, self.data_dir)
         try:
             await self.store.open()
-            await self._check_embedder(allow_embedder_change)
+            await self._check_embedder(allow_embedder_change, follow_folder)
             await self._open_index()
             await self._check_embed_text()
             await self._drain_tombstones()
@@ -209,10 +215,26 @@ class MemoryEngine:
         if self.folder is not None:
             await asyncio.to_thread(self.folder.set_url, url)
 
-    async def _check_embedder(self, allow_change: bool) -> None:
+    async def _check_embedder(self, allow_change: bool, follow_folder: bool) -> None:
+        """Refuse an index built by another embedder, unless ``allow_change`` (a reindex
+        follows) or, with ``follow_folder`` (no backend set), it is the same local model on
+        another backend: the folder then keeps the one it was indexed with."""
         current = self.embedder.fingerprint
         stored = await self.store.init_meta("embedder", current)
-        if stored != current and not allow_change:
+        if stored == current or allow_change:
+            return
+        found = None
+        if follow_folder:
+            found = await asyncio.to_thread(folder_embedder, stored, self.embedder)
+        if found is not None:
+            log.info(
+                "embedding with %s, as this folder was indexed with it; `channelmind reindex`"
+                " moves it to %s",
+                stored,
+                current,
+            )
+            self._use_embedder(found)
+        else:
             raise EmbedderMismatch(
                 f"the vector index was built with the embedder {stored!r}, but {current!r} is"
                 " configured; run `channelmind reindex` to rebuild the index with it, or set"

@@ -1,7 +1,8 @@
 """The packaged MiniLM on ONNX Runtime: the graph built from the safetensors weights gives
 torch's vectors (float32: to rounding, so both share one fingerprint; int8: close, under a
 fingerprint of its own), loads with the network refused and without importing torch, and is
-what the engine runs when CHANNELMIND_EMBEDDER_BACKEND names it."""
+what the engine runs when CHANNELMIND_EMBEDDER_BACKEND names it; unset, a new folder gets the
+default and an existing one keeps the local backend it was indexed with."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import pytest
 
 from memory.config import MemorySettings
 from memory.embedders import (
-    DEFAULT_BACKEND,
     LocalEmbedder,
     OnnxEmbedder,
     _batches,
     bundled_model_path,
+    default_backend,
     make_embedder,
 )
 from memory.engine import MemoryEngine
@@ -163,7 +164,8 @@ print(json.dumps({"attempts": attempts, "torch": "torch" in sys.modules,
 def test_backend_setting_picks_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CHANNELMIND_EMBEDDER_BACKEND", raising=False)
     default = make_embedder("local")
-    assert getattr(default, "backend", None) == DEFAULT_BACKEND
+    assert getattr(default, "backend", None) == default_backend()
+    assert default_backend() == ("onnx-int8" if weight_bits() == 8 else "onnx")
     monkeypatch.setenv("CHANNELMIND_EMBEDDER_BACKEND", "torch")
     assert MemorySettings(_env_file=None).embedder_backend == "torch"  # type: ignore[call-arg]
     assert isinstance(make_embedder("local"), LocalEmbedder)
@@ -261,3 +263,82 @@ def test_switching_to_or_from_int8_asks_for_a_reindex(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["vectors"] == 3
     for backend in ("torch", "onnx"):
         assert "channelmind reindex" in one_line(stats(backend))
+
+
+CHAT = """\
+alice: Lunch is at noon on Fridays in the big room
+bob: Our records are stored in a PostgreSQL database on the main server
+carol: Alice is on vacation until Monday
+dave: The office plants need watering twice a week
+"""
+ANSWER = "Our records are stored in a PostgreSQL database on the main server"
+QUESTION = "Where is the company data kept?"  # not one word in common with ANSWER
+
+
+def test_a_folder_keeps_its_backend_while_none_is_set(
+    tmp_path: Path, onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder
+) -> None:
+    """The upgrade as a user meets it, through the CLI. On a CPU with VNNI (the default is
+    int8 there): a memory built with CHANNELMIND_EMBEDDER_BACKEND=onnx opens with the variable
+    unset, keeps its float32 index and finds a message by meaning; the backend set against the
+    folder is still refused with one line; `channelmind reindex` moves it to the default, and
+    a new folder starts on it. Without VNNI (the default is onnx) the same, the other way."""
+    fingerprints = {"onnx": onnx_fp32.fingerprint, "onnx-int8": onnx_int8.fingerprint}
+    default = default_backend()
+    (other,) = set(fingerprints) - {default}
+    data = tmp_path / "data"
+    script = tmp_path / "team.txt"
+    script.write_text(CHAT, encoding="utf-8")
+
+    def cli(*args: str, **backend: str) -> subprocess.CompletedProcess[str]:
+        env = environment(data, CHANNELMIND_EMBEDDER="local", **backend)
+        return channelmind(*args, env=env, cwd=tmp_path)
+
+    def recall() -> str:
+        """The top message `channelmind recall` shows for QUESTION, with no backend set."""
+        done = cli("recall", QUESTION, "--channel", "team", "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        return str((json.loads(done.stdout) or [{"content": ""}])[0]["content"])
+
+    def embedder(done: subprocess.CompletedProcess[str]) -> str:
+        assert done.returncode == 0, done.stderr[-2000:]
+        return str(json.loads(done.stdout)["embedder"])
+
+    chat = cli(
+        "chat", "--script", str(script), "--channel", "team", CHANNELMIND_EMBEDDER_BACKEND=other
+    )
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert embedder(cli("stats", "--json")) == fingerprints[other] != fingerprints[default]
+    assert recall().endswith(ANSWER)
+    line = one_line(cli("stats", "--json", CHANNELMIND_EMBEDDER_BACKEND=default))
+    assert "channelmind reindex" in line and fingerprints[other] in line, line
+
+    assert cli("reindex").returncode == 0
+    assert embedder(cli("stats", "--json")) == fingerprints[default]
+    assert recall().endswith(ANSWER)
+    line = one_line(cli("stats", "--json", CHANNELMIND_EMBEDDER_BACKEND=other))
+    assert "channelmind reindex" in line and fingerprints[default] in line, line
+
+    new = environment(tmp_path / "new", CHANNELMIND_EMBEDDER="local")
+    assert embedder(channelmind("stats", "--json", env=new, cwd=tmp_path)) == fingerprints[default]
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_an_int8_folder_keeps_its_weight_bits(tmp_path: Path, bits: int) -> None:
+    """A folder indexed with int8 under either weight bits (7 without VNNI, 8 with: a folder
+    moved between CPUs, or set by hand) opens with the variable unset and keeps them, whatever
+    this CPU's default is."""
+    data = tmp_path / "data"
+    written = OnnxEmbedder(int8=True, bits=bits)
+
+    async def build() -> None:
+        async with await MemoryEngine.open(data, written) as engine:
+            await engine.add([episode(t) for t in TEXTS[:3]])
+            await engine.wait_indexed()
+
+    asyncio.run(build())
+    env = environment(data, CHANNELMIND_EMBEDDER="local")
+    done = channelmind("stats", "--json", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["embedder"] == written.fingerprint
+    assert json.loads(done.stdout)["vectors"] == 3
