@@ -354,14 +354,15 @@ def _local_embedder(model: str | None, backend: str | None) -> Embedder:
     raise ValueError(f"unknown embedder backend {backend!r}: choose {', '.join(BACKENDS)}")
 
 
-def folder_embedder(fingerprint: str, current: Embedder) -> Embedder | None:
+def folder_embedder(fingerprint: str, current: Embedder, backend: str | None) -> Embedder | None:
     """The embedder that wrote an index under ``fingerprint``, when that is ``current``'s
-    local model on another backend (float32, or int8 with other weight bits): a folder keeps
-    what it was indexed with while CHANNELMIND_EMBEDDER_BACKEND is unset (README, "Local
-    embedding backends"). None for anything else, which only a reindex can bridge."""
+    local model on another backend (float32, or int8 with other weight bits) and ``backend``
+    (CHANNELMIND_EMBEDDER_BACKEND) is unset: a folder keeps what it was indexed with until
+    `channelmind reindex` (README, "Local embedding backends"). None for anything else, a
+    backend set by hand included: only a reindex bridges those."""
     from .minilm_onnx import UnsupportedModel
 
-    if not isinstance(current, LocalEmbedder | OnnxEmbedder):
+    if backend is not None or not isinstance(current, LocalEmbedder | OnnxEmbedder):
         return None
     for bits in LOCAL_BITS:
         if _local_fingerprint(current._path, current.dim, bits) == fingerprint:

@@ -147,8 +147,7 @@ class MemoryEngine:
             chroma_url if chroma_url is not None else settings.chroma_url,
             **kwargs,
         )
-        follow_folder = settings.embedder_backend is None and not allow_embedder_change
-        await engine._start(allow_embedder_change, background, follow_folder)
+        await engine._start(allow_embedder_change, background, settings.embedder_backend)
         return engine
 
     def _use_embedder(self, embedder: Embedder) -> None:
@@ -156,13 +155,13 @@ class MemoryEngine:
         self.embedding = EmbedQueue(embedder)  # every model call of this engine goes through it
 
     async def _start(
-        self, allow_embedder_change: bool, background: bool, follow_folder: bool = False
+        self, allow_embedder_change: bool, background: bool, backend: str | None
     ) -> None:
         # FolderInUse / FolderNotWritable, before anything is touched.
         self.folder = await asyncio.to_thread(FolderLock.acquire, self.data_dir)
         try:
             await self.store.open()
-            await self._check_embedder(allow_embedder_change, follow_folder)
+            await self._check_embedder(allow_embedder_change, backend)
             await self._open_index()
             await self._check_embed_text()
             await self._drain_tombstones()
@@ -215,31 +214,28 @@ class MemoryEngine:
         if self.folder is not None:
             await asyncio.to_thread(self.folder.set_url, url)
 
-    async def _check_embedder(self, allow_change: bool, follow_folder: bool) -> None:
+    async def _check_embedder(self, allow_change: bool, backend: str | None) -> None:
         """Refuse an index built by another embedder, unless ``allow_change`` (a reindex
-        follows) or, with ``follow_folder`` (no backend set), it is the same local model on
-        another backend: the folder then keeps the one it was indexed with."""
+        follows) or it is the same local model on another backend and ``backend`` is unset:
+        the folder then keeps the one it was indexed with (:func:`folder_embedder`)."""
         current = self.embedder.fingerprint
         stored = await self.store.init_meta("embedder", current)
         if stored == current or allow_change:
             return
-        found = None
-        if follow_folder:
-            found = await asyncio.to_thread(folder_embedder, stored, self.embedder)
-        if found is not None:
-            log.info(
-                "embedding with %s, as this folder was indexed with it; `channelmind reindex`"
-                " moves it to %s",
-                stored,
-                current,
-            )
-            self._use_embedder(found)
-        else:
+        found = await asyncio.to_thread(folder_embedder, stored, self.embedder, backend)
+        if found is None:
             raise EmbedderMismatch(
                 f"the vector index was built with the embedder {stored!r}, but {current!r} is"
                 " configured; run `channelmind reindex` to rebuild the index with it, or set"
                 " CHANNELMIND_EMBEDDER back"
             )
+        log.info(
+            "embedding with %s, as this folder was indexed with it; `channelmind reindex`"
+            " moves it to %s",
+            stored,
+            current,
+        )
+        self._use_embedder(found)
 
     async def close(self) -> None:
         self._closed = True

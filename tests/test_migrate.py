@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from memory.embedders import OnnxEmbedder, default_backend
 from memory.engine import MemoryEngine
 from memory.folder import FolderLock
 from memory.model import Fact
@@ -44,7 +45,12 @@ def migrate_argv(*argv: str, data_dir: Path) -> list[str]:
 
 def environ(**env: str) -> dict[str, str]:
     values = {**os.environ, "CHANNELMIND_EMBEDDER": "hash", **env}
-    for name in ("CHANNELMIND_DATABASE_URL", "CHANNELMIND_CHROMA_URL", "CHANNELMIND_DATA_DIR"):
+    for name in (
+        "CHANNELMIND_DATABASE_URL",
+        "CHANNELMIND_CHROMA_URL",
+        "CHANNELMIND_DATA_DIR",
+        "CHANNELMIND_EMBEDDER_BACKEND",
+    ):
         values.pop(name, None)
     return values
 
@@ -176,6 +182,32 @@ def test_the_migrated_memory_answers_the_same_searches(
     again = migrate("--to", pg_url, "--chroma-url", "embedded", data_dir=folder)
     assert again.returncode == 0, again.stderr
     assert "nothing to copy" in again.stdout and "counts match" in again.stdout
+
+
+def test_a_folder_keeps_its_local_backend_when_none_is_set(
+    tmp_path: Path, pg_url: str, pg_cluster: TempCluster
+) -> None:
+    """CHANNELMIND_EMBEDDER=local, no backend set: a folder indexed with the local backend that
+    is not the default here (float32 onnx from before int8 became the default on VNNI) is
+    migrated with its own backend, as `serve` runs it: its vectors kept, none embedded again."""
+    folder = tmp_path / "data"
+    written = OnnxEmbedder(int8=default_backend() == "onnx")
+
+    async def write() -> None:
+        async with await MemoryEngine.open(folder, written) as engine:
+            await engine.add([episode(f"note {i} about the release train") for i in range(3)])
+            await engine.wait_indexed()
+
+    asyncio.run(write())
+    done = migrate(
+        "--to", pg_url, "--chroma-url", "embedded", data_dir=folder, CHANNELMIND_EMBEDDER="local"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vectors: 3 kept from" in done.stdout and "0 messages embedded" in done.stdout
+    stored = psql(
+        pg_cluster, "SELECT value FROM cm_meta WHERE key = 'embedder'", pg_url.rsplit("/", 1)[1]
+    )
+    assert stored == written.fingerprint
 
 
 def test_into_a_chroma_server_the_messages_are_embedded_again(

@@ -45,6 +45,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from bot.memory_access import build_embedder
     from bot.settings import mask_url
     from memory import MemoryEngine
+    from memory.embedders import folder_embedder
     from memory.folder import FolderInUse, FolderLock
     from memory.migrate import adopt_vectors, claim_target, copy_records, embed_pending
     from memory.store.factory import SQLITE_FILE, check_database_url
@@ -83,11 +84,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             await source.open()
             stored = await source.get_meta("embedder")
             if stored is not None and stored != embedder.fingerprint:
-                raise UsageError(
-                    f"{folder} was indexed with the embedder {stored!r} but"
-                    f" {embedder.fingerprint!r} is configured; set CHANNELMIND_EMBEDDER (and"
-                    " CHANNELMIND_EMBEDDING_MODEL) as `channelmind serve` has them for it"
+                found = await asyncio.to_thread(
+                    folder_embedder, stored, embedder, config.embedder_backend
                 )
+                if found is None:
+                    raise UsageError(
+                        f"{folder} was indexed with the embedder {stored!r} but"
+                        f" {embedder.fingerprint!r} is configured; set CHANNELMIND_EMBEDDER (and"
+                        " CHANNELMIND_EMBEDDING_MODEL) as `channelmind serve` has them for it"
+                    )
+                embedder = found  # the folder's own local backend, as `serve` runs it
             await target.open()
             await claim_target(source, target, where, str(folder))
             print(f"migrating {folder} to {where}", flush=True)
