@@ -227,7 +227,7 @@ class MemoryEngine:
             raise EmbedderMismatch(
                 f"the vector index was built with the embedder {stored!r}, but {current!r} is"
                 " configured; run `channelmind reindex` to rebuild the index with it, or set"
-                " CHANNELMIND_EMBEDDER back"
+                " CHANNELMIND_EMBEDDER (and CHANNELMIND_EMBEDDER_BACKEND) back"
             )
         log.info(
             "embedding with %s, as this folder was indexed with it; `channelmind reindex`"
