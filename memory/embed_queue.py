@@ -11,6 +11,14 @@ the throughput at 40 clients), and at most two model calls run at once.
 
 A call that fails with several callers' texts in it is repeated for each caller alone, so one
 text the model cannot take fails only its own caller.
+
+The queue also decides when the indexer starts a pass (:meth:`EmbedQueue.gathered`). Embedded
+Chroma's upsert holds the GIL for its whole call (about 20-40 ms here, nearly all of it a
+fixed cost per call, whatever the number of vectors), so a request that arrives meanwhile
+waits for it: with one client, that was the slow tail of adds. While callers keep arriving,
+the indexer therefore defers its pass, up to :data:`MAX_DEFER_S`, and then indexes what came
+in one model call and one upsert; when nobody else is waiting, it starts after
+:data:`GATHER_S` as before.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ class _Request:
 #: How long the indexer waits after a wake for more new messages (see EmbedQueue.gathered):
 #: the delay before a message can be found by meaning, against one model call per message.
 GATHER_S = 0.1
+#: The longest the indexer defers a pass while callers keep arriving: the delay before a
+#: message can be found by meaning under steady traffic, against how many requests wait
+#: behind the index's writes.
+MAX_DEFER_S = 1.0
 
 _Piece = tuple[_Request, int, int]  # a request's texts [start, stop) in one model call
 
@@ -59,10 +71,13 @@ class EmbedQueue:
         *,
         rows_per_call: int = 64,
         gather_s: float = GATHER_S,
+        max_defer_s: float = MAX_DEFER_S,
     ) -> None:
         self.embedder = embedder
         self.rows_per_call = rows_per_call
         self.gather_s = gather_s
+        self.max_defer_s = max_defer_s
+        self.arrivals = 0  # callers seen so far: searches queued here, adds told (arrived)
         self._search_call: asyncio.Future[None] | None = None  # ends with the search call
         self._urgent: collections.deque[_Request] = collections.deque()
         self._bulk: collections.deque[_Request] = collections.deque()
@@ -74,12 +89,26 @@ class EmbedQueue:
         """Texts queued and not yet handed to a model call."""
         return sum(len(r.texts) - r.taken for r in (*self._urgent, *self._bulk))
 
+    def arrived(self) -> None:
+        """Count a caller the indexer should not hold up (an add): see :meth:`gathered`."""
+        self.arrivals += 1
+
     async def gathered(self) -> None:
         """What the indexer awaits when new messages wake it, before it reads them: a short
-        moment (``gather_s``), and then the end of the search call running, if any (someone
-        waits for that one: it goes first). A burst of messages is then embedded in one call
-        rather than one call per message, each paying the model's per-call cost."""
-        await asyncio.sleep(self.gather_s)
+        moment (``gather_s``), again while callers arrived during the last one (adds,
+        searches) or a search's model call runs, at most ``max_defer_s`` in all; and then the
+        end of the search call running, if any (someone waits for that one: it goes first). A
+        burst of messages is then embedded in one model call and written in one upsert, rather
+        than one of each per message, and under steady traffic fewer requests wait behind the
+        index's writes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_defer_s
+        while True:
+            seen = self.arrivals
+            await asyncio.sleep(max(0.0, min(self.gather_s, deadline - loop.time())))
+            quiet = self.arrivals == seen and self._search_call is None
+            if quiet or loop.time() >= deadline:
+                break
         if self._search_call is not None:
             await asyncio.shield(self._search_call)
 
@@ -90,6 +119,8 @@ class EmbedQueue:
             return np.zeros((0, self.embedder.dim), dtype=np.float32)
         request = _Request(list(texts), asyncio.get_running_loop().create_future())
         (self._urgent if urgent else self._bulk).append(request)
+        if urgent:
+            self.arrived()
         if urgent not in self._working:
             self._working.add(urgent)
             worker = asyncio.create_task(self._work(urgent), name="channelmind-embed")

@@ -465,6 +465,7 @@ class MemoryEngine:
         a re-import). Of concurrent adds of one source, exactly one is told it is new."""
         if not episodes:
             return []
+        self.embedding.arrived()  # the indexer defers its pass while adds keep coming
         added = await self.store.add(episodes)
         self._wake.set()
         return added

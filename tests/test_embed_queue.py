@@ -202,3 +202,57 @@ async def test_messages_added_while_the_model_runs_are_embedded_in_one_call(
     assert model.batches[0] == [WORDS[0]]
     assert [len(b) for b in model.batches[1:]] == [10], model.batches
     assert stats["vectors"] == stats["episodes"] == 11, stats
+
+
+async def stats(http: httpx.AsyncClient) -> dict[str, int]:
+    reply = await http.get("/api/cm/stats")
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+async def test_the_indexer_defers_its_pass_while_adds_keep_coming(data_dir: Path) -> None:
+    """One client adds thirty messages, one request each, a little apart (each well inside
+    the indexer's gather time): the indexer waits while they keep coming and embeds all thirty
+    in one call (it used to run a pass each gather time, several calls). Once they stop, it
+    indexes at once, not at the end of its longest deferral (far beyond the wait below)."""
+    model = RecordingEmbedder()
+    engine = await MemoryEngine.open(data_dir, model)
+    engine.embedding.gather_s = 0.3
+    engine.embedding.max_defer_s = 120.0
+    try:
+        async with running(engine) as server, httpx.AsyncClient(base_url=server.url) as http:
+            for n in range(30):
+                await add(http, f"message {n} about {WORDS[n % len(WORDS)]}")
+                await asyncio.sleep(0.05)
+            await engine.wait_indexed(timeout=60)
+            counts = await stats(http)
+    finally:
+        await engine.close()
+
+    assert [len(b) for b in model.batches] == [30], model.batches
+    assert counts["vectors"] == counts["episodes"] == 30, counts
+
+
+async def test_the_indexer_still_indexes_while_adds_never_stop(data_dir: Path) -> None:
+    """One client adds messages back to back without end: the indexer defers its pass at most
+    ``max_defer_s``, so messages become searchable by meaning while the adds go on, and once
+    they stop every one of them is indexed."""
+    model = RecordingEmbedder()
+    engine = await MemoryEngine.open(data_dir, model)
+    engine.embedding.gather_s = 0.2  # far longer than one add: the adds never leave a gap
+    engine.embedding.max_defer_s = 0.5
+    adds_while_unindexed = 0
+    try:
+        async with running(engine) as server, httpx.AsyncClient(base_url=server.url) as http:
+            while adds_while_unindexed < 3000 and (await stats(http))["vectors"] == 0:
+                await add(http, f"message {adds_while_unindexed} about {WORDS[0]}")
+                adds_while_unindexed += 1
+            await engine.wait_indexed(timeout=60)
+            counts = await stats(http)
+            found = await vector_search(http, WORDS[0])
+    finally:
+        await engine.close()
+
+    assert adds_while_unindexed < 3000  # an endless stream of adds did not starve the index
+    assert counts["vectors"] == counts["episodes"] == adds_while_unindexed, counts
+    assert found and all(WORDS[0] in text for text in found)
