@@ -198,6 +198,17 @@ def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
+def _uids_in_project(uids: Sequence[Any]) -> str:
+    """The WHERE clause for rows of one org and project named by uid; its parameters are the
+    uids, then org_id and project_id.
+
+    The ``+`` keeps SQLite from reading the rows through an (org_id, project_id, ...) index:
+    without statistics its planner preferred that to the uid index, and walked every row of
+    the project for each call (565 ms per 256 uids at a million rows against 0.7 ms; it was
+    what slowed indexing as a project grew, README "Speed at size")."""
+    return f"uid IN ({_marks(uids)}) AND +org_id = ? AND +project_id = ?"
+
+
 def _chunks(values: Sequence[Any]) -> Iterable[list[Any]]:
     for start in range(0, len(values), _CHUNK):
         yield list(values[start : start + _CHUNK])
@@ -632,8 +643,8 @@ class SQLiteStore:
             for chunk in _chunks(uids):
                 async with conn.execute(
                     "SELECT uid, org_id, project_id, produced_for FROM episodes"
-                    f" WHERE org_id = ? AND project_id = ? AND uid IN ({_marks(chunk)})",
-                    [org_id, project_id, *chunk],
+                    f" WHERE {_uids_in_project(chunk)}",
+                    [*chunk, org_id, project_id],
                 ) as cur:
                     found += await cur.fetchall()
             return await self._delete_rows(conn, found)
@@ -745,9 +756,8 @@ class SQLiteStore:
         found: set[str] = set()
         for chunk in _chunks(uids):
             async with self.reader.execute(
-                "SELECT uid FROM episodes WHERE org_id = ? AND project_id = ?"
-                f" AND uid IN ({_marks(chunk)})",
-                [org_id, project_id, *chunk],
+                f"SELECT uid FROM episodes WHERE {_uids_in_project(chunk)}",
+                [*chunk, org_id, project_id],
             ) as cur:
                 found.update(r[0] for r in await cur.fetchall())
         return [u for u in dict.fromkeys(uids) if u in found]
@@ -1089,9 +1099,8 @@ class SQLiteStore:
         async with self._write() as conn:
             if citations:
                 async with conn.execute(
-                    "SELECT uid FROM episodes WHERE org_id = ? AND project_id = ?"
-                    f" AND uid IN ({_marks(citations)})",
-                    [fact.org_id, fact.project_id, *citations],
+                    f"SELECT uid FROM episodes WHERE {_uids_in_project(citations)}",
+                    [*citations, fact.org_id, fact.project_id],
                 ) as cur:
                     known = {r[0] for r in await cur.fetchall()}
                 missing = [c for c in citations if c not in known]
@@ -1180,9 +1189,8 @@ class SQLiteStore:
             return 0
         async with self._write() as conn:
             cur = await conn.execute(
-                "DELETE FROM facts WHERE org_id = ? AND project_id = ?"
-                f" AND uid IN ({_marks(uids)})",
-                [org_id, project_id, *uids],
+                f"DELETE FROM facts WHERE {_uids_in_project(uids)}",
+                [*uids, org_id, project_id],
             )
             return cur.rowcount
 
@@ -1220,9 +1228,8 @@ class SQLiteStore:
         if not uids:
             return []
         async with self.reader.execute(
-            f"SELECT uid FROM facts WHERE org_id = ? AND project_id = ? AND uid IN"
-            f" ({_marks(uids)})",
-            [org_id, project_id, *uids],
+            f"SELECT uid FROM facts WHERE {_uids_in_project(uids)}",
+            [*uids, org_id, project_id],
         ) as cur:
             found = {r[0] for r in await cur.fetchall()}
         return [u for u in dict.fromkeys(uids) if u in found]
