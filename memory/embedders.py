@@ -367,10 +367,9 @@ def folder_embedder(fingerprint: str, current: Embedder, backend: str | None) ->
     for bits in LOCAL_BITS:
         if _local_fingerprint(current._path, current.dim, bits) == fingerprint:
             try:
-                found = OnnxEmbedder(str(current._path), int8=bits != 32, bits=bits)
+                return OnnxEmbedder(str(current._path), int8=bits != 32, bits=bits)
             except UnsupportedModel:  # an int8 index, and a model only torch runs now
                 return None
-            return found if found.fingerprint == fingerprint else None
     return None
 
 
