@@ -801,25 +801,20 @@ class MemoryEngine:
         known: Mapping[str, Found] | None = None,
     ) -> builtins.list[builtins.list[tuple[int, Brief, float]]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
-        all of them, their index searches at once, one read of the rows (as Briefs) but those
+        all of them, one index search for all of them, one read of the rows (as Briefs) but those
         ``known`` (rows of this scope already read, by uid)."""
         index = self._vectors()
         vectors = await self.embedding.embed(list(queries), urgent=True)
         narrowed = filt is not None or time is not None
-        found = await asyncio.gather(
-            *(
-                asyncio.to_thread(
-                    index.query,
-                    scope.org_id,
-                    scope.project_id,
-                    scope.produced_for,
-                    vector,
-                    depth * 4 if narrowed else depth,
-                    scope.producer,
-                    scope.thread_id,
-                )
-                for vector in vectors
-            )
+        found = await asyncio.to_thread(
+            index.query_many,
+            scope.org_id,
+            scope.project_id,
+            scope.produced_for,
+            vectors,
+            depth * 4 if narrowed else depth,
+            scope.producer,
+            scope.thread_id,
         )
         known = known or {}
         uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))

@@ -63,6 +63,20 @@ class VectorIndex(Protocol):
         (``produced_for`` None: the whole project)."""
         ...
 
+    def query_many(
+        self,
+        org_id: str,
+        project_id: str,
+        produced_for: str | None,
+        vectors: Vectors,
+        k: int,
+        producer: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`query` for each row of ``vectors`` (one search, several query vectors),
+        in one call to the index: a search's query vectors share its scope."""
+        ...
+
     def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:
         """Delete these vectors of one channel (remembered for :meth:`scrub_touched`); a later
         search of any scope no longer returns them."""

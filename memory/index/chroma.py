@@ -636,29 +636,53 @@ class ChromaIndex:
         thread_id: str | None = None,
     ) -> list[tuple[str, float]]:
         """Nearest uids with their cosine similarity, best first."""
+        [nearest] = self.query_many(
+            org_id,
+            project_id,
+            produced_for,
+            np.asarray(vector, dtype=np.float32).reshape(1, -1),
+            k,
+            producer,
+            thread_id,
+        )
+        return nearest
+
+    def query_many(
+        self,
+        org_id: str,
+        project_id: str,
+        produced_for: str | None,
+        vectors: Vectors,
+        k: int,
+        producer: str | None = None,
+        thread_id: str | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Each row's nearest uids with their cosine similarity, best first. The rows go to
+        Chroma in one ``query``: each call has a fixed cost (about 0.9 ms measured at 40
+        clients) that several query vectors of one search would otherwise pay each."""
+        matrix = np.asarray(vectors, dtype=np.float32)
         name = self.project_collection(org_id, project_id)
         with self._gate.shared():
             collection = self._collection(name, create=False)
-            if collection is None:
-                return []
+            if collection is None or not len(matrix):
+                return [[] for _ in matrix]
             if produced_for is not None:
                 channel = self._cached_channel(collection, org_id, project_id, produced_for)
                 if channel is not None:
-                    return channel.nearest(
-                        vector,
-                        k,
-                        None if producer is None else self.token("producer", producer),
-                        None if thread_id is None else self.token("thread", thread_id),
-                    )
+                    producer_token = None if producer is None else self.token("producer", producer)
+                    thread_token = None if thread_id is None else self.token("thread", thread_id)
+                    return [channel.nearest(row, k, producer_token, thread_token) for row in matrix]
             result = collection.query(
-                query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
+                query_embeddings=matrix,
                 n_results=k,  # Chroma returns fewer when the collection is smaller
                 where=self._where(org_id, project_id, produced_for, producer, thread_id),
                 include=["distances"],
             )
-        ids = result["ids"][0]
-        distances = (result.get("distances") or [[]])[0]
-        return [(uid, 1.0 - float(d)) for uid, d in zip(ids, distances, strict=False)]
+        distances = result.get("distances") or [[] for _ in result["ids"]]
+        return [
+            [(uid, 1.0 - float(d)) for uid, d in zip(ids, dists, strict=False)]
+            for ids, dists in zip(result["ids"], distances, strict=True)
+        ]
 
     def _cached_channel(
         self, collection: ChromaCollection, org_id: str, project_id: str, produced_for: str
