@@ -302,3 +302,28 @@ async def test_the_answer_outranks_the_same_words_asked_over_rest(engine: Memory
     await engine.wait_indexed()
     hits = await _search_uids(engine, "what broke the deploy on friday", 2)
     assert hits == uids
+
+
+async def test_text_features_follow_an_edit(engine: MemoryEngine) -> None:
+    """Ranking keeps each message's substance features between searches; an edited message
+    (the same row, new words) is judged by its new text."""
+    [uid] = await engine.add([episode("the deploy moves to friday")])
+    await engine.add([episode("lunch is at noon")])
+    await engine.wait_indexed()
+    scope = Scope(org_id=ORG, project_id=PROJECT)
+
+    async def features() -> dict[str, float]:
+        candidates, _ = await engine.candidates("deploy friday", scope)
+        [found] = [c for c in candidates.values() if c.episode.uid == uid]
+        return found.features
+
+    before = await features()
+    assert before["statement"] == 1.0
+    assert await features() == before  # the kept features are the ones worked out
+    await engine.edit(
+        uid, "does the deploy still move to friday or later?", org_id=ORG, project_id=PROJECT
+    )
+    await engine.wait_indexed()
+    after = await features()
+    assert after["statement"] == 0.0
+    assert after["substance"] > before["substance"]
