@@ -57,7 +57,7 @@ from .model import (
     utcnow,
 )
 from .retrieval import Candidate, Query, Ranking, name_like, named_authors, without_names
-from .store.base import Claim, Found, KeywordHit, Project, Store
+from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
 
@@ -778,7 +778,7 @@ class MemoryEngine:
                 hits = guessed[1]
             else:
                 # The candidates are already read (and inside the scope): read only new rows.
-                known = {c.episode.uid: Found(rid, c.episode) for rid, c in candidates.items()}
+                known = {c.episode.uid: c for c in candidates.values()}
                 [hits] = await self._vector_candidates([plain], scope, filt, time, depth, known)
         except Exception:
             log.exception("vector search without names failed; keeping the first one")
@@ -798,11 +798,11 @@ class MemoryEngine:
         filt: Filter | None,
         time: TimeRange | None,
         depth: int,
-        known: Mapping[str, Found] | None = None,
+        known: Mapping[str, Candidate] | None = None,
     ) -> builtins.list[builtins.list[tuple[int, Brief, float]]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
         all of them, one index search for all of them, one read of the rows (as Briefs) but those
-        ``known`` (rows of this scope already read, by uid)."""
+        ``known`` (candidates of this scope already read, by uid)."""
         index = self._vectors()
         vectors = await self.embedding.embed(list(queries), urgent=True)
         narrowed = filt is not None or time is not None
@@ -818,11 +818,17 @@ class MemoryEngine:
         )
         known = known or {}
         uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))
-        rows = {**known, **await self.store.get_scoped(scope, filt, time, uids)}
-        return [
-            [(rows[u].key, rows[u].episode, sim) for u, sim in nearest if u in rows]
-            for nearest in found
-        ]
+        fetched = await self.store.get_scoped(scope, filt, time, uids)
+        lists: builtins.list[builtins.list[tuple[int, Brief, float]]] = []
+        for nearest in found:
+            hits = []
+            for u, sim in nearest:
+                if (c := known.get(u)) is not None:
+                    hits.append((c.row_id, c.episode, sim))
+                elif (f := fetched.get(u)) is not None:
+                    hits.append((f.key, f.episode, sim))
+            lists.append(hits)
+        return lists
 
     @staticmethod
     def _hit(ep: Episode, score: float, expanded: bool = False) -> Hit:
