@@ -56,7 +56,15 @@ from .model import (
     embed_text,
     utcnow,
 )
-from .retrieval import Candidate, Query, Ranking, name_like, named_authors, without_names
+from .retrieval import (
+    AuthorsMet,
+    Candidate,
+    Query,
+    Ranking,
+    name_like,
+    named_authors,
+    without_names,
+)
 from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
@@ -97,6 +105,7 @@ class MemoryEngine:
         self.chroma_url = chroma_url
         self.index_batch = index_batch
         self.ranking = ranking or Ranking()
+        self._authors_met = AuthorsMet()
         self.store: Store = store or make_store(None, self.data_dir)
         self.claim_lease_s = claim_lease_s  # CHANNELMIND_CLAIM_LEASE_SECONDS
         self.index: VectorIndex | None = None
@@ -552,6 +561,7 @@ class MemoryEngine:
         its files, WAL folded."""
         if not changed:
             return
+        self._authors_met.forget()
         async with self._index_lock:
             await self._drop_vectors()
         await self.store.purge()
@@ -695,6 +705,7 @@ class MemoryEngine:
         asked_top = None
         adjacent: dict[int, tuple[int | None, int | None]] = {}
         if contextual:
+            self._authors_met.note((scope.org_id, scope.project_id), candidates.values())
             asked_top = await self._vectors_without_names(
                 candidates, query, scope, filt, time, depth, guessed
             )
@@ -718,10 +729,14 @@ class MemoryEngine:
         """Add keyword and vector candidates under ``scope`` to ``candidates``. The two
         searches run at once (the keyword one in the database, the vector one in the index's
         thread), so a search waits for the slower of them, not their sum. In hybrid mode a
-        query with capitalised words is also searched without them, on a guess that they
-        name authors (ranking stage 0): returned for :meth:`_vectors_without_names`, which
+        query with capitalised words, or with names of authors this project's searches have
+        met, is also searched without them, on a guess that they name authors of the
+        candidates (ranking stage 0): returned for :meth:`_vectors_without_names`, which
         would otherwise wait for a second search."""
-        guess = without_names(query, name_like(query)) if mode == "hybrid" else None
+        guess = None
+        if mode == "hybrid":
+            met = self._authors_met.named((scope.org_id, scope.project_id), query)
+            guess = without_names(query, [*name_like(query), *met])
         guessed: Guessed = None
 
         async def keyword() -> builtins.list[KeywordHit]:
@@ -939,6 +954,7 @@ class MemoryEngine:
     async def delete_project(self, org_id: str, project_id: str) -> ForgetReport:
         """Delete a project and everything in it; complete when this returns."""
         gone = await self.store.delete_project(org_id, project_id)
+        self._authors_met.forget()
         async with self._index_lock:
             index = self._vectors()
             await asyncio.to_thread(index.drop_project, org_id, project_id, gone.channels)

@@ -85,6 +85,7 @@ FEATURES = (
 # A token appearing verbatim in more candidates than this is not an identifier to match.
 EXACT_RARE = 3
 SUBSTANCE_WORDS = 100  # messages this long (in words) count as fully substantive
+AUTHOR_WORDS_KEPT = 10_000  # name words of authors met that an AuthorsMet keeps per project
 TEXT_FEATURES_KEPT = 50_000  # messages whose substance features a Ranking keeps (~12 MB)
 SESSION_SECONDS = 3600.0  # candidates this close in time count as one stretch of conversation
 
@@ -189,6 +190,32 @@ def named_authors(candidates: Iterable[Candidate], query: str) -> frozenset[str]
     for c in candidates:
         named |= _name_words(c.episode.display_name) & asked
     return frozenset(named)
+
+
+class AuthorsMet:
+    """The name words of the authors a project's searches have met among their candidates:
+    a guess, before a search, at which words of its query :func:`named_authors` will find
+    (ranking stage 0 searches the query without them too, and a right guess lets both
+    searches go to the index at once). Bounded per project; a wrong guess costs a search."""
+
+    def __init__(self, kept: int = AUTHOR_WORDS_KEPT) -> None:
+        self.kept = kept
+        self._words: dict[tuple[str, str], set[str]] = {}
+
+    def note(self, project: tuple[str, str], candidates: Iterable[Candidate]) -> None:
+        met = self._words.setdefault(project, set())
+        for c in candidates:
+            met |= _name_words(c.episode.display_name)
+        if len(met) > self.kept:
+            met.clear()
+
+    def named(self, project: tuple[str, str], query: str) -> list[str]:
+        met = self._words.get(project, set())
+        return [w for w in dict.fromkeys(words(query)) if w in met]
+
+    def forget(self) -> None:
+        """Keep no name once something was forgotten (the words of a forgotten author)."""
+        self._words.clear()
 
 
 def name_like(query: str) -> list[str]:

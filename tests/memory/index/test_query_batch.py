@@ -1,6 +1,6 @@
 """A search's query vectors go to Chroma together: one ``collection.query`` for the query as
-asked and the query without the words that look like names (ranking stage 0), and each of
-them finds what it would find alone."""
+asked and the query without the words that name authors (ranking stage 0), when those can be
+guessed before the search, and each of them finds what it would find alone."""
 
 from __future__ import annotations
 
@@ -48,6 +48,37 @@ async def test_a_hybrid_search_asks_chroma_once(
     found = await engine.search("what did Carol say about the backup", project)
     assert found.hits
     assert chroma_queries == [2]
+
+
+async def test_authors_met_before_are_searched_without_at_once(
+    engine: MemoryEngine, chroma_queries: list[int]
+) -> None:
+    """Lower-case names give no guess the first time: the search without them waits for the
+    first one's candidates. Their authors met, the next search asks for both at once and
+    ranks the same."""
+    await engine.add(
+        [
+            episode("the backup rota starts monday", metadata={"display_name": "Alice"}),
+            episode("moved the backup disk", producer=BOB, metadata={"display_name": "Bob"}),
+            episode("lunch is at noon", metadata={"display_name": "Alice"}),
+        ]
+    )
+    await engine.wait_indexed()
+    project = Scope(org_id=ORG, project_id=PROJECT)
+    chroma_queries.clear()
+    first = await engine.search("what did bob say about the backup", project)
+    assert chroma_queries == [1, 1]
+    chroma_queries.clear()
+    again = await engine.search("what did bob say about the backup", project)
+    assert chroma_queries == [2]
+    # The same candidates in the same order (scores move by the recency of a few ms).
+    assert list(again.scores) == list(first.scores) and len(first.scores) == 3
+    assert again.scores == pytest.approx(first.scores)
+
+    await engine.forget(ORG, producer=ALICE)  # names met are not kept past a forget
+    chroma_queries.clear()
+    await engine.search("what did bob say about the backup", project)
+    assert chroma_queries == [1, 1]
 
 
 async def test_vectors_asked_together_find_what_each_finds_alone(engine: MemoryEngine) -> None:
