@@ -106,6 +106,8 @@ TOKEN_KEYS = ("c", "p", "t")
 #: A channel with more vectors than this is searched with Chroma's filtered query (it is then a
 #: large part of its project, where the filter finds its matches quickly).
 MAX_CACHED_CHANNEL = 100_000
+#: Rows per `get` when a channel is read into memory (see ChromaIndex._channel_rows).
+LOAD_PAGE = 10_000
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -713,24 +715,49 @@ class ChromaIndex:
                 cache.keep(key, empty, None, stale=held)
                 return None
         version = cache.version(collection.name)
-        got = collection.get(
-            where={"c": token},
-            include=["embeddings", "metadatas"],
-            limit=MAX_CACHED_CHANNEL + 1,
-        )
-        uids = list(got["ids"])
-        embeddings = got.get("embeddings")
+        rows = self._channel_rows(collection, token)
         channel: _Channel | None
-        if len(uids) > MAX_CACHED_CHANNEL:
+        if len(rows) > MAX_CACHED_CHANNEL:
             channel = None
-        elif not uids or embeddings is None:
+        elif not rows:
             channel = _Channel.empty(stamp)
         else:
-            metas = got.get("metadatas") or [{}] * len(uids)
-            tags = [(str((m or {}).get("p", "")), _str_or_none((m or {}).get("t"))) for m in metas]
-            channel = _Channel(uids, np.asarray(embeddings, dtype=np.float32), tags, stamp)
+            uids = list(rows)
+            tags = [(str(m.get("p", "")), _str_or_none(m.get("t"))) for _, m in rows.values()]
+            matrix = np.asarray([v for v, _ in rows.values()], dtype=np.float32)
+            channel = _Channel(uids, matrix, tags, stamp)
         cache.keep(key, channel, version, stale=held)
         return channel
+
+    @staticmethod
+    def _channel_rows(
+        collection: ChromaCollection, token: str
+    ) -> dict[str, tuple[Any, Mapping[str, Any]]]:
+        """A channel's vectors and metadata by uid, up to ``MAX_CACHED_CHANNEL + 1`` of them,
+        read :data:`LOAD_PAGE` at a time: embedded Chroma binds one SQL variable per row it
+        returns, and SQLite refuses more than 32,766 ("too many SQL variables"), which failed
+        every search of a channel that large. A row that pages shift onto twice (another
+        replica wrote meanwhile) is kept once; that write's new mark reloads the copy anyway."""
+        rows: dict[str, tuple[Any, Mapping[str, Any]]] = {}
+        offset = 0
+        while len(rows) <= MAX_CACHED_CHANNEL:
+            got = collection.get(
+                where={"c": token},
+                include=["embeddings", "metadatas"],
+                limit=LOAD_PAGE,
+                offset=offset,
+            )
+            ids = got["ids"]
+            embeddings = got.get("embeddings")
+            if not ids or embeddings is None:
+                break
+            metas = got.get("metadatas")
+            for i, (uid, vector) in enumerate(zip(ids, embeddings, strict=True)):
+                rows[uid] = (vector, (metas[i] if metas else None) or {})
+            if len(ids) < LOAD_PAGE:
+                break
+            offset += len(ids)
+        return rows
 
     def cached_uids(self, org_id: str, project_id: str, produced_for: str) -> set[str] | None:
         """The uids this process holds in memory for a channel (None: it holds none)."""

@@ -211,3 +211,32 @@ async def test_a_channel_without_vectors_is_searched_then_follows_its_first(
     first = await engine.add([episode("the backup rota starts monday")])
     await engine.wait_indexed()
     assert await vector_hits(engine, "backup rota", GENERAL) == first
+
+
+def test_a_channel_larger_than_sqlites_variable_limit_is_searched_in_memory(
+    tmp_path: Path,
+) -> None:
+    """A channel of 40,000 vectors (more than SQLite's 32,766 bound variables): embedded
+    Chroma refused to return it in one `get` ("too many SQL variables"), and every search of
+    the channel lost its vector half. It is read in pages; the search is exact and in memory."""
+    opened = functools.partial(open_chroma, str(tmp_path / "chroma"))
+    rng = np.random.default_rng(11)
+    n = 40_000
+    vectors = rng.standard_normal((n, 8)).astype(np.float32)
+    writer = ChromaIndex(opened, bytes(32))
+    try:
+        writer.upsert(
+            [VectorItem(f"u{i}", ORG, PROJECT, GENERAL, BOB, None) for i in range(n)], vectors
+        )
+    finally:
+        writer.close()
+    index = ChromaIndex(opened, bytes(32))  # as after a restart: nothing of the channel held
+    try:
+        query = rng.standard_normal(8).astype(np.float32)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        best = np.argsort(-(unit @ (query / np.linalg.norm(query))))[:20]
+        found = [u for u, _ in index.query(ORG, PROJECT, GENERAL, query, 20)]
+        assert found == [f"u{i}" for i in best]
+        assert index.cached_uids(ORG, PROJECT, GENERAL) == {f"u{i}" for i in range(n)}
+    finally:
+        index.close()
