@@ -531,9 +531,11 @@ class MemoryEngine:
         in it."""
         check_safe_id(org_id, "org_id")
         filt = parse_filter(filters) if isinstance(filters, str) else filters
-        projects = [project_id] if project_id else [
-            p.project_id for p in await self.store.projects(org_id)
-        ]
+        projects = (
+            [project_id]
+            if project_id
+            else [p.project_id for p in await self.store.projects(org_id)]
+        )
         whole_channel = (
             produced_for is not None and producer is None and thread_id is None and filt is None
         )

@@ -73,8 +73,6 @@ def sqlite_side(folder: Path) -> Side:
     return Side("sqlite", SQLiteStore(folder / "memory.sqlite3"))
 
 
-
-
 async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
     began = time.perf_counter()
     await call()
@@ -116,9 +114,7 @@ async def scale(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
                 Side("postgresql", PostgresStore(url)),
                 [
                     Side("postgresql ts_rank_cd", PostgresStore(url, ranking="ts_rank_cd")),
-                    Side(
-                        "postgresql scope as WHERE", PostgresStore(url, scope_tokens=False)
-                    ),
+                    Side("postgresql scope as WHERE", PostgresStore(url, scope_tokens=False)),
                 ],
             ),
         ]

@@ -47,4 +47,3 @@ def make_store(database_url: str | None, data_dir: Path) -> Store:
     from .postgres import PostgresStore
 
     return PostgresStore(database_url)
-

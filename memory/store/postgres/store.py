@@ -69,9 +69,7 @@ T = TypeVar("T")
 #: Set in the transaction that deletes or edits episodes, cleared once the vector index's
 #: files hold nothing of them (see :meth:`memory.store.base.IndexQueue.needs_scrub`).
 _SCRUB_KEY = "vector_scrub_pending"
-_NEEDS_SCRUB = (
-    f"INSERT INTO cm_meta VALUES ('{_SCRUB_KEY}', '1') ON CONFLICT (key) DO NOTHING"
-)
+_NEEDS_SCRUB = f"INSERT INTO cm_meta VALUES ('{_SCRUB_KEY}', '1') ON CONFLICT (key) DO NOTHING"
 #: Tables a forget writes to; :meth:`PostgresStore.purge` vacuums them.
 PURGED_TABLES = ("episodes", "fact_citations", "facts", "vector_tombstones", "set_aside")
 PURGE_LIMITS = (
@@ -239,8 +237,7 @@ class PostgresStore:
             if isinstance(exc, OSError):
                 reason = exc.strerror or type(exc).__name__
             raise StoreUnavailable(
-                f"cannot reach PostgreSQL at {where} ({reason}); start it or fix"
-                f" {self.setting}"
+                f"cannot reach PostgreSQL at {where} ({reason}); start it or fix {self.setting}"
             ) from None
         except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
             raise StoreUnavailable(
@@ -257,9 +254,7 @@ class PostgresStore:
         except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
             # A malformed URL or option; the message names the option, never the password.
             reason = str(exc) if isinstance(exc, asyncpg.InterfaceError) else "malformed"
-            raise StoreUnavailable(
-                f"{self.setting} cannot be used ({reason}); fix it"
-            ) from None
+            raise StoreUnavailable(f"{self.setting} cannot be used ({reason}); fix it") from None
         try:
             await self._migrate()
         except BaseException:
@@ -1062,8 +1057,7 @@ class PostgresStore:
         if not uids:
             return []
         rows = await self.db.fetch(
-            "SELECT uid FROM facts WHERE org_id = $1 AND project_id = $2"
-            " AND uid = ANY($3::text[])",
+            "SELECT uid FROM facts WHERE org_id = $1 AND project_id = $2 AND uid = ANY($3::text[])",
             org_id,
             project_id,
             list(uids),

@@ -61,9 +61,7 @@ def contents(result: Any) -> list[str]:
     return [e.content for e in episodic.long_term_memory.episodes]
 
 
-async def test_two_replicas_share_one_memory(
-    tmp_path: Path, pg_url: str, chroma_url: str
-) -> None:
+async def test_two_replicas_share_one_memory(tmp_path: Path, pg_url: str, chroma_url: str) -> None:
     with ExitStack() as stack:
         fake = stack.enter_context(FakeOpenAI.in_thread())
         env = {
