@@ -207,6 +207,15 @@ def scope_match(scope: Scope, terms: list[str]) -> str:
     return f"fts_tags : {token} AND content : ({words})"
 
 
+def _matched_in_scope(scope: Scope) -> bool:
+    """Whether every row :func:`scope_match` matches is inside ``scope`` but for its org and
+    project: the scope names nothing its narrowest token leaves out (a producer inside a
+    channel, a thread without its channel)."""
+    if scope.thread_id is not None:
+        return scope.produced_for is not None and scope.producer is None
+    return scope.produced_for is None or scope.producer is None
+
+
 def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
@@ -847,14 +856,31 @@ class SQLiteStore:
         if not terms:
             return []
         where, params = scope_sql(scope, time, filt)
-        sql = (
-            f"SELECT {cols('e', BRIEF_COLUMNS)}, bm25(episodes_fts, 1.0, 0.0) AS rank"
-            " FROM episodes_fts"
-            " JOIN episodes e ON e.id = episodes_fts.rowid"
-            f" WHERE episodes_fts MATCH ? AND {where} ORDER BY rank LIMIT ?"
-        )
-        async with self.reader.execute(sql, [scope_match(scope, terms), *params, limit]) as cur:
-            rows = await cur.fetchall()
+        match = scope_match(scope, terms)
+        rows: list[Any] = []
+        if time is None and filt is None and _matched_in_scope(scope):
+            # Rank in the full-text index alone, then read the best rows: the joined query
+            # below reads every matching row (and sorts it with its text) before its LIMIT.
+            # Its WHERE can drop only rows of another project (the MATCH names no project
+            # token, see scope_match); if it dropped any, the joined query decides.
+            sql = (
+                "SELECT"
+                f" {cols('e', BRIEF_COLUMNS)}, f.rank FROM (SELECT rowid AS id,"
+                " bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
+                " WHERE episodes_fts MATCH ? ORDER BY rank LIMIT ?) f"
+                f" CROSS JOIN episodes e ON e.id = f.id WHERE {where} ORDER BY f.rank"
+            )
+            async with self.reader.execute(sql, [match, limit, *params]) as cur:
+                rows = await cur.fetchall()
+        if len(rows) < limit:
+            sql = (
+                f"SELECT {cols('e', BRIEF_COLUMNS)}, bm25(episodes_fts, 1.0, 0.0) AS rank"
+                " FROM episodes_fts"
+                " JOIN episodes e ON e.id = episodes_fts.rowid"
+                f" WHERE episodes_fts MATCH ? AND {where} ORDER BY rank LIMIT ?"
+            )
+            async with self.reader.execute(sql, [match, *params, limit]) as cur:
+                rows = await cur.fetchall()
         rank = {int(r[0]): -float(r[-1]) for r in rows}
         found = await self._readable(rows, row_to_found)
         return [KeywordHit(f.key, f.episode, rank[f.key]) for f in found]

@@ -12,9 +12,12 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from memory.model import Fact
+import pytest
+
+from memory.model import Fact, Scope
+from memory.store.shared import channel_token, project_token
 from memory.store.sqlite import SQLiteStore
-from tests.conftest import ORG, PROJECT, episode
+from tests.conftest import GENERAL, ORG, PROJECT, episode
 
 
 async def test_rows_named_by_uid_are_found_through_the_uid_index(tmp_path: Path) -> None:
@@ -62,3 +65,64 @@ async def test_rows_named_by_uid_are_found_through_the_uid_index(tmp_path: Path)
             plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
             assert "(uid=?)" in plan, (sql, plan)
             assert "org_id=?" not in plan, (sql, plan)
+
+
+def _plan(db: Path, sql: str) -> list[str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+async def test_a_project_wide_keyword_search_ranks_in_the_full_text_index_then_reads_rows(
+    tmp_path: Path,
+) -> None:
+    """Every row of a project holds its token, and FTS5's bm25 walks the posting list of every
+    phrase of a query to count its rows: with the token in the MATCH, a project-wide search
+    read the whole project's list. And joined to the rows before its LIMIT, it read every
+    matching row with its text. So a project-wide search matches the words alone, ranks in
+    the full-text index, then reads the best rows by primary key; when rows of another project
+    took some of the ``limit``, the joined query (the project checked before the LIMIT)
+    answers instead. Either way the hits are the project's best, scored as a channel search
+    scores them."""
+    db = tmp_path / "memory.sqlite3"
+    store = SQLiteStore(db)
+    await store.open()
+    statements: list[str] = []
+    everywhere = Scope(org_id=ORG, project_id=PROJECT)
+    general = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
+    try:
+        await store.add(
+            [episode(f"a longer message about zorblat number {i}") for i in range(5)]
+            + [episode(f"filler {i}", produced_for="slack:CRANDOM") for i in range(30)]
+        )
+        await store.reader.conn.set_trace_callback(statements.append)
+        alone = await store.keyword_search(everywhere, None, None, "zorblat", 3)
+        single = [s for s in statements if "MATCH" in s]
+        # Another project's rows are shorter: bm25 ranks them first over the whole table.
+        await store.add(
+            [episode("zorblat", project_id="other", source_id=f"2.{i}") for i in range(20)]
+        )
+        statements.clear()
+        hits = await store.keyword_search(everywhere, None, None, "zorblat", 3)
+        shared = [s for s in statements if "MATCH" in s]
+        in_channel = await store.keyword_search(general, None, None, "zorblat", 3)
+        channel = [s for s in statements if "MATCH" in s][len(shared) :]
+    finally:
+        await store.close()
+    assert len(hits) == 3 and all(h.episode.content.startswith("a longer") for h in hits)
+    assert [h.key for h in alone] == [h.key for h in hits] == [h.key for h in in_channel]
+    assert [h.score for h in hits] == pytest.approx([h.score for h in in_channel])
+    assert hits[0].score > 0.1  # a real bm25, not the floor of a word every row holds
+    # Alone in the folder: one statement, ranked inside the full-text index (a subquery
+    # with the LIMIT), the rows read by primary key after it.
+    [ranked_first] = single
+    plan = _plan(db, ranked_first)
+    assert plan[:2] == ["CO-ROUTINE f", "SCAN episodes_fts VIRTUAL TABLE INDEX 0:M2"], plan
+    assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    # Beside another project: the same first, then the joined query.
+    assert len(shared) == 2 and shared[0] == ranked_first
+    joined = _plan(db, shared[1])
+    assert joined[0].startswith("SCAN episodes_fts VIRTUAL TABLE"), joined
+    assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in joined, joined
+    for sql in (*single, *shared):
+        assert project_token(ORG, PROJECT) not in sql
+    assert channel_token(ORG, PROJECT, GENERAL) in channel[0]  # narrower tokens stay
