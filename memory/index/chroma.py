@@ -42,6 +42,10 @@ scrubbed (:meth:`ChromaIndex.upgrade_layout`). Tokens were 24 hex digits then; t
 characters now (:func:`short_token`, derived from the long form, so an old index is converted
 on open by metadata-only updates: :meth:`ChromaIndex.upgrade_tokens`).
 
+Project collections are searched with HNSW ``ef_search`` :data:`SEARCH_EF` (Chroma's default,
+100, missed a quarter of the true top 100 at 200k vectors); collections of earlier versions are
+brought to it on open (:meth:`ChromaIndex.upgrade_search_ef`), a configuration change only.
+
 Names never reach Chroma: collection names and the channel / producer / thread tokens in a
 vector's metadata are keyed hashes (BLAKE2b with the folder's own random key, kept in SQLite), and
 collections carry no metadata of ours. So Chroma's files say nothing about which orgs,
@@ -108,6 +112,23 @@ TOKEN_KEYS = ("c", "p", "t")
 MAX_CACHED_CHANNEL = 100_000
 #: Rows per `get` when a channel is read into memory (see ChromaIndex._channel_rows).
 LOAD_PAGE = 10_000
+#: HNSW ``ef_search`` of our collections: how many candidates Chroma's graph walk keeps while it
+#: looks for a query's nearest vectors (Chroma's default: 100). The engine asks for about 100
+#: nearest per query vector. Measured on 1.5.9 (bench scale's corpus, hash embedder, 200 of its
+#: project questions; the commit message says how), the share of the exact cosine top 100 a
+#: project-wide query returned at 100k / 200k vectors: 0.77 / 0.75 with 100, 0.87 / 0.86 with 200,
+#: 0.94 / 0.93 with 400, 0.97 / 0.97 with 800 (top 10: 0.93 / 0.92 with 100, 0.98 with 400);
+#: per query about +2 ms from 100 to 400 and +2 ms more to 800 (a loaded machine). 400 is the
+#: smallest that gets most of it. Search only: the graph Chroma builds does not depend on it,
+#: so changing it needs no re-insert. Set when a collection is created; collections of earlier
+#: versions are brought to it on open (:meth:`ChromaIndex.upgrade_search_ef`).
+SEARCH_EF = 400
+#: How our collections are created: cosine distance, :data:`SEARCH_EF`. In this legacy metadata
+#: form rather than ``configuration={"hnsw": {...}}``: Chroma 1.5.9 stores the same HNSW
+#: configuration from either (and its Rust HNSW searches with it, embedded and server), but the
+#: configuration form also records a "legacy" embedding function, and every later read of the
+#: collection's configuration then warns (DeprecationWarning).
+COLLECTION_METADATA: dict[str, str | int] = {"hnsw:space": "cosine", "hnsw:search_ef": SEARCH_EF}
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -508,6 +529,7 @@ class ChromaIndex:
         try:
             index.upgrade_layout()
             index.upgrade_tokens()
+            index.upgrade_search_ef()
         except BaseException:
             index.close()
             raise
@@ -547,7 +569,9 @@ class ChromaIndex:
             try:
                 if create:
                     found = self.client.get_or_create_collection(
-                        name, metadata={"hnsw:space": "cosine"}, embedding_function=None
+                        name,
+                        metadata=COLLECTION_METADATA,
+                        embedding_function=None,
                     )
                 else:
                     found = self.client.get_collection(name, embedding_function=None)
@@ -998,6 +1022,40 @@ class ChromaIndex:
         if converted:
             self.scrub()
         return converted
+
+    def upgrade_search_ef(self) -> int:
+        """Bring project collections made by earlier versions (Chroma's default ef_search, 100)
+        to :data:`SEARCH_EF`: a configuration change, nothing is inserted or embedded again.
+        Returns how many collections were changed.
+
+        Chroma sets ef_search on an HNSW index when it loads it, and keeps a loaded index
+        for as long as its process runs (measured on 1.5.9: after ``modify`` the same
+        process, or server, still searched with the old value). So an embedded Chroma is
+        restarted here, once, and searches with the new value at once. A Chroma server keeps
+        its loaded indexes until it restarts: the new value is stored (every replica and the
+        server's next start read it) but applies from the server's next restart."""
+        changed = 0
+        with self._gate.shared():
+            for collection in self._our_collections():
+                hnsw = (collection.configuration or {}).get("hnsw") or {}
+                if hnsw.get("ef_search") == SEARCH_EF:
+                    continue
+                collection.modify(configuration={"hnsw": {"ef_search": SEARCH_EF}})
+                changed += 1
+        if not changed:
+            return 0
+        log.info(
+            "the vector index searched %d project collections with Chroma's default HNSW"
+            " ef_search: set to %d (once, nothing is embedded again)%s",
+            changed,
+            SEARCH_EF,
+            "" if self.path is not None else "; the Chroma server applies it when it restarts",
+        )
+        if self.path is not None:
+            with self._gate.exclusive():
+                self._disconnect()
+                self.client = self._connect()
+        return changed
 
     @staticmethod
     def _metadatas(collection: ChromaCollection) -> Iterator[tuple[str, Mapping[str, Any]]]:
