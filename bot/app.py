@@ -428,6 +428,8 @@ async def run(
     settings: Settings, host: str | None = None, port: int | None = None, *, bot: bool = True
 ) -> int:
     """``channelmind run`` (``bot=False``: ``channelmind serve``) until SIGINT or SIGTERM."""
+    from memory.server.gc_tuning import tuned_gc
+
     runner = Runner(settings, host, port, bot=bot)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -441,7 +443,8 @@ async def run(
             log.info("channelmind is running on %s; Ctrl-C stops it", " and ".join(parts))
         else:
             log.info("the memory server is running at %s; Ctrl-C stops it", runner.url)
-        await stop.wait()
+        with tuned_gc():  # start-up is done: see memory.server.gc_tuning
+            await stop.wait()
     finally:
         await runner.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,6 +4,7 @@ Slack adapter) against the fake Slack, in HTTP mode and in Socket Mode."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -20,8 +21,10 @@ from bot.app import Runner, run
 from bot.cli import main
 from bot.settings import Settings
 from memory import MemoryEngine, SourceRef
+from memory.server.gc_tuning import YOUNG_THRESHOLD
 from tests.bot.helpers import settings as core_settings
 from tests.fakes.slack.server import FakeSlack, message_event, sign_request
+from tests.polling import eventually
 
 SECRET = "runner-signing-secret"
 ALICE = "U0ALICE01"
@@ -177,3 +180,22 @@ async def test_served_connections_send_each_reply_at_once(tmp_path: Path) -> Non
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         await runner.stop()
+
+
+async def test_serve_runs_under_the_tuned_collector_once_started(tmp_path: Path) -> None:
+    """``channelmind serve`` (``run`` with ``bot=False``) freezes what start-up left alive and
+    raises the young threshold while it serves (memory.server.gc_tuning: the collector took
+    ~14% of the server's CPU at 40 clients), and puts both back when it stops."""
+    settings = core_settings(data_dir=tmp_path / "data", embedder="hash", host="127.0.0.1", port=0)
+    before = gc.get_threshold()
+    task = asyncio.create_task(run(settings, bot=False))
+    try:
+        await eventually(lambda: task.done() or gc.get_threshold()[0] == YOUNG_THRESHOLD, 60)
+        assert not task.done()
+        assert gc.get_freeze_count() > 0
+    finally:
+        if not task.done():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(task, 30) == 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
