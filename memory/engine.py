@@ -18,6 +18,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,7 @@ from .embed_queue import EmbedQueue
 from .embedders import Embedder, Vectors, folder_embedder, make_embedder, similarities
 from .filters import Filter, parse_filter
 from .folder import FolderLock
-from .index.base import VectorIndex, VectorItem
+from .index.base import Member, Members, VectorIndex, VectorItem
 from .index.chroma import ChromaIndex
 from .model import (
     EMBED_TEXT_VERSION,
@@ -819,10 +820,22 @@ class MemoryEngine:
     ) -> builtins.list[builtins.list[tuple[int, Brief, float]]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
         all of them, one index search for all of them, one read of the rows (as Briefs) but those
-        ``known`` (candidates of this scope already read, by uid)."""
+        ``known`` (candidates of this scope already read, by uid). A channel search lets the
+        index list the channel's rows from the store, when and if it needs them (it reads a
+        channel's vectors by uid; the moment of the listing is its consistency rule's)."""
         index = self._vectors()
         vectors = await self.embedding.embed(list(queries), urgent=True)
         narrowed = filt is not None or time is not None
+        members: Members | None = None
+        if scope.produced_for is not None:
+            loop = asyncio.get_running_loop()
+            listing = functools.partial(
+                self.store.channel_members, scope.org_id, scope.project_id, scope.produced_for
+            )
+
+            def members() -> list[Member]:  # in the index's thread; the loop awaits it
+                return asyncio.run_coroutine_threadsafe(listing(), loop).result()
+
         found = await asyncio.to_thread(
             index.query_many,
             scope.org_id,
@@ -832,6 +845,7 @@ class MemoryEngine:
             depth * 4 if narrowed else depth,
             scope.producer,
             scope.thread_id,
+            members,
         )
         known = known or {}
         uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))

@@ -16,7 +16,7 @@ Calls are synchronous; the engine makes them from worker threads. The implementa
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,13 @@ class VectorItem:
     produced_for: str
     producer: str
     thread_id: str | None
+
+
+#: A row of a channel as the store holds it: (uid, producer, thread id).
+Member = tuple[str, str, str | None]
+#: Lists a channel's rows from the store, indexed or not (called by the index from its thread,
+#: at the moment its own consistency rule needs: see :mod:`memory.index.chroma`).
+Members = Callable[[], Sequence[Member]]
 
 
 @dataclass
@@ -72,9 +79,12 @@ class VectorIndex(Protocol):
         k: int,
         producer: str | None = None,
         thread_id: str | None = None,
+        members: Members | None = None,
     ) -> list[list[tuple[str, float]]]:
         """:meth:`query` for each row of ``vectors`` (one search, several query vectors),
-        in one call to the index: a search's query vectors share its scope."""
+        in one call to the index: a search's query vectors share its scope. ``members``: for a
+        channel search, how to list the channel's rows from the store (an implementation
+        that reads a channel's vectors by uid uses it; without it, it finds them itself)."""
         ...
 
     def delete(self, org_id: str, project_id: str, produced_for: str, uids: list[str]) -> None:

@@ -279,6 +279,12 @@ class EpisodeStore(Protocol):
     async def channels(self, org_id: str, project_id: str) -> list[str]:
         """The distinct ``produced_for`` of a project's episodes."""
 
+    async def channel_members(
+        self, org_id: str, project_id: str, produced_for: str
+    ) -> list[tuple[str, str, str | None]]:
+        """(uid, producer, thread id) of every row of a channel, indexed or not: what the
+        vector index reads a channel's vectors by (:mod:`memory.index.chroma`)."""
+
     async def all_uids(self) -> set[str]:
         """Every stored uid (the index's deep consistency check)."""
 

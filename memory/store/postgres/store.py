@@ -754,6 +754,18 @@ class PostgresStore:
         )
         return [r[0] for r in rows]
 
+    async def channel_members(
+        self, org_id: str, project_id: str, produced_for: str
+    ) -> list[tuple[str, str, str | None]]:
+        rows = await self.db.fetch(
+            "SELECT uid, producer, thread_id FROM episodes"
+            " WHERE org_id = $1 AND project_id = $2 AND produced_for = $3",
+            org_id,
+            project_id,
+            produced_for,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     async def all_uids(self) -> set[str]:
         return {r[0] for r in await self.db.fetch("SELECT uid FROM episodes")}
 

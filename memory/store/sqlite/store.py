@@ -939,6 +939,16 @@ class SQLiteStore:
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
 
+    async def channel_members(
+        self, org_id: str, project_id: str, produced_for: str
+    ) -> list[tuple[str, str, str | None]]:
+        async with self.reader.execute(
+            "SELECT uid, producer, thread_id FROM episodes"
+            " WHERE org_id = ? AND project_id = ? AND produced_for = ?",
+            (org_id, project_id, produced_for),
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
     async def all_uids(self) -> set[str]:
         async with self.reader.execute("SELECT uid FROM episodes") as cur:
             return {r[0] for r in await cur.fetchall()}

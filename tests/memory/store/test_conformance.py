@@ -120,6 +120,19 @@ async def test_get_is_scoped_and_ordered(store: Store) -> None:
     assert found[u1].key != found[u2].key
 
 
+async def test_channel_members_lists_every_row_of_one_channel(store: Store) -> None:
+    """What the vector index reads a channel's vectors by: each row of the channel (indexed
+    or not), with its producer and thread, and nothing of another channel or project."""
+    u1, u2 = await add(
+        store, episode("one"), episode("two", producer=BOB, thread_id="1700000000.000009")
+    )
+    await add(store, episode("elsewhere", produced_for=RANDOM))
+    await add(store, episode("other project", project_id="P2"))
+    members = await store.channel_members(ORG, PROJECT, GENERAL)
+    assert sorted(members) == sorted([(u1, ALICE, None), (u2, BOB, "1700000000.000009")])
+    assert await store.channel_members(ORG, PROJECT, "slack:CNONE") == []
+
+
 async def test_find_source(store: Store) -> None:
     [uid] = await add(store, episode("hello", source_id="42.0001"))
     found = await store.find_source(ORG, PROJECT, "slack", "42.0001")
