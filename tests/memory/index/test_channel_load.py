@@ -89,7 +89,8 @@ def test_a_write_while_a_channel_is_listed_keeps_the_load_out_of_memory(
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((7, 8)).astype(np.float32)
     items = [VectorItem(f"u{i}", ORG, PROJECT, GENERAL, BOB, None) for i in range(7)]
-    index = ChromaIndex(functools.partial(open_chroma, str(tmp_path / "chroma")), bytes(32))
+    folder = tmp_path / "chroma"  # embedded: this process is the only writer
+    index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
     try:
         index.upsert(items[:6], vectors[:6])
         before: list[Member] = [(f"u{i}", BOB, None) for i in range(6)]
@@ -144,3 +145,36 @@ def test_a_replicas_write_after_the_mark_is_read_is_followed(chroma_url: str) ->
         a.reset()
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("where", ["embedded", "server"])
+def test_a_large_channels_first_answer_is_among_the_rows_its_store_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    """While a thread reads a large channel, the search that listed it asks Chroma among the
+    listed uids: a vector tagged with the channel whose row the store no longer has (the
+    nearest one here) is not in the answer, nor is anything of another channel."""
+    monkeypatch.setattr(chroma, "EAGER_LOAD", 3)
+    rng = np.random.default_rng(13)
+    vectors = rng.standard_normal((12, 8)).astype(np.float32)
+    items = [
+        VectorItem(f"u{i}", ORG, PROJECT, GENERAL if i < 8 else RANDOM, BOB, None)
+        for i in range(12)
+    ]
+    if where == "server":
+        url = request.getfixturevalue("chroma_url")
+        index = ChromaIndex(functools.partial(open_chroma, None, url), bytes(32))
+    else:
+        folder = tmp_path / "chroma"
+        index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
+    try:
+        index.upsert(items, vectors)
+        listed: list[Member] = [(f"u{i}", BOB, None) for i in range(1, 8)]  # u0: an orphan
+        [found] = index.query_many(ORG, PROJECT, GENERAL, vectors[0:1], 20, members=lambda: listed)
+        assert found and {u for u, _ in found} <= {f"u{i}" for i in range(1, 8)}
+        index.wait_loads()
+        [found] = index.query_many(ORG, PROJECT, GENERAL, vectors[0:1], 20, members=lambda: listed)
+        assert {u for u, _ in found} == {f"u{i}" for i in range(1, 8)}
+    finally:
+        index.reset()
+        index.close()
