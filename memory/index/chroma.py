@@ -19,12 +19,14 @@ index reads their vectors by uid, computing the producer and thread tokens itsel
 reading metadata: measured at 200k vectors, 1-23 ms for a channel of 70-1,100 vectors against
 29-66 ms for one ``where`` read (the filter alone costs 25-65 ms, whatever the channel's
 size). Above that both cost about 35 us a vector (Chroma's own read and its conversion to
-Python lists), so a channel of more than :data:`EAGER_LOAD` rows is read by a thread: the
-search that listed it asks Chroma's query among the listed uids (29-55 ms for the two busiest
-channels at 200k, against 74-120 ms filtered by the channel's token and 690-1,020 ms for a
-read), later ones until the thread is done Chroma's filtered query. Without a listing (a caller other than the engine) a channel is
-read by one ``where`` on its token. Either way, this process's count of its own writes to the
-collection is read before the listing, and a copy loaded while it changed is not kept.
+Python lists), so a channel of more than :data:`EAGER_LOAD` rows is read by a thread (in small
+pages, :data:`THREAD_PAGE`, so as not to hold the GIL for long): the search that listed it asks
+Chroma's query among the listed uids (29-55 ms for the two busiest channels at 200k, against
+74-120 ms filtered by the channel's token and 690-1,020 ms for a read), later ones until the
+thread is done Chroma's filtered query. Without a listing (a caller other than the engine) a
+channel is read by one ``where`` on its token. Either way, this process's count of its own
+writes to the collection is read before the listing, and a copy loaded while it changed is
+not kept.
 
 With embedded Chroma this process is the only writer (the folder lock), so its own writes keep
 the cache exact. A Chroma server is shared by replicas, any of which may add or delete a
@@ -151,6 +153,10 @@ EAGER_LOAD = 2_000
 #: The most uids one Chroma query is restricted to (embedded Chroma binds one SQL variable per
 #: uid; SQLite refuses more than 32,766).
 MAX_QUERY_IDS = 30_000
+#: Uids per `get` when a thread reads a channel: chromadb builds each answer's Python lists
+#: under the GIL, so a page of 10,000 stalled a search in another thread for up to 290-560 ms
+#: (notes/coldload/micro3.py, busiest channel at 200k); pages of 500, up to 27-55 ms.
+THREAD_PAGE = 500
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -814,10 +820,14 @@ class ChromaIndex:
         return channel
 
     def _load(
-        self, collection: ChromaCollection, listed: Sequence[Member], stamp: str | None
+        self,
+        collection: ChromaCollection,
+        listed: Sequence[Member],
+        stamp: str | None,
+        page: int = LOAD_PAGE,
     ) -> _Channel:
         """A channel's vectors read by uid (``listed``: its rows in the store; those without a
-        vector yet are simply not returned), :data:`LOAD_PAGE` uids per ``get``. Tags are
+        vector yet are simply not returned), ``page`` uids per ``get``. Tags are
         computed from the store's producer and thread, so no metadata is read: measured at
         200k vectors, a read by uid costs 1-23 ms for a channel of 70-1,100 vectors against
         29-66 ms by token (the ``where`` alone costs 25-65 ms whatever the channel's size)."""
@@ -831,8 +841,8 @@ class ChromaIndex:
         uids: list[str] = []
         pages: list[Vectors] = []
         wanted = list(tags)
-        for start in range(0, len(wanted), LOAD_PAGE):
-            got = collection.get(ids=wanted[start : start + LOAD_PAGE], include=["embeddings"])
+        for start in range(0, len(wanted), page):
+            got = collection.get(ids=wanted[start : start + page], include=["embeddings"])
             embeddings = got.get("embeddings")
             if got["ids"] and embeddings is not None:
                 uids.extend(got["ids"])
@@ -859,7 +869,7 @@ class ChromaIndex:
                     collection = None if self._closed else self._collection(key[0], create=False)
                     if collection is None:
                         return
-                    channel = self._load(collection, listed, stamp)
+                    channel = self._load(collection, listed, stamp, THREAD_PAGE)
                 self._cache.keep(key, channel, version, stale=standin)
             except Exception:  # the channel's searches keep using Chroma's filtered query
                 log.warning("reading a channel's vectors into memory failed", exc_info=True)
