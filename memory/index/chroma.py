@@ -16,8 +16,8 @@ Narrower filters (producer, thread) are tokens too: checked on the cached rows o
 How a channel is read into memory (:meth:`ChromaIndex._cached_channel`): the engine passes a
 listing of the channel's rows from its store (uid, producer, thread; indexed or not), and the
 index reads their vectors by uid, computing the producer and thread tokens itself rather than
-reading metadata: measured at 200k vectors, 1-23 ms for a channel of 70-1,100 vectors against
-29-66 ms for one ``where`` read (the filter alone costs 25-65 ms, whatever the channel's
+reading metadata: measured at 200k vectors, 2-23 ms for a channel of 70-570 vectors against
+29-66 ms for one ``where`` read (the filter alone costs 25-90 ms, whatever the channel's
 size). Above that both cost about 35 us a vector (Chroma's own read and its conversion to
 Python lists), so a channel of more than :data:`EAGER_LOAD` rows is read by a thread (in small
 pages, :data:`THREAD_PAGE`, so as not to hold the GIL for long): the search that listed it asks
@@ -829,8 +829,8 @@ class ChromaIndex:
         """A channel's vectors read by uid (``listed``: its rows in the store; those without a
         vector yet are simply not returned), ``page`` uids per ``get``. Tags are
         computed from the store's producer and thread, so no metadata is read: measured at
-        200k vectors, a read by uid costs 1-23 ms for a channel of 70-1,100 vectors against
-        29-66 ms by token (the ``where`` alone costs 25-65 ms whatever the channel's size)."""
+        200k vectors, a read by uid costs 2-23 ms for a channel of 70-570 vectors against
+        29-66 ms by token (the ``where`` alone costs 25-90 ms whatever the channel's size)."""
         tags: dict[str, Tag] = {}
         memo: dict[tuple[str, str | None], Tag] = {}
         for uid, producer, thread_id in listed:
