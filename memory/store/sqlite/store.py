@@ -857,22 +857,24 @@ class SQLiteStore:
             return []
         where, params = scope_sql(scope, time, filt)
         match = scope_match(scope, terms)
-        rows: list[Any] = []
+        rows: list[Any] | None = None
         if time is None and filt is None and _matched_in_scope(scope):
             # Rank in the full-text index alone, then read the best rows: the joined query
             # below reads every matching row (and sorts it with its text) before its LIMIT.
-            # Its WHERE can drop only rows of another project (the MATCH names no project
-            # token, see scope_match); if it dropped any, the joined query decides.
+            # The scope can leave out only rows of another project (the MATCH names no project
+            # token, see scope_match): it is read as a column, and if any of the best rows is
+            # outside it, the joined query decides (fewer matches than the limit are not).
             sql = (
-                "SELECT"
-                f" {cols('e', BRIEF_COLUMNS)}, f.rank FROM (SELECT rowid AS id,"
+                f"SELECT {cols('e', BRIEF_COLUMNS)}, ({where}), f.rank FROM (SELECT rowid AS id,"
                 " bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
                 " WHERE episodes_fts MATCH ? ORDER BY rank LIMIT ?) f"
-                f" CROSS JOIN episodes e ON e.id = f.id WHERE {where} ORDER BY f.rank"
+                " CROSS JOIN episodes e ON e.id = f.id ORDER BY f.rank"
             )
-            async with self.reader.execute(sql, [match, limit, *params]) as cur:
-                rows = await cur.fetchall()
-        if len(rows) < limit:
+            async with self.reader.execute(sql, [*params, match, limit]) as cur:
+                ranked = await cur.fetchall()
+            if all(r[-2] for r in ranked):
+                rows = [(*r[:-2], r[-1]) for r in ranked]
+        if rows is None:
             sql = (
                 f"SELECT {cols('e', BRIEF_COLUMNS)}, bm25(episodes_fts, 1.0, 0.0) AS rank"
                 " FROM episodes_fts"

@@ -97,6 +97,9 @@ async def test_a_project_wide_keyword_search_ranks_in_the_full_text_index_then_r
         await store.reader.conn.set_trace_callback(statements.append)
         alone = await store.keyword_search(everywhere, None, None, "zorblat", 3)
         single = [s for s in statements if "MATCH" in s]
+        statements.clear()  # fewer matches than the limit: still the one statement
+        assert len(await store.keyword_search(everywhere, None, None, "zorblat", 10)) == 5
+        assert len([s for s in statements if "MATCH" in s]) == 1
         # Another project's rows are shorter: bm25 ranks them first over the whole table.
         await store.add(
             [episode("zorblat", project_id="other", source_id=f"2.{i}") for i in range(20)]
