@@ -390,7 +390,8 @@ def _normalised(vectors: Vectors) -> Vectors:
     matrix = matrix.reshape(len(matrix), -1 if matrix.size else 0)  # (0, -1) cannot be shaped
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    normalised: Vectors = matrix / norms
+    matrix /= norms  # in place: the copy above is ours (a channel's vectors can be 100 MB)
+    normalised: Vectors = matrix
     return normalised
 
 
