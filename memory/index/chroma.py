@@ -90,10 +90,11 @@ import logging
 import secrets
 import sys
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import chromadb
@@ -371,6 +372,87 @@ class _Channel:
 Tag = tuple[str, str | None]
 #: The stamp of a cached channel that holds no rows and must not be used: no mark has it.
 _NO_MARK = ""
+#: Collection metadata that marks a collection whose ids are in :func:`short_id` form. Only
+#: collections this version creates carry it: an id cannot be renamed in Chroma without
+#: inserting its vector into HNSW again, so earlier collections keep the uids as they are.
+SHORT_IDS_KEY = "cm:ids"
+SHORT_IDS = "b64"
+#: Prefix of a short-id collection's id for a uid that is not a UUID in canonical form (it is
+#: stored as it is behind the prefix, which no base64 form holds).
+_VERBATIM = "~"
+
+
+def short_id(uid: str) -> str:
+    """The id a short-id collection stores for ``uid``: a canonical UUID (36 characters) as
+    its 16 bytes in URL-safe base64, 22 characters; anything else as it is behind
+    :data:`_VERBATIM`. Chroma stores each id three times (its ``embeddings`` row and unique
+    index, and twice in the HNSW segment's ``index_metadata.pickle``): about 56 bytes per
+    message less."""
+    try:
+        parsed = uuid.UUID(uid)
+    except ValueError:
+        return _VERBATIM + uid
+    if str(parsed) != uid:  # upper case, braces, no hyphens...: kept exactly as given
+        return _VERBATIM + uid
+    return base64.urlsafe_b64encode(parsed.bytes).decode("ascii").rstrip("=")
+
+
+def long_id(stored: str) -> str:
+    """The uid of an id a short-id collection holds (the inverse of :func:`short_id`). An id
+    in neither form (e.g. written by an earlier version sharing a Chroma server) is returned
+    as it is."""
+    if stored.startswith(_VERBATIM):
+        return stored[len(_VERBATIM) :]
+    if len(stored) == 22:
+        try:
+            return str(uuid.UUID(bytes=base64.urlsafe_b64decode(stored + "==")))
+        except ValueError:
+            return stored
+    return stored
+
+
+def _short_ids(ids: Any) -> Any:
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        return short_id(ids)
+    return [short_id(i) for i in ids]
+
+
+class _ShortIdCollection:
+    """A Chroma collection whose ids are stored in :func:`short_id` form, seen with the uids
+    the rest of the index uses: ids are encoded on the way in and decoded on the way out of
+    ``add``, ``upsert``, ``update``, ``delete``, ``get`` and ``query``, the one place the two
+    forms meet. Everything else (``count``, ``name``, ``metadata``, ``modify``...) is the
+    collection's own."""
+
+    def __init__(self, collection: ChromaCollection) -> None:
+        self._collection = collection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def add(self, ids: Any, **kwargs: Any) -> Any:
+        return self._collection.add(ids=_short_ids(ids), **kwargs)
+
+    def upsert(self, ids: Any, **kwargs: Any) -> Any:
+        return self._collection.upsert(ids=_short_ids(ids), **kwargs)
+
+    def update(self, ids: Any, **kwargs: Any) -> Any:
+        return self._collection.update(ids=_short_ids(ids), **kwargs)
+
+    def delete(self, ids: Any = None, **kwargs: Any) -> Any:
+        return self._collection.delete(ids=_short_ids(ids), **kwargs)
+
+    def get(self, ids: Any = None, **kwargs: Any) -> Any:
+        got = self._collection.get(ids=_short_ids(ids), **kwargs)
+        got["ids"] = [long_id(i) for i in got["ids"]]
+        return got
+
+    def query(self, ids: Any = None, **kwargs: Any) -> Any:
+        found = self._collection.query(ids=_short_ids(ids), **kwargs)
+        found["ids"] = [[long_id(i) for i in row] for row in found["ids"]]
+        return found
 
 
 def short_token(hashed: str) -> str:
@@ -601,9 +683,14 @@ class ChromaIndex:
                 return found
             try:
                 if create:
+                    # A new project collection stores short ids; an existing collection keeps
+                    # its metadata (Chroma ignores this one then), and so its ids' form.
+                    metadata = dict(COLLECTION_METADATA)
+                    if name.startswith(PROJECT_PREFIX):
+                        metadata[SHORT_IDS_KEY] = SHORT_IDS
                     found = self.client.get_or_create_collection(
                         name,
-                        metadata=COLLECTION_METADATA,
+                        metadata=metadata,
                         embedding_function=None,
                     )
                 else:
@@ -612,6 +699,8 @@ class ChromaIndex:
                 if create:
                     raise
                 return None
+            if (found.metadata or {}).get(SHORT_IDS_KEY) == SHORT_IDS:
+                found = cast(ChromaCollection, _ShortIdCollection(found))
             self._collections[name] = found
             return found
 
