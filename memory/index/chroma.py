@@ -276,10 +276,23 @@ class _Channel:
     without the lock sees one consistent state; an overwritten row changes in place."""
 
     def __init__(
-        self, uids: list[str], vectors: Vectors, tags: list[Tag], stamp: str | None = None
+        self,
+        uids: list[str],
+        vectors: Vectors,
+        tags: list[Tag],
+        stamp: str | None = None,
+        *,
+        owned: bool = False,
     ) -> None:
-        self._buffer = _normalised(vectors)
-        self.view: tuple[list[str], Vectors, list[Tag]] = (list(uids), self._buffer, list(tags))
+        # ``owned``: ``vectors`` is a float32 buffer already normalised that no one else
+        # holds (:meth:`ChromaIndex._load` fills one), taken as it is: its rows past the
+        # uids' are spare capacity for appends. Otherwise the rows are copied and normalised.
+        self._buffer = vectors if owned else _normalised(vectors)
+        self.view: tuple[list[str], Vectors, list[Tag]] = (
+            list(uids),
+            self._buffer[: len(uids)],
+            list(tags),
+        )
         self.rows = {uid: i for i, uid in enumerate(uids)}
         #: The channel's mark (a Chroma server) read before these rows were: see the module
         #: docstring. None: no mark (embedded Chroma, or a channel no writer has marked yet).
@@ -470,11 +483,18 @@ def short_token(hashed: str) -> str:
 def _normalised(vectors: Vectors) -> Vectors:
     matrix = np.array(vectors, dtype=np.float32, copy=True)
     matrix = matrix.reshape(len(matrix), -1 if matrix.size else 0)  # (0, -1) cannot be shaped
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    matrix /= norms  # in place: the copy above is ours (a channel's vectors can be 100 MB)
+    _normalise_rows(matrix)  # in place: the copy above is ours (a channel can be 100 MB)
     normalised: Vectors = matrix
     return normalised
+
+
+def _normalise_rows(matrix: Vectors) -> None:
+    """Scale each row of a float32 matrix to unit length, in place (a zero row stays zero).
+    Row by row the same arithmetic whatever the number of rows, so a buffer normalised a page
+    at a time holds the same values as one normalised whole."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    matrix /= norms
 
 
 def _has_long_token(meta: Mapping[str, Any]) -> bool:
@@ -928,18 +948,33 @@ class ChromaIndex:
             if tag is None:
                 tag = memo[(producer, thread_id)] = self._tag(producer, thread_id)
             tags[uid] = tag
+        # One float32 buffer of a row per listed uid, filled and normalised a page at a time:
+        # a page's answer (chromadb's Python lists and float64 array) is the only other copy
+        # held at once. Keeping every page, then stacking them, then normalising a copy held
+        # the channel three times over (about 300 MB for the busiest channel at 1M).
         uids: list[str] = []
-        pages: list[Vectors] = []
+        buffer: Vectors | None = None
         wanted = list(tags)
         for start in range(0, len(wanted), page):
             got = collection.get(ids=wanted[start : start + page], include=["embeddings"])
             embeddings = got.get("embeddings")
-            if got["ids"] and embeddings is not None:
-                uids.extend(got["ids"])
-                pages.append(np.asarray(embeddings, dtype=np.float32))
-        if not uids:
+            ids = got["ids"]
+            if not ids or embeddings is None:
+                continue
+            answer = np.asarray(embeddings)
+            del got, embeddings
+            if buffer is None:
+                buffer = np.empty((len(wanted), answer.shape[1]), dtype=np.float32)
+            block = buffer[len(uids) : len(uids) + len(ids)]
+            block[...] = answer  # float64 to float32, as np.asarray(..., float32) did
+            del answer
+            _normalise_rows(block)
+            uids.extend(ids)
+        if buffer is None or not uids:
             return _Channel.empty(stamp)
-        return _Channel(uids, np.concatenate(pages), [tags[u] for u in uids], stamp)
+        if len(uids) < len(buffer) // 2:  # most listed rows have no vector yet
+            buffer = buffer[: len(uids)].copy()
+        return _Channel(uids, buffer, [tags[u] for u in uids], stamp, owned=True)
 
     def _load_later(
         self,

@@ -6,6 +6,7 @@ count, or a Chroma server's mark, before the listing)."""
 from __future__ import annotations
 
 import functools
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -177,4 +178,43 @@ def test_a_large_channels_first_answer_is_among_the_rows_its_store_lists(
         assert {u for u, _ in found} == {f"u{i}" for i in range(1, 8)}
     finally:
         index.reset()
+        index.close()
+
+
+def test_a_channel_is_read_into_one_buffer_without_further_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a channel into memory allocates its matrix once, plus one page of Chroma's
+    answer at a time (traced by tracemalloc, which numpy reports to): keeping every page, then
+    stacking them, then normalising a copy peaked above three times the channel's size. The
+    copy answers as one normalised whole did."""
+    monkeypatch.setattr(chroma, "THREAD_PAGE", 100)
+    monkeypatch.setattr(chroma, "EAGER_LOAD", 2)
+    rows, width = 4000, 384
+    vectors = np.random.default_rng(23).standard_normal((rows, width)).astype(np.float32)
+    vectors[5] = 0.0  # a zero vector stays zero
+    items = [VectorItem(f"u{i}", ORG, PROJECT, GENERAL, BOB, None) for i in range(rows)]
+    folder = tmp_path / "chroma"
+    index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
+    try:
+        index.upsert(items, vectors)
+        listed: list[Member] = [(f"u{i}", BOB, None) for i in range(rows)]
+        tracemalloc.start()
+        try:
+            index.query_many(ORG, PROJECT, GENERAL, vectors[:1], 1, members=lambda: listed)
+            index.wait_loads()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert index.cached_uids(ORG, PROJECT, GENERAL) == {uid for uid, _, _ in listed}
+        assert peak < 2 * vectors.nbytes
+        found = index.query_many(ORG, PROJECT, GENERAL, vectors[:3], 1, members=lambda: listed)
+        assert [nearest[0][0] for nearest in found] == ["u0", "u1", "u2"]
+        [zero] = index.query_many(ORG, PROJECT, GENERAL, vectors[5:6], 3, members=lambda: listed)
+        assert [score for _, score in zero] == [0.0, 0.0, 0.0]
+        [[(_, score)]] = index.query_many(
+            ORG, PROJECT, GENERAL, vectors[7:8], 1, members=lambda: listed
+        )
+        assert score == pytest.approx(1.0, abs=1e-6)
+    finally:
         index.close()
