@@ -232,6 +232,22 @@ def zero_heap_allocations() -> bool:
         return False
 
 
+def release_free_heap() -> bool:
+    """Give the free memory of every glibc malloc arena back to the system (``malloc_trim``).
+
+    A channel read leaves about as much free heap as it holds (chromadb's Python lists and
+    float64 arrays, a page at a time), which glibc keeps for later in the reading thread's
+    arena, so the process's RSS grows by it for good. Measured (notes: coldcap.md), reading
+    58.6 MB of channels after 40,000 upserts: RSS +73 MB without, -10 MB with a trim after
+    each channel (the upserts' own free heap went back too). False off glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class _Gate:
     """Many Chroma calls at a time, or one scrub alone (it stops and restarts Chroma)."""
 
@@ -1041,6 +1057,7 @@ class ChromaIndex:
             finally:
                 with self._lock:
                     self._loading.pop(job.key, None)
+                release_free_heap()
 
     def _run_load(self, job: _LoadJob) -> None:
         name = job.key[0]
