@@ -14,7 +14,6 @@ import chromadb
 import pytest
 
 from memory.engine import MemoryEngine
-from memory.index.chroma import long_id
 from memory.model import Fact, Scope
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode, raw_db
 
@@ -84,8 +83,7 @@ def chroma_ids(data_dir: Path) -> dict[str, set[str]]:
     try:
         for entry in client.list_collections():
             name = entry if isinstance(entry, str) else entry.name
-            ids = client.get_collection(name).get(include=[])["ids"]
-            out[name] = {long_id(i) for i in ids}  # as stored: a short id is its uid's
+            out[name] = set(client.get_collection(name).get(include=[])["ids"])
     finally:
         client.close()
     return out
