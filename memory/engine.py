@@ -69,6 +69,7 @@ from .retrieval import (
 from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
+from .vector_queue import VectorQueryQueue
 
 if TYPE_CHECKING:
     from .protocol import Memory
@@ -110,6 +111,8 @@ class MemoryEngine:
         self.store: Store = store or make_store(None, self.data_dir)
         self.claim_lease_s = claim_lease_s  # CHANNELMIND_CLAIM_LEASE_SECONDS
         self.index: VectorIndex | None = None
+        # Project-wide searches waiting at the same moment share one index call.
+        self.vector_queries = VectorQueryQueue()
         self.folder: FolderLock | None = None
         self._wake = asyncio.Event()
         self._indexer: asyncio.Task[None] | None = None
@@ -836,17 +839,24 @@ class MemoryEngine:
             def members() -> list[Member]:  # in the index's thread; the loop awaits it
                 return asyncio.run_coroutine_threadsafe(listing(), loop).result()
 
-        found = await asyncio.to_thread(
-            index.query_many,
-            scope.org_id,
-            scope.project_id,
-            scope.produced_for,
-            vectors,
-            depth * 4 if narrowed else depth,
-            scope.producer,
-            scope.thread_id,
-            members,
-        )
+        k = depth * 4 if narrowed else depth
+        if scope.produced_for is None:
+            # Shares an index call with the project-wide searches waiting at the same moment.
+            found = await self.vector_queries.query(
+                index, scope.org_id, scope.project_id, vectors, k, scope.producer, scope.thread_id
+            )
+        else:
+            found = await asyncio.to_thread(
+                index.query_many,
+                scope.org_id,
+                scope.project_id,
+                scope.produced_for,
+                vectors,
+                k,
+                scope.producer,
+                scope.thread_id,
+                members,
+            )
         known = known or {}
         uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))
         fetched = await self.store.get_scoped(scope, filt, time, uids)

@@ -14,6 +14,7 @@ import chromadb
 import pytest
 
 from memory.engine import MemoryEngine
+from memory.index.chroma import long_id
 from memory.model import Fact, Scope
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode, raw_db
 
@@ -83,7 +84,8 @@ def chroma_ids(data_dir: Path) -> dict[str, set[str]]:
     try:
         for entry in client.list_collections():
             name = entry if isinstance(entry, str) else entry.name
-            out[name] = set(client.get_collection(name).get(include=[])["ids"])
+            ids = client.get_collection(name).get(include=[])["ids"]
+            out[name] = {long_id(i) for i in ids}  # as stored: a short id is its uid's
     finally:
         client.close()
     return out

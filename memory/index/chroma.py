@@ -19,14 +19,16 @@ index reads their vectors by uid, computing the producer and thread tokens itsel
 reading metadata: measured at 200k vectors, 2-23 ms for a channel of 70-570 vectors against
 29-66 ms for one ``where`` read (the filter alone costs 25-90 ms, whatever the channel's
 size). Above that both cost about 35 us a vector (Chroma's own read and its conversion to
-Python lists), so a channel of more than :data:`EAGER_LOAD` rows is read by a thread (in small
-pages, :data:`THREAD_PAGE`, so as not to hold the GIL for long): the search that listed it asks
-Chroma's query among the listed uids (29-55 ms for the two busiest channels at 200k, against
-74-120 ms filtered by the channel's token and 690-1,020 ms for a read), later ones until the
-thread is done Chroma's filtered query. Without a listing (a caller other than the engine) a
-channel is read by one ``where`` on its token. Either way, this process's count of its own
-writes to the collection is read before the listing, and a copy loaded while it changed is
-not kept.
+Python lists), so a channel of more than :data:`EAGER_LOAD` rows is queued for the loading
+thread, one thread that reads such channels one at a time (in small pages, :data:`THREAD_PAGE`,
+so as not to hold the GIL for long; each into one buffer, see :meth:`ChromaIndex._load`): the
+search that listed it asks Chroma's query among the listed uids (29-55 ms for the two busiest
+channels at 200k, against 74-120 ms filtered by the channel's token and 690-1,020 ms for a
+read), and so do later ones until the thread is done, as long as no write has changed the
+collection since the listing; otherwise Chroma's filtered query. Without a listing (a caller
+other than the engine) a channel is read by one ``where`` on its token. Either way, this
+process's count of its own writes to the collection is read before the listing, and a copy
+loaded while it changed is not kept.
 
 With embedded Chroma this process is the only writer (the folder lock), so its own writes keep
 the cache exact. A Chroma server is shared by replicas, any of which may add or delete a
@@ -90,10 +92,11 @@ import logging
 import secrets
 import sys
 import threading
-from collections import OrderedDict
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlparse
 
 import chromadb
@@ -146,9 +149,9 @@ SEARCH_EF = 400
 #: configuration form also records a "legacy" embedding function, and every later read of the
 #: collection's configuration then warns (DeprecationWarning).
 COLLECTION_METADATA: dict[str, str | int] = {"hnsw:space": "cosine", "hnsw:search_ef": SEARCH_EF}
-#: A channel with more rows than this in the store is read into memory by a thread of its own;
-#: until it is there, its searches ask Chroma (see the module docstring). Smaller ones are read
-#: by the search that first needs them.
+#: A channel with more rows than this in the store is read into memory by the loading thread
+#: (one for the index, channels in turn); until it is there, its searches ask Chroma (see the
+#: module docstring). Smaller ones are read by the search that first needs them.
 EAGER_LOAD = 2_000
 #: The most uids one Chroma query is restricted to (embedded Chroma binds one SQL variable per
 #: uid; SQLite refuses more than 32,766).
@@ -229,6 +232,22 @@ def zero_heap_allocations() -> bool:
         return False
 
 
+def release_free_heap() -> bool:
+    """Give the free memory of every glibc malloc arena back to the system (``malloc_trim``).
+
+    A channel read leaves about as much free heap as it holds (chromadb's Python lists and
+    float64 arrays, a page at a time), which glibc keeps for later in the reading thread's
+    arena, so the process's RSS grows by it for good. Measured (notes: coldcap.md), reading
+    58.6 MB of channels after 40,000 upserts: RSS +73 MB without, -10 MB with a trim after
+    each channel (the upserts' own free heap went back too). False off glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 class _Gate:
     """Many Chroma calls at a time, or one scrub alone (it stops and restarts Chroma)."""
 
@@ -275,10 +294,23 @@ class _Channel:
     without the lock sees one consistent state; an overwritten row changes in place."""
 
     def __init__(
-        self, uids: list[str], vectors: Vectors, tags: list[Tag], stamp: str | None = None
+        self,
+        uids: list[str],
+        vectors: Vectors,
+        tags: list[Tag],
+        stamp: str | None = None,
+        *,
+        owned: bool = False,
     ) -> None:
-        self._buffer = _normalised(vectors)
-        self.view: tuple[list[str], Vectors, list[Tag]] = (list(uids), self._buffer, list(tags))
+        # ``owned``: ``vectors`` is a float32 buffer already normalised that no one else
+        # holds (:meth:`ChromaIndex._load` fills one), taken as it is: its rows past the
+        # uids' are spare capacity for appends. Otherwise the rows are copied and normalised.
+        self._buffer = vectors if owned else _normalised(vectors)
+        self.view: tuple[list[str], Vectors, list[Tag]] = (
+            list(uids),
+            self._buffer[: len(uids)],
+            list(tags),
+        )
         self.rows = {uid: i for i, uid in enumerate(uids)}
         #: The channel's mark (a Chroma server) read before these rows were: see the module
         #: docstring. None: no mark (embedded Chroma, or a channel no writer has marked yet).
@@ -369,8 +401,102 @@ class _Channel:
 
 #: A cached row's (producer token, thread token or None).
 Tag = tuple[str, str | None]
+
+
+class _LoadJob(NamedTuple):
+    """A channel queued for the loading thread: its cache key, its rows as the store listed
+    them, the write count and mark read before that listing, and the stand-in it replaces."""
+
+    key: tuple[str, str]
+    listed: Sequence[Member]
+    version: int
+    stamp: str | None
+    standin: _Channel
+
+
 #: The stamp of a cached channel that holds no rows and must not be used: no mark has it.
 _NO_MARK = ""
+#: Collection metadata that marks a collection whose ids are in :func:`short_id` form. Only
+#: collections this version creates carry it: an id cannot be renamed in Chroma without
+#: inserting its vector into HNSW again, so earlier collections keep the uids as they are.
+SHORT_IDS_KEY = "cm:ids"
+SHORT_IDS = "b64"
+#: Prefix of a short-id collection's id for a uid that is not a UUID in canonical form (it is
+#: stored as it is behind the prefix, which no base64 form holds).
+_VERBATIM = "~"
+
+
+def short_id(uid: str) -> str:
+    """The id a short-id collection stores for ``uid``: a canonical UUID (36 characters) as
+    its 16 bytes in URL-safe base64, 22 characters; anything else as it is behind
+    :data:`_VERBATIM`. Chroma stores each id three times (its ``embeddings`` row and unique
+    index, and twice in the HNSW segment's ``index_metadata.pickle``): about 56 bytes per
+    message less."""
+    try:
+        parsed = uuid.UUID(uid)
+    except ValueError:
+        return _VERBATIM + uid
+    if str(parsed) != uid:  # upper case, braces, no hyphens...: kept exactly as given
+        return _VERBATIM + uid
+    return base64.urlsafe_b64encode(parsed.bytes).decode("ascii").rstrip("=")
+
+
+def long_id(stored: str) -> str:
+    """The uid of an id a short-id collection holds (the inverse of :func:`short_id`). An id
+    in neither form (e.g. written by an earlier version sharing a Chroma server) is returned
+    as it is."""
+    if stored.startswith(_VERBATIM):
+        return stored[len(_VERBATIM) :]
+    if len(stored) == 22:
+        try:
+            return str(uuid.UUID(bytes=base64.urlsafe_b64decode(stored + "==")))
+        except ValueError:
+            return stored
+    return stored
+
+
+def _short_ids(ids: Any) -> Any:
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        return short_id(ids)
+    return [short_id(i) for i in ids]
+
+
+class _ShortIdCollection:
+    """A Chroma collection whose ids are stored in :func:`short_id` form, seen with the uids
+    the rest of the index uses: ids are encoded on the way in and decoded on the way out of
+    ``add``, ``upsert``, ``update``, ``delete``, ``get`` and ``query``, the one place the two
+    forms meet. Everything else (``count``, ``name``, ``metadata``, ``modify``...) is the
+    collection's own."""
+
+    def __init__(self, collection: ChromaCollection) -> None:
+        self._collection = collection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def add(self, ids: Any, **kwargs: Any) -> Any:
+        return self._collection.add(ids=_short_ids(ids), **kwargs)
+
+    def upsert(self, ids: Any, **kwargs: Any) -> Any:
+        return self._collection.upsert(ids=_short_ids(ids), **kwargs)
+
+    def update(self, ids: Any, **kwargs: Any) -> Any:
+        return self._collection.update(ids=_short_ids(ids), **kwargs)
+
+    def delete(self, ids: Any = None, **kwargs: Any) -> Any:
+        return self._collection.delete(ids=_short_ids(ids), **kwargs)
+
+    def get(self, ids: Any = None, **kwargs: Any) -> Any:
+        got = self._collection.get(ids=_short_ids(ids), **kwargs)
+        got["ids"] = [long_id(i) for i in got["ids"]]
+        return got
+
+    def query(self, ids: Any = None, **kwargs: Any) -> Any:
+        found = self._collection.query(ids=_short_ids(ids), **kwargs)
+        found["ids"] = [[long_id(i) for i in row] for row in found["ids"]]
+        return found
 
 
 def short_token(hashed: str) -> str:
@@ -388,11 +514,18 @@ def short_token(hashed: str) -> str:
 def _normalised(vectors: Vectors) -> Vectors:
     matrix = np.array(vectors, dtype=np.float32, copy=True)
     matrix = matrix.reshape(len(matrix), -1 if matrix.size else 0)  # (0, -1) cannot be shaped
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    matrix /= norms  # in place: the copy above is ours (a channel's vectors can be 100 MB)
+    _normalise_rows(matrix)  # in place: the copy above is ours (a channel can be 100 MB)
     normalised: Vectors = matrix
     return normalised
+
+
+def _normalise_rows(matrix: Vectors) -> None:
+    """Scale each row of a float32 matrix to unit length, in place (a zero row stays zero).
+    Row by row the same arithmetic whatever the number of rows, so a buffer normalised a page
+    at a time holds the same values as one normalised whole."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    matrix /= norms
 
 
 def _has_long_token(meta: Mapping[str, Any]) -> bool:
@@ -540,9 +673,12 @@ class ChromaIndex:
         self._lock = threading.Lock()
         self._gate = _Gate()
         self._cache = _ChannelCache()
-        # Channels being read into memory by threads of their own (EAGER_LOAD), and those threads.
-        self._loading: set[tuple[str, str]] = set()
-        self._loaders: list[threading.Thread] = []
+        # Channels waiting to be read into memory, or being read, by the loading thread
+        # (EAGER_LOAD), each with its job; the jobs in order; the thread while it runs.
+        self._loading: dict[tuple[str, str], _LoadJob] = {}
+        self._jobs: deque[_LoadJob] = deque()
+        self._loader: threading.Thread | None = None
+        self._loads_done = threading.Condition(self._lock)
         self._closed = False
         # A Chroma server may have other writers (replicas): they and we mark every channel
         # whose vectors change, and a cached channel is used only while its mark is the one
@@ -601,9 +737,14 @@ class ChromaIndex:
                 return found
             try:
                 if create:
+                    # A new project collection stores short ids; an existing collection keeps
+                    # its metadata (Chroma ignores this one then), and so its ids' form.
+                    metadata = dict(COLLECTION_METADATA)
+                    if name.startswith(PROJECT_PREFIX):
+                        metadata[SHORT_IDS_KEY] = SHORT_IDS
                     found = self.client.get_or_create_collection(
                         name,
-                        metadata=COLLECTION_METADATA,
+                        metadata=metadata,
                         embedding_function=None,
                     )
                 else:
@@ -612,6 +753,8 @@ class ChromaIndex:
                 if create:
                     raise
                 return None
+            if (found.metadata or {}).get(SHORT_IDS_KEY) == SHORT_IDS:
+                found = cast(ChromaCollection, _ShortIdCollection(found))
             self._collections[name] = found
             return found
 
@@ -765,11 +908,12 @@ class ChromaIndex:
     ) -> _Channel | list[str] | None:
         """The channel's vectors from the cache, loaded on first use and, with a Chroma
         server, again whenever its mark has changed since; None when the channel is too large
-        for the cache, or is being loaded by a thread (:data:`EAGER_LOAD`): the caller then
-        asks Chroma's filtered query. A list: the uids just listed of a channel a thread has
-        begun to read (at most :data:`MAX_QUERY_IDS`), for Chroma's query among those ids,
-        which at 200k vectors took 29-55 ms for the two busiest channels (6.5% and 3.7% of
-        the vectors) against 74-120 ms filtered by the channel's token.
+        for the cache, or is queued for the loading thread (:data:`EAGER_LOAD`) and written to
+        since it was listed: the caller then asks Chroma's filtered query. A list: the uids
+        listed of a channel queued for the loading thread (at most :data:`MAX_QUERY_IDS`; see
+        :meth:`_queued_uids`), for Chroma's query among those ids, which at 200k vectors took
+        29-55 ms for the two busiest channels (6.5% and 3.7% of the vectors) against 74-120 ms
+        filtered by the channel's token.
 
         The order of reads is the consistency rule, kept here only: first the cache's write
         count of the collection (this process's own writes, :meth:`_ChannelCache.keep`) and,
@@ -783,10 +927,11 @@ class ChromaIndex:
         if found and held is None:
             return None
         with self._lock:
-            if key in self._loading:
-                return None
+            queued = key in self._loading
         # The mark is read before the vectors (the module docstring says why).
         stamp = self._stamp(collection.name, token) if self._shared else None
+        if queued:
+            return self._queued_uids(key, stamp)
         if held is not None:
             if held.stamp == stamp:
                 held.used = True
@@ -839,18 +984,33 @@ class ChromaIndex:
             if tag is None:
                 tag = memo[(producer, thread_id)] = self._tag(producer, thread_id)
             tags[uid] = tag
+        # One float32 buffer of a row per listed uid, filled and normalised a page at a time:
+        # a page's answer (chromadb's Python lists and float64 array) is the only other copy
+        # held at once. Keeping every page, then stacking them, then normalising a copy held
+        # the channel three times over (about 300 MB for the busiest channel at 1M).
         uids: list[str] = []
-        pages: list[Vectors] = []
+        buffer: Vectors | None = None
         wanted = list(tags)
         for start in range(0, len(wanted), page):
             got = collection.get(ids=wanted[start : start + page], include=["embeddings"])
             embeddings = got.get("embeddings")
-            if got["ids"] and embeddings is not None:
-                uids.extend(got["ids"])
-                pages.append(np.asarray(embeddings, dtype=np.float32))
-        if not uids:
+            ids = got["ids"]
+            if not ids or embeddings is None:
+                continue
+            answer = np.asarray(embeddings)
+            del got, embeddings
+            if buffer is None:
+                buffer = np.empty((len(wanted), answer.shape[1]), dtype=np.float32)
+            block = buffer[len(uids) : len(uids) + len(ids)]
+            block[...] = answer  # float64 to float32, as np.asarray(..., float32) did
+            del answer
+            _normalise_rows(block)
+            uids.extend(ids)
+        if buffer is None or not uids:
             return _Channel.empty(stamp)
-        return _Channel(uids, np.concatenate(pages), [tags[u] for u in uids], stamp)
+        if len(uids) < len(buffer) // 2:  # most listed rows have no vector yet
+            buffer = buffer[: len(uids)].copy()
+        return _Channel(uids, buffer, [tags[u] for u in uids], stamp, owned=True)
 
     def _load_later(
         self,
@@ -860,39 +1020,74 @@ class ChromaIndex:
         stamp: str | None,
         standin: _Channel,
     ) -> None:
-        """:meth:`_load` a channel in a thread of its own and cache it in place of
-        ``standin``, under the write count and mark read before ``listed`` was (a write since
-        keeps it out of the cache, as for a load in the search's own thread)."""
+        """Queue a channel for the loading thread, which reads it (:meth:`_load`) and caches it in
+        place of ``standin``, under the write count and mark read before ``listed`` was (a
+        write since keeps it out of the cache, as for a load in the search's own thread).
 
-        def run() -> None:
-            try:
-                with self._gate.shared():
-                    collection = None if self._closed else self._collection(key[0], create=False)
-                    if collection is None:
-                        return
-                    channel = self._load(collection, listed, stamp, THREAD_PAGE)
-                self._cache.keep(key, channel, version, stale=standin)
-            except Exception:  # the channel's searches keep using Chroma's filtered query
-                log.warning("reading a channel's vectors into memory failed", exc_info=True)
-            finally:
-                with self._lock:
-                    self._loading.discard(key)
-
+        One thread reads the queued channels one after the other. A thread per channel, as
+        before, read every large channel searched at once: up to 77 of them at a million
+        messages, each holding its pages and copies, which made the search phase's peak RSS
+        (1.4 GB over the end of indexing) and took the CPU the searches needed."""
+        job = _LoadJob(key, listed, version, stamp, standin)
         with self._lock:
             if key in self._loading:
                 return
-            self._loading.add(key)
-            thread = threading.Thread(target=run, name="channelmind-channel-load", daemon=True)
-            self._loaders = [t for t in self._loaders if t.is_alive()]
-            self._loaders.append(thread)
+            self._loading[key] = job
+            self._jobs.append(job)
+            if self._loader is not None:
+                return
+            thread = self._loader = threading.Thread(
+                target=self._load_queued, name="channelmind-channel-load", daemon=True
+            )
         thread.start()
 
-    def wait_loads(self, timeout: float | None = None) -> None:
-        """Wait for the channels being read into memory by threads (:data:`EAGER_LOAD`)."""
+    def _load_queued(self) -> None:
+        """The loading thread: runs the queued loads, in order, until none is left."""
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._loader = None
+                    self._loads_done.notify_all()
+                    return
+                job = self._jobs.popleft()
+            try:
+                self._run_load(job)
+            except Exception:  # the channel's searches keep asking Chroma
+                log.warning("reading a channel's vectors into memory failed", exc_info=True)
+            finally:
+                with self._lock:
+                    self._loading.pop(job.key, None)
+                release_free_heap()
+
+    def _run_load(self, job: _LoadJob) -> None:
+        name = job.key[0]
+        if self._cache.version(name) != job.version:
+            return  # written to since it was listed: the copy would not be kept anyway
+        with self._gate.shared():
+            collection = None if self._closed else self._collection(name, create=False)
+            if collection is None:
+                return
+            channel = self._load(collection, job.listed, job.stamp, THREAD_PAGE)
+        self._cache.keep(job.key, channel, job.version, stale=job.standin)
+
+    def _queued_uids(self, key: tuple[str, str], stamp: str | None) -> list[str] | None:
+        """For a search of a channel queued (or being read) by the loading thread: the uids
+        its job listed, while that listing is still the channel's (no write of this process
+        to the collection since, and, with a Chroma server, the same mark: the same reasoning
+        as for a cached copy, see the module docstring), at most :data:`MAX_QUERY_IDS` of
+        them; None otherwise (the caller asks Chroma's filtered query)."""
         with self._lock:
-            loaders = list(self._loaders)
-        for thread in loaders:
-            thread.join(timeout)
+            job = self._loading.get(key)
+        if job is None or job.stamp != stamp or len(job.listed) > MAX_QUERY_IDS:
+            return None
+        if self._cache.version(key[0]) != job.version:
+            return None
+        return [uid for uid, _, _ in job.listed]
+
+    def wait_loads(self, timeout: float | None = None) -> None:
+        """Wait until the loading thread has read every queued channel (:data:`EAGER_LOAD`)."""
+        with self._lock:
+            self._loads_done.wait_for(lambda: self._loader is None, timeout)
 
     def _load_where(
         self, collection: ChromaCollection, token: str, stamp: str | None

@@ -301,8 +301,23 @@ def _episode_row(ep: Episode) -> tuple[Any, ...]:
         ep.thread_id,
         ep.episode_type,
         json.dumps(ep.metadata, ensure_ascii=False, default=str),
-        " ".join(scope_tokens(ep)),
+        fts_tags(ep),
     )
+
+
+#: What a row's ``fts_tags`` holds in the place of its project's scope token.
+PROJECT_PLACEHOLDER = "zo"
+
+
+def fts_tags(ep: Episode) -> str:
+    """The scope tokens a new row is indexed under, but for the project's own: no query
+    matches that one (:func:`scope_match` keeps a project by its WHERE), so a row holds the
+    constant :data:`PROJECT_PLACEHOLDER` in its place, 20 bytes less per row. A token is kept
+    there, not dropped: FTS5's bm25 measures a row's length over every column (``fts_tags``
+    too, although it weighs 0), so rows keep the number of tokens they had and every score
+    stays what it was. Rows written before keep the project token; nothing reads it."""
+    project = project_token(ep.org_id, ep.project_id)
+    return " ".join(PROJECT_PLACEHOLDER if t == project else t for t in scope_tokens(ep))
 
 
 #: A batch waiting for the next group commit, and where its caller waits for the outcome.

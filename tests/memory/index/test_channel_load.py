@@ -6,7 +6,9 @@ count, or a Chroma server's mark, before the listing)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+import tracemalloc
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -177,4 +179,143 @@ def test_a_large_channels_first_answer_is_among_the_rows_its_store_lists(
         assert {u for u, _ in found} == {f"u{i}" for i in range(1, 8)}
     finally:
         index.reset()
+        index.close()
+
+
+class HeldListing(list[Member]):
+    """A store's listing of a channel whose rows the loading thread cannot go through until
+    ``release`` is set: the test holds channels in the loading queue (a search's own thread
+    goes through it at once)."""
+
+    def __init__(self, rows: Sequence[Member], release: threading.Event) -> None:
+        super().__init__(rows)
+        self.release = release
+
+    def __iter__(self) -> Iterator[Member]:
+        if threading.current_thread().name == "channelmind-channel-load":
+            self.release.wait(60)  # a safety net for a failing test only
+        return super().__iter__()
+
+
+def loading_threads() -> int:
+    return sum(t.name == "channelmind-channel-load" for t in threading.enumerate())
+
+
+def test_one_thread_reads_the_large_channels_one_after_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three large channels searched while none is read yet: one thread reads them, in turn
+    (a thread each read them all at once: the 1M run's peak RSS), and each is then searched
+    in memory."""
+    monkeypatch.setattr(chroma, "EAGER_LOAD", 2)
+    rng = np.random.default_rng(17)
+    channels = [f"slack:CBIG{i}" for i in range(3)]
+    vectors = rng.standard_normal((12, 8)).astype(np.float32)
+    items = [VectorItem(f"u{i}", ORG, PROJECT, channels[i % 3], BOB, None) for i in range(12)]
+    folder = tmp_path / "chroma"
+    index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
+    release = threading.Event()
+    try:
+        index.upsert(items, vectors)
+        before = loading_threads()
+        for c, channel in enumerate(channels):
+            listed = HeldListing([(f"u{i}", BOB, None) for i in range(c, 12, 3)], release)
+            [found] = index.query_many(
+                ORG, PROJECT, channel, vectors[c : c + 1], 2, members=lambda rows=listed: rows
+            )
+            assert found[0][0] == f"u{c}"
+        assert loading_threads() - before == 1
+        release.set()
+        index.wait_loads()
+        assert loading_threads() == before
+        for c, channel in enumerate(channels):
+            assert index.cached_uids(ORG, PROJECT, channel) == {f"u{i}" for i in range(c, 12, 3)}
+    finally:
+        release.set()
+        index.close()
+
+
+def test_a_queued_channel_is_searched_among_its_listed_rows_until_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large channel waiting for the loading thread: its searches ask Chroma among the uids
+    its listing holds (an orphan vector tagged with the channel, the nearest one, is not
+    found, as the filtered query would find it), for as long as no write has changed the
+    collection since the listing; after a write, Chroma's filtered query answers (the
+    listing may miss the new row), and the queued read is not kept: the next one is."""
+    monkeypatch.setattr(chroma, "EAGER_LOAD", 3)
+    rng = np.random.default_rng(19)
+    vectors = rng.standard_normal((14, 8)).astype(np.float32)
+    items = [
+        VectorItem(f"u{i}", ORG, PROJECT, GENERAL if i < 8 else RANDOM, BOB, None)
+        for i in range(12)
+    ]
+    folder = tmp_path / "chroma"
+    index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
+    release = threading.Event()
+    try:
+        index.upsert(items, vectors[:12])
+        # RANDOM goes first and holds the loading thread; GENERAL waits behind it.
+        held = HeldListing([(f"u{i}", BOB, None) for i in range(8, 12)], release)
+        index.query_many(ORG, PROJECT, RANDOM, vectors[8:9], 2, members=lambda: held)
+        listed = HeldListing([(f"u{i}", BOB, None) for i in range(1, 8)], release)  # u0: orphan
+        general = {f"u{i}" for i in range(1, 8)}
+        for _ in range(2):  # the search that queues it, then one while it waits
+            [found] = index.query_many(
+                ORG, PROJECT, GENERAL, vectors[0:1], 20, members=lambda: listed
+            )
+            assert {u for u, _ in found} == general
+        newer = VectorItem("u12", ORG, PROJECT, GENERAL, BOB, None)
+        index.upsert([newer], vectors[12:13])
+        [found] = index.query_many(ORG, PROJECT, GENERAL, vectors[12:13], 1, members=lambda: listed)
+        assert found[0][0] == "u12"
+        release.set()
+        index.wait_loads()
+        # The read listed before u12 is not kept (the stand-in may hold u12: writes go on it).
+        assert not (index.cached_uids(ORG, PROJECT, GENERAL) or set()) & general
+        every = [*listed, ("u12", BOB, None)]
+        index.query_many(ORG, PROJECT, GENERAL, vectors[0:1], 1, members=lambda: every)
+        index.wait_loads()
+        assert index.cached_uids(ORG, PROJECT, GENERAL) == {*general, "u12"}
+    finally:
+        release.set()
+        index.close()
+
+
+def test_a_channel_is_read_into_one_buffer_without_further_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a channel into memory allocates its matrix once, plus one page of Chroma's
+    answer at a time (traced by tracemalloc, which numpy reports to): keeping every page, then
+    stacking them, then normalising a copy peaked above three times the channel's size. The
+    copy answers as one normalised whole did."""
+    monkeypatch.setattr(chroma, "THREAD_PAGE", 100)
+    monkeypatch.setattr(chroma, "EAGER_LOAD", 2)
+    rows, width = 4000, 384
+    vectors = np.random.default_rng(23).standard_normal((rows, width)).astype(np.float32)
+    vectors[5] = 0.0  # a zero vector stays zero
+    items = [VectorItem(f"u{i}", ORG, PROJECT, GENERAL, BOB, None) for i in range(rows)]
+    folder = tmp_path / "chroma"
+    index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
+    try:
+        index.upsert(items, vectors)
+        listed: list[Member] = [(f"u{i}", BOB, None) for i in range(rows)]
+        tracemalloc.start()
+        try:
+            index.query_many(ORG, PROJECT, GENERAL, vectors[:1], 1, members=lambda: listed)
+            index.wait_loads()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert index.cached_uids(ORG, PROJECT, GENERAL) == {uid for uid, _, _ in listed}
+        assert peak < 2 * vectors.nbytes
+        found = index.query_many(ORG, PROJECT, GENERAL, vectors[:3], 1, members=lambda: listed)
+        assert [nearest[0][0] for nearest in found] == ["u0", "u1", "u2"]
+        [zero] = index.query_many(ORG, PROJECT, GENERAL, vectors[5:6], 3, members=lambda: listed)
+        assert [score for _, score in zero] == [0.0, 0.0, 0.0]
+        [[(_, score)]] = index.query_many(
+            ORG, PROJECT, GENERAL, vectors[7:8], 1, members=lambda: listed
+        )
+        assert score == pytest.approx(1.0, abs=1e-6)
+    finally:
         index.close()

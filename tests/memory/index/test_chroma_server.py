@@ -10,7 +10,7 @@ import chromadb
 import httpx
 
 from memory.engine import MemoryEngine
-from memory.index.chroma import MARKS_PREFIX, PROJECT_PREFIX
+from memory.index.chroma import MARKS_PREFIX, PROJECT_PREFIX, long_id
 from memory.model import Fact, Scope
 from tests.conftest import BOB, GENERAL, ORG, PROJECT, episode
 from tests.server_harness import channelmind_serve
@@ -54,14 +54,14 @@ async def test_engine_on_a_chroma_server(chroma_url: str, data_dir: Path) -> Non
             host=host, port=int(port), settings=chromadb.Settings(anonymized_telemetry=False)
         )
         remote = client.get_collection(engine.index.project_collection(ORG, PROJECT))
-        assert set(remote.get(include=[])["ids"]) == set(uids)
+        assert {long_id(i) for i in remote.get(include=[])["ids"]} == set(uids)
 
         report = await engine.forget(ORG, producer=BOB)
         assert report.uids == [uids[1]]
         assert report.facts == 1
-        assert set(remote.get(include=[])["ids"]) == {uids[0], uids[2]}
+        assert {long_id(i) for i in remote.get(include=[])["ids"]} == {uids[0], uids[2]}
         general = {"c": engine.index.channel_token(ORG, PROJECT, GENERAL)}
-        assert set(remote.get(where=general, include=[])["ids"]) == {uids[0]}
+        assert [long_id(i) for i in remote.get(where=general, include=[])["ids"]] == [uids[0]]
         # One copy of each vector; beside it only the project's channel marks (no vectors).
         marks = MARKS_PREFIX + remote.name.removeprefix(PROJECT_PREFIX)
         assert sorted(c.name for c in client.list_collections()) == sorted([remote.name, marks])

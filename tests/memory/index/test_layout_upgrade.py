@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from memory.engine import MemoryEngine
-from memory.index.chroma import OLD_CHANNEL_PREFIX, close_chroma, open_chroma
+from memory.index.chroma import OLD_CHANNEL_PREFIX, close_chroma, long_id, open_chroma
 from memory.model import Scope
 from tests.conftest import BOB, GENERAL, ORG, PROJECT, RANDOM, episode
 from tests.memory.index.test_token_upgrade import old_token
@@ -32,7 +32,9 @@ def write_old_layout(chroma: Path, project: str, long_tokens: dict[str, str]) ->
     try:
         current = client.get_collection(project, embedding_function=None)
         got = current.get(include=["embeddings", "metadatas"])
-        ids, vectors = list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32)
+        # Earlier versions stored uids as they are (this version's collection: short ids).
+        ids = [long_id(i) for i in got["ids"]]
+        vectors = np.asarray(got["embeddings"], dtype=np.float32)
         metas = [dict(m or {}) for m in got["metadatas"] or []]
         channels = [long_tokens[m.pop("c")] for m in metas]
         for m in metas:  # earlier versions' producer tokens were the long form too

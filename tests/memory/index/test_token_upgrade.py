@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from memory.engine import MemoryEngine
-from memory.index.chroma import close_chroma, open_chroma
+from memory.index.chroma import SHORT_IDS, SHORT_IDS_KEY, close_chroma, open_chroma, short_id
 from memory.model import Scope
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode
 
@@ -56,6 +56,8 @@ def write_old_tokens(
                 meta["t"] = old_token(key, "thread", thread)
             written.update(meta.values())
             metas.append(meta)
+        if (collection.metadata or {}).get(SHORT_IDS_KEY) == SHORT_IDS:  # as stored
+            ids = [short_id(uid) for uid in ids]
         collection.update(ids=ids, metadatas=metas)  # type: ignore[arg-type]
     finally:
         close_chroma(client, embedded=True)

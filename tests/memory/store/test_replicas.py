@@ -24,7 +24,7 @@ import httpx
 import pytest
 from memmachine_client import MemMachineClient
 
-from memory.index.chroma import MARKS_PREFIX
+from memory.index.chroma import MARKS_PREFIX, long_id
 from tests.fakes.openai.server import FakeOpenAI
 from tests.server_harness import channelmind_serve
 
@@ -118,9 +118,11 @@ async def test_two_replicas_share_one_memory(tmp_path: Path, pg_url: str, chroma
         names = [getattr(entry, "name", entry) for entry in chroma.list_collections()]
         names = [name for name in names if not name.startswith(MARKS_PREFIX)]  # no vectors
         stored_ids = {
-            uid
+            long_id(stored)
             for name in names
-            for uid in chroma.get_collection(name, embedding_function=None).get(include=[])["ids"]
+            for stored in chroma.get_collection(name, embedding_function=None).get(include=[])[
+                "ids"
+            ]
         }
         assert stored_ids == {uids[n] for n in notes} - {uids[n] for n in gone}
         assert await sync(project_a.get_episode_count) == len(notes) - len(gone)

@@ -29,6 +29,7 @@ from bot.core.events import Author, MessageEvent, NullWorking, Place, dm_org
 from bot.platforms.discord.adapter import DiscordAdapter
 from bot.platforms.discord.replier import MAX_MESSAGE, split_message
 from memory import Episode, MemoryEngine, Scope, SourceRef
+from memory.index.chroma import long_id
 from tests.bot.helpers import open_engine, settings
 from tests.disk_scan import scan
 from tests.fakes.discord.server import (
@@ -489,7 +490,7 @@ def chroma_ids(data_dir: Path) -> set[str]:
     ids: set[str] = set()
     for entry in client.list_collections():
         name = entry if isinstance(entry, str) else entry.name
-        ids |= set(client.get_collection(name).get(include=[])["ids"])
+        ids |= {long_id(i) for i in client.get_collection(name).get(include=[])["ids"]}
     return ids
 
 
