@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from memory.engine import MemoryEngine
-from memory.model import Scope
+from memory.model import Scope, embed_text
 from tests.crash_writer import CHANNELS, ORG, PROJECT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,19 +163,31 @@ async def check_recovered(data_dir: Path, ledger: Ledger) -> None:
         for uid in present:
             hits = await engine.search(ledger.words[uid], scope, top_k=3, mode="keyword")
             assert [h.episode.uid for h in hits.hits] == [uid], ledger.words[uid]
+        # ...and each has the vector of its own text, tagged with its channel: read by uid,
+        # exactly (a row re-indexed after the kill must not get another row's vector).
         by_uid = {e.uid: e for e in got}
+        assert engine.index is not None
+        texts = [embed_text(by_uid[uid]) for uid in present]
+        expected = await engine.embedding.embed(texts)
+        for uid, want in zip(present, expected, strict=True):
+            stored = engine.index.vector(ORG, PROJECT, by_uid[uid].produced_for, uid)
+            assert stored is not None, uid
+            assert float(stored @ want) > 0.9999, uid
+
+        # A search by meaning finds them. HNSW is approximate, and more so on these synthetic
+        # near-duplicates ("message 27 of batch 93 says ..."): its graph leaves a few vectors
+        # out of every walk even with no kill, no delete and no update (16 of 5,952 such
+        # messages written in batches of 64 into a fresh collection; in a loop of this test, 3
+        # runs of 60 drew one into the sample: issue 15's note). So most of a sample, not all.
+        found = 0
         for uid in random.Random(7).sample(present, 25):
-            # HNSW is approximate and these synthetic messages are near-duplicates of each
-            # other ("message 39 of batch 3 says ..."): the exact one is among the first few,
-            # not always first (seen once in CI). That every row has its vector is checked
-            # exactly below.
             hits = await engine.search(by_uid[uid].content, scope, top_k=3, mode="vector")
-            assert uid in [h.episode.uid for h in hits.hits]
+            found += uid in [h.episode.uid for h in hits.hits]
+        assert found >= 23, f"only {found} of 25 found by meaning"
 
         # Vectors: exactly the rows, in the project collection and in each channel's.
         rows = {e.uid: e for e in await engine.list(scope, page_size=10_000)}
         assert set(present) <= set(rows)
-        assert engine.index is not None
         assert engine.index.ids(ORG, PROJECT) == set(rows)
         for channel in CHANNELS:
             in_channel = {u for u, e in rows.items() if e.produced_for == channel}
