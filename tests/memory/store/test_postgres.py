@@ -151,3 +151,23 @@ async def test_a_bulk_load_refreshes_the_planners_statistics(pg_url: str) -> Non
         assert (await analysed())[1] == ANALYSE_EVERY
     finally:
         await store.close()
+
+
+async def test_a_query_through_the_pool_is_one_round_trip(pg_url: str) -> None:
+    """A connection goes back to the pool without asyncpg's reset query (a second round trip
+    after every query; the store keeps no session state to reset), so the last statement its
+    backend ran is the store's own query."""
+    store = PostgresStore(pg_url, pool_size=1)
+    await store.open()
+    watcher = await asyncpg.connect(pg_url)
+    try:
+        await store.add([episode("hello")])
+        assert await store.count(CHANNEL) == 1
+        last = await watcher.fetch(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        assert [r["query"].split(" FROM ")[0] for r in last] == ["SELECT count(*)"]
+    finally:
+        await watcher.close()
+        await store.close()
