@@ -387,26 +387,24 @@ class PostgresStore:
                 ) from None
 
         async def insert_rows(conn: asyncpg.Connection) -> list[Added]:
+            # One statement (one round trip) for the episodes and their projects: the
+            # projects' INSERT reads the same parameters ($2 org, $3 project, $8 time).
             inserted = await conn.fetch(
-                "INSERT INTO episodes (uid, org_id, project_id, producer, produced_for, role,"
-                " content, created_at, platform, source_id, thread_id, episode_type, metadata,"
-                " scope_tags) SELECT uid, org_id, project_id, producer, produced_for, role,"
-                " content, created_at, platform, source_id, thread_id, episode_type,"
-                " metadata::jsonb, string_to_array(tags, ' ') FROM unnest("
+                "WITH new AS (INSERT INTO episodes (uid, org_id, project_id, producer,"
+                " produced_for, role, content, created_at, platform, source_id, thread_id,"
+                " episode_type, metadata, scope_tags) SELECT uid, org_id, project_id, producer,"
+                " produced_for, role, content, created_at, platform, source_id, thread_id,"
+                " episode_type, metadata::jsonb, string_to_array(tags, ' ') FROM unnest("
                 + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
                 + ") WITH ORDINALITY AS i(uid, org_id, project_id, producer, produced_for, role,"
                 " content, created_at, platform, source_id, thread_id, episode_type, metadata,"
-                " tags, ord) ORDER BY ord ON CONFLICT DO NOTHING RETURNING uid",
+                " tags, ord) ORDER BY ord ON CONFLICT DO NOTHING RETURNING uid),"
+                " made AS (INSERT INTO projects (org_id, project_id, description, config,"
+                " created_at) SELECT DISTINCT ON (o, p) o, p, '', '{}', c FROM unnest($2::text[],"
+                " $3::text[], $8::float8[]) WITH ORDINALITY AS u(o, p, c, ord)"
+                " ORDER BY o, p, ord ON CONFLICT DO NOTHING)"
+                " SELECT uid FROM new",
                 *columns,
-            )
-            await conn.execute(
-                "INSERT INTO projects (org_id, project_id, description, config, created_at)"
-                " SELECT DISTINCT ON (o, p) o, p, '', '{}', c FROM unnest($1::text[],"
-                " $2::text[], $3::float8[]) WITH ORDINALITY AS u(o, p, c, ord)"
-                " ORDER BY o, p, ord ON CONFLICT DO NOTHING",
-                columns[1],
-                columns[2],
-                columns[7],
             )
             new = {r["uid"] for r in inserted}
             seen: set[str] = set()
