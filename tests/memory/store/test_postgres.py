@@ -4,6 +4,7 @@ forgetting's VACUUM, and the full-text index narrowed by scope."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import pytest
@@ -149,6 +150,36 @@ async def test_a_bulk_load_refreshes_the_planners_statistics(pg_url: str) -> Non
 
         await eventually(once, within=60)
         assert (await analysed())[1] == ANALYSE_EVERY
+    finally:
+        await store.close()
+
+
+async def test_a_new_database_has_statistics_once_it_holds_two_thousand_episodes(
+    pg_url: str,
+) -> None:
+    """What ``bench load`` seeds (2,000 messages in batches of 500) is enough for the store to
+    analyse the table (autovacuum is off on the test cluster). Without statistics the planner
+    took ``org_id = $1 AND project_id = $2`` for a rare condition (about one row), and so read
+    the whole project for every keyword search and every read of candidates by uid."""
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        for start in range(0, 2000, 500):
+            await store.add([episode(f"seeded {i}") for i in range(start, start + 500)])
+
+        async def analysed() -> bool:
+            count = await store.pool.fetchval(
+                "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'episodes'"
+            )
+            return bool(count)
+
+        await eventually(analysed, within=30)
+        plan = await store.pool.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT id FROM episodes WHERE org_id = $1 AND project_id = $2",
+            ORG,
+            PROJECT,
+        )
+        assert json.loads(plan)[0]["Plan"]["Plan Rows"] >= 1000
     finally:
         await store.close()
 
