@@ -168,13 +168,25 @@ def row_to_fact(r: Sequence[Any]) -> Fact:
 
 
 def scope_sql(scope: Scope, time: TimeRange | None, filt: Filter | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (over alias ``e``) that keeps a query inside its scope and filters."""
-    clauses = ["e.org_id = ?", "e.project_id = ?"]
+    """The WHERE clause (over alias ``e``) that keeps a query inside its scope and filters.
+
+    It names the one index the query should walk: the thread's, else the channel's, else the
+    producer's (each leads with its own column, schema migration 4), else the project's time
+    index. Every other scope column is compared with a unary ``+``, which SQLite does not
+    look up in an index: without statistics its planner counts the equal columns an index
+    starts with, and would walk (org_id, project_id, created_at), every row of the project,
+    rather than (produced_for, created_at)."""
+    narrowest = next(
+        (c for c in ("thread_id", "produced_for", "producer") if getattr(scope, c) is not None),
+        None,
+    )
+    keep = "+" if narrowest is not None else ""
+    clauses = [f"{keep}e.org_id = ?", f"{keep}e.project_id = ?"]
     params: list[Any] = [scope.org_id, scope.project_id]
     for column in ("producer", "produced_for", "thread_id"):
         value = getattr(scope, column)
         if value is not None:
-            clauses.append(f"e.{column} = ?")
+            clauses.append(f"{'' if column == narrowest else '+'}e.{column} = ?")
             params.append(value)
     if time and time.since:
         clauses.append("e.created_at >= ?")
@@ -907,8 +919,8 @@ class SQLiteStore:
         if not keys:
             return {}
         marks = ",".join("(?)" for _ in keys)
-        same = (
-            "n.org_id = e.org_id AND n.project_id = e.project_id"
+        same = (  # through the channel index (see scope_sql for the ``+``)
+            "+n.org_id = e.org_id AND +n.project_id = e.project_id"
             " AND n.produced_for = e.produced_for"
         )
         sql = (
@@ -925,8 +937,8 @@ class SQLiteStore:
     async def neighbours(self, keys: Sequence[int], before: int, after: int) -> dict[int, Context]:
         """For each key: up to ``before`` earlier and ``after`` later episodes of the same
         channel (of the same thread when the row is in one), nearest first."""
-        same = (
-            "n.org_id = c.org_id AND n.project_id = c.project_id"
+        same = (  # through the channel index (see scope_sql for the ``+``)
+            "+n.org_id = c.org_id AND +n.project_id = c.project_id"
             " AND n.produced_for = c.produced_for"
             " AND (c.thread_id IS NULL OR n.thread_id = c.thread_id)"
         )
@@ -961,7 +973,7 @@ class SQLiteStore:
     ) -> list[tuple[str, str, str | None]]:
         async with self.reader.execute(
             "SELECT uid, producer, thread_id FROM episodes"
-            " WHERE org_id = ? AND project_id = ? AND produced_for = ?",
+            " WHERE +org_id = ? AND +project_id = ? AND produced_for = ?",
             (org_id, project_id, produced_for),
         ) as cur:
             return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
