@@ -13,7 +13,7 @@ from pathlib import Path
 from memory.model import Scope
 from memory.store.shared import channel_token, producer_token, project_token
 from memory.store.sqlite import SQLiteStore
-from memory.store.sqlite.store import PROJECT_PLACEHOLDER
+from memory.store.sqlite.store import PROJECT_PLACEHOLDER, folder_token
 from tests.conftest import ALICE, GENERAL, ORG, PROJECT, RANDOM, episode
 
 TEXT = "the nightly backup failed on the storage cluster"
@@ -38,8 +38,8 @@ async def test_new_rows_hold_no_project_token_and_score_as_old_rows(tmp_path: Pa
             assert all(project not in t for t in tags.values())
             assert tags[new].split() == [
                 PROJECT_PLACEHOLDER,
-                channel_token(ORG, PROJECT, GENERAL),
-                producer_token(ORG, PROJECT, ALICE),
+                folder_token(channel_token(ORG, PROJECT, GENERAL), short=True),
+                folder_token(producer_token(ORG, PROJECT, ALICE), short=True),
             ]
             # One row as earlier versions wrote it (the FTS triggers re-index it).
             with conn:

@@ -17,6 +17,7 @@ import pytest
 from memory.model import Fact, Scope
 from memory.store.shared import channel_token, project_token
 from memory.store.sqlite import SQLiteStore
+from memory.store.sqlite.store import folder_token
 from tests.conftest import GENERAL, ORG, PROJECT, episode
 
 
@@ -128,4 +129,5 @@ async def test_a_project_wide_keyword_search_ranks_in_the_full_text_index_then_r
     assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in joined, joined
     for sql in (*single, *shared):
         assert project_token(ORG, PROJECT) not in sql
-    assert channel_token(ORG, PROJECT, GENERAL) in channel[0]  # narrower tokens stay
+    # narrower tokens stay (short, in a folder this version created)
+    assert folder_token(channel_token(ORG, PROJECT, GENERAL), short=True) in channel[0]
