@@ -34,7 +34,7 @@ from .embedders import Embedder, Vectors, folder_embedder, make_embedder, simila
 from .filters import Filter, parse_filter
 from .folder import FolderLock
 from .index.base import Member, Members, VectorIndex, VectorItem
-from .index.chroma import ChromaIndex
+from .index.chroma import NEW_TOKEN_CHARS, SHORT_TOKEN_CHARS, ChromaIndex
 from .model import (
     EMBED_TEXT_VERSION,
     Added,
@@ -194,8 +194,13 @@ class MemoryEngine:
         made = secrets.token_hex(32)
         key = await self.store.init_meta("index_key", made)
         fresh = key == made
+        # A new key names a new (or rebuilt) index: its tokens take the new, shorter form.
+        # An index named before keeps the form its vectors hold.
+        chars = await self.store.init_meta(
+            "index_token_chars", str(NEW_TOKEN_CHARS if fresh else SHORT_TOKEN_CHARS)
+        )
         self.index = index = await asyncio.to_thread(
-            ChromaIndex.open, self.data_dir, self.chroma_url, bytes.fromhex(key)
+            ChromaIndex.open, self.data_dir, self.chroma_url, bytes.fromhex(key), int(chars)
         )
         if fresh and await self.store.count_indexed():
             log.info("the vector index predates keyed names: rebuilding it")

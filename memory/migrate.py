@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .index.chroma import SHORT_TOKEN_CHARS
 from .model import EMBED_TEXT_VERSION, Episode, Fact, InvalidInput, Scope
 from .store.base import Store, StoreUnavailable
 
@@ -48,8 +49,10 @@ if TYPE_CHECKING:
     from .engine import MemoryEngine
 
 #: Meta keys that make the target's vectors line up with the source folder's: the index's
-#: naming key (also the source's identity, see the module docstring) and the embedder.
-CARRIED_META = ("index_key", "embedder")
+#: naming key (also the source's identity, see the module docstring), the length of its
+#: metadata tokens (a folder without one holds the 11-character form, which the target is
+#: told) and the embedder.
+CARRIED_META = ("index_key", "index_token_chars", "embedder")
 
 
 class TargetNotEmpty(StoreUnavailable):
@@ -131,6 +134,8 @@ async def claim_target(source: Store, target: Store, where: str, source_name: st
         )
     for name in CARRIED_META:
         value = await source.get_meta(name)
+        if name == "index_token_chars" and value is None:
+            value = str(SHORT_TOKEN_CHARS)  # a folder of an earlier version: its form
         if value is not None and await target.get_meta(name) != value:
             await target.set_meta(name, value)
 

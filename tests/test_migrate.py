@@ -178,6 +178,9 @@ def test_the_migrated_memory_answers_the_same_searches(
         pg_cluster, "SELECT description FROM projects WHERE project_id = 'alpha'", database
     ) == ("the alpha team")
     assert psql(pg_cluster, "SELECT count(*) FROM episodes WHERE index_state = 0", database) == "0"
+    # The vectors kept hold the folder's 8-character tokens: the target is told so.
+    token_chars = "SELECT value FROM cm_meta WHERE key = 'index_token_chars'"
+    assert psql(pg_cluster, token_chars, database) == "8"
 
     again = migrate("--to", pg_url, "--chroma-url", "embedded", data_dir=folder)
     assert again.returncode == 0, again.stderr

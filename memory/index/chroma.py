@@ -125,6 +125,14 @@ MARKS_PREFIX = "cmm_"
 CHANNEL_CACHE_BYTES = 384 * 1024 * 1024
 #: Length of the hex tokens earlier versions put in a vector's metadata (see short_token).
 LONG_TOKEN = 24
+#: Characters of a :func:`short_token` (64 bits): what a folder created before
+#: :data:`NEW_TOKEN_CHARS` holds, and keeps.
+SHORT_TOKEN_CHARS = 11
+#: Characters of a token in a folder this version creates (its first 48 bits, a prefix of
+#: the :func:`short_token`): Chroma keeps each token twice (a metadata row and its index), so
+#: about 13 bytes less per message. The folder records its form (the store's meta
+#: ``index_token_chars``, written when its naming key is made) and keeps it.
+NEW_TOKEN_CHARS = 8
 #: The metadata keys that hold tokens: channel, producer, thread.
 TOKEN_KEYS = ("c", "p", "t")
 #: A channel with more vectors than this is searched with Chroma's filtered query (it is then a
@@ -663,10 +671,15 @@ class ChromaIndex:
     """
 
     def __init__(
-        self, connect: Callable[[], ClientAPI], key: bytes, path: Path | None = None
+        self,
+        connect: Callable[[], ClientAPI],
+        key: bytes,
+        path: Path | None = None,
+        token_chars: int = SHORT_TOKEN_CHARS,
     ) -> None:
         self._connect = connect
         self.key = key
+        self.token_chars = token_chars
         self.path = path
         self.client: ClientAPI = connect()
         self._collections: dict[str, ChromaCollection] = {}
@@ -689,12 +702,15 @@ class ChromaIndex:
         self._touched: set[str] | None = None
 
     @classmethod
-    def open(cls, data_dir: Path, url: str | None, key: bytes) -> ChromaIndex:
+    def open(
+        cls, data_dir: Path, url: str | None, key: bytes, token_chars: int = SHORT_TOKEN_CHARS
+    ) -> ChromaIndex:
         """The Chroma server at ``url``, or else the embedded Chroma in ``data_dir/chroma``
-        (an index in the layout of earlier versions is converted first)."""
+        (an index in the layout of earlier versions is converted first). ``token_chars``:
+        the length of the folder's metadata tokens (:data:`NEW_TOKEN_CHARS`)."""
         path = data_dir / "chroma"
         connect = functools.partial(open_chroma, str(path), url)
-        index = cls(connect, key, None if url else path)
+        index = cls(connect, key, None if url else path, token_chars)
         try:
             index.upgrade_layout()
             index.upgrade_tokens()
@@ -722,11 +738,12 @@ class ChromaIndex:
     def channel_token(self, org_id: str, project_id: str, produced_for: str) -> str:
         """What a vector's metadata holds for its channel (``c``): a keyed hash (a
         :func:`short_token` of the one earlier versions named the channel's collection with)."""
-        return short_token(self._hash("channel", org_id, project_id, produced_for))
+        hashed = self._hash("channel", org_id, project_id, produced_for)
+        return short_token(hashed)[: self.token_chars]
 
     def token(self, kind: str, value: str) -> str:
         """What a vector's metadata holds for a producer or thread: a keyed hash."""
-        return short_token(self._hash(kind, value))
+        return short_token(self._hash(kind, value))[: self.token_chars]
 
     # -- collections -----------------------------------------------------------------------
 
@@ -1314,7 +1331,9 @@ class ChromaIndex:
                     if meta.get("c"):
                         tagged.add(uid)
             for channel in old:
-                token = short_token(channel.name.removeprefix(OLD_CHANNEL_PREFIX))
+                token = short_token(channel.name.removeprefix(OLD_CHANNEL_PREFIX))[
+                    : self.token_chars
+                ]
                 members: dict[str, list[str]] = {}
                 for uid in self._ids_of(channel):
                     if uid in owner:
@@ -1362,7 +1381,11 @@ class ChromaIndex:
                     if _has_long_token(meta):
                         ids.append(uid)
                         metas.append(
-                            {k: short_token(str(meta[k])) for k in TOKEN_KEYS if k in meta}
+                            {
+                                k: short_token(str(meta[k]))[: self.token_chars]
+                                for k in TOKEN_KEYS
+                                if k in meta
+                            }
                         )
                 for start in range(0, len(ids), MAX_BATCH):
                     end = start + MAX_BATCH

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,9 @@ async def test_old_long_tokens_are_shortened_once_without_reembedding(
     finally:
         await engine.close()
     old = write_old_tokens(data_dir / "chroma", key, rows)
+    # Earlier versions recorded no token length: their folder keeps the 11-character form.
+    with closing(sqlite3.connect(data_dir / "memory.sqlite3")) as conn, conn:
+        conn.execute("DELETE FROM meta WHERE key = 'index_token_chars'")
     assert tokens_in_metadata(data_dir / "chroma") == old  # really the old form
 
     caplog.set_level(logging.INFO)
