@@ -60,6 +60,8 @@ def test_bench_scale_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["channel_search_ms_p50"] > 0
     assert result["channel_search_ms_p95"] >= result["channel_search_ms_p50"]
     assert result["disk_mb"] > 0
+    # disk_mb is MiB: the bytes per message are 2**20 of them per MiB, not 10**6.
+    assert abs(result["disk_bytes_per_message"] * 2000 - result["disk_mb"] * 2**20) < 2**20 * 0.06
     assert result["rss_mb"] > 0
 
 
