@@ -48,11 +48,15 @@ if TYPE_CHECKING:
 
     from .engine import MemoryEngine
 
-#: Meta keys that make the target's vectors line up with the source folder's: the index's
-#: naming key (also the source's identity, see the module docstring), the length of its
-#: metadata tokens (a folder without one holds the 11-character form, which the target is
-#: told) and the embedder.
-CARRIED_META = ("index_key", "index_token_chars", "embedder")
+#: Meta keys that make the target's vectors line up with the source folder's, each with what
+#: a source without it means: the index's naming key (also the source's identity, see the
+#: module docstring), the length of its metadata tokens (a folder of an earlier version holds
+#: the 11-character form, which the target is told) and the embedder.
+CARRIED_META: dict[str, str | None] = {
+    "index_key": None,
+    "index_token_chars": str(SHORT_TOKEN_CHARS),
+    "embedder": None,
+}
 
 
 class TargetNotEmpty(StoreUnavailable):
@@ -132,10 +136,10 @@ async def claim_target(source: Store, target: Store, where: str, source_name: st
             f" ({counts.episodes} episodes, {counts.facts} facts, {len(projects)} projects);"
             " migrate into an empty database"
         )
-    for name in CARRIED_META:
+    for name, absent in CARRIED_META.items():
         value = await source.get_meta(name)
-        if name == "index_token_chars" and value is None:
-            value = str(SHORT_TOKEN_CHARS)  # a folder of an earlier version: its form
+        if value is None:
+            value = absent
         if value is not None and await target.get_meta(name) != value:
             await target.set_meta(name, value)
 

@@ -738,12 +738,16 @@ class ChromaIndex:
     def channel_token(self, org_id: str, project_id: str, produced_for: str) -> str:
         """What a vector's metadata holds for its channel (``c``): a keyed hash (a
         :func:`short_token` of the one earlier versions named the channel's collection with)."""
-        hashed = self._hash("channel", org_id, project_id, produced_for)
-        return short_token(hashed)[: self.token_chars]
+        return self._folder_token(self._hash("channel", org_id, project_id, produced_for))
 
     def token(self, kind: str, value: str) -> str:
         """What a vector's metadata holds for a producer or thread: a keyed hash."""
-        return short_token(self._hash(kind, value))[: self.token_chars]
+        return self._folder_token(self._hash(kind, value))
+
+    def _folder_token(self, hashed: str) -> str:
+        """A keyed hash (or an earlier version's hex token) in this folder's token form: the
+        :func:`short_token`, cut to :attr:`token_chars`."""
+        return short_token(hashed)[: self.token_chars]
 
     # -- collections -----------------------------------------------------------------------
 
@@ -1331,9 +1335,7 @@ class ChromaIndex:
                     if meta.get("c"):
                         tagged.add(uid)
             for channel in old:
-                token = short_token(channel.name.removeprefix(OLD_CHANNEL_PREFIX))[
-                    : self.token_chars
-                ]
+                token = self._folder_token(channel.name.removeprefix(OLD_CHANNEL_PREFIX))
                 members: dict[str, list[str]] = {}
                 for uid in self._ids_of(channel):
                     if uid in owner:
@@ -1381,11 +1383,7 @@ class ChromaIndex:
                     if _has_long_token(meta):
                         ids.append(uid)
                         metas.append(
-                            {
-                                k: short_token(str(meta[k]))[: self.token_chars]
-                                for k in TOKEN_KEYS
-                                if k in meta
-                            }
+                            {k: self._folder_token(str(meta[k])) for k in TOKEN_KEYS if k in meta}
                         )
                 for start in range(0, len(ids), MAX_BATCH):
                     end = start + MAX_BATCH
