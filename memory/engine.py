@@ -18,6 +18,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
+import enum
 import functools
 import logging
 import secrets
@@ -82,6 +83,14 @@ Guessed = tuple[str, list[tuple[int, Brief, float]]] | None
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
 SEARCH_DEPTH = 100
+
+
+class _Step(enum.Enum):
+    """What an indexing step did."""
+
+    IDLE = "nothing to do"
+    DRAINED = "a batch: every row pending when it claimed"  # the rest waits for a wake
+    MORE = "a full batch, or tombstoned vectors: more may be waiting"
 
 
 class EmbedderMismatch(RuntimeError):
@@ -298,7 +307,13 @@ class MemoryEngine:
             try:
                 await self.embedding.gathered()  # a burst of new messages: one model call
                 self._wake.clear()
-                while await self.index_step():
+                # Back to back only while a backlog is left: rows that came in during a step
+                # wait for the next wake and its gathering, not for a step of their own. An
+                # embedded Chroma upsert holds the GIL for its whole call, 40-70 ms of it
+                # fixed: at 40 clients, stepping again at once wrote three upserts a second
+                # of ~30 rows each, and the server's requests waited for them a quarter of
+                # the time (README "Many clients").
+                while await self._locked_step() is _Step.MORE:
                     pass
                 backoff = 0.5
             except asyncio.CancelledError:
@@ -313,16 +328,20 @@ class MemoryEngine:
     async def index_step(self) -> bool:
         """Drop one batch of tombstoned vectors or embed one batch of pending rows.
         Returns False when there was nothing to do."""
+        return await self._locked_step() is not _Step.IDLE
+
+    async def _locked_step(self) -> _Step:
         async with self._index_lock:
             return await self._index_step()
 
-    async def _index_step(self) -> bool:
+    async def _index_step(self) -> _Step:
         index = self._vectors()
         if await self._drop_tombstoned(self.index_batch * 4):
-            return True
+            return _Step.MORE
         claim = await self.store.claim(self.index_batch, self.claim_lease_s)
         if claim is None:
-            return False
+            return _Step.IDLE
+        full = len(claim.episodes) >= self.index_batch
         try:
             episodes, vectors = await self._embed(claim)
             items = [
@@ -347,7 +366,7 @@ class MemoryEngine:
             for item in group:
                 if item.uid not in alive:
                     await asyncio.to_thread(index.delete, org, proj, item.produced_for, [item.uid])
-        return True
+        return _Step.MORE if full else _Step.DRAINED
 
     async def _embed(self, claim: Claim) -> tuple[builtins.list[Episode], Vectors]:
         """Vectors for the claimed rows that can be embedded; a row that cannot (the embedder
