@@ -59,13 +59,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from operator import mul
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .model import Brief
 from .query_dates import periods, without_dates
@@ -88,6 +90,10 @@ SUBSTANCE_WORDS = 100  # messages this long (in words) count as fully substantiv
 AUTHOR_WORDS_KEPT = 10_000  # name words of authors met that an AuthorsMet keeps per project
 TEXT_FEATURES_KEPT = 50_000  # messages whose substance features a Ranking keeps (~12 MB)
 SESSION_SECONDS = 3600.0  # candidates this close in time count as one stretch of conversation
+#: Candidates whose session windows :meth:`Ranking.sessions` compares in one numpy block
+#: (a block holds this many rows of all the candidates: 256 x 5,000 floats is 10 MB).
+SESSION_BLOCK = 256
+_NO_FEATURE = (0.0,) * len(FEATURES)
 
 # Whitespace-separated query tokens, trimmed of surrounding punctuation.
 _TOKEN = re.compile(r"[^\s\"'`“”‘’()\[\]{}<>,;!?]+")
@@ -109,6 +115,25 @@ class Candidate:
     recency: float = 0.0
     combined: float = 0.0  # stage 8 (+ stage 9)
     score: float = 0.0  # stage 10, in [0, 1]
+    # Worked out once per candidate (several stages read them): see the properties below.
+    _stamp: float | None = field(default=None, init=False, repr=False, compare=False)
+    _author_words: frozenset[str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def stamp(self) -> float:
+        """The message's time as a POSIX timestamp (``created_at.timestamp()``)."""
+        if self._stamp is None:
+            self._stamp = self.episode.created_at.timestamp()
+        return self._stamp
+
+    @property
+    def author_words(self) -> frozenset[str]:
+        """The words of its author's display name (longer than one letter)."""
+        if self._author_words is None:
+            self._author_words = _name_words(self.episode.display_name)
+        return self._author_words
 
 
 @dataclass(frozen=True)
@@ -188,7 +213,7 @@ def named_authors(candidates: Iterable[Candidate], query: str) -> frozenset[str]
     asked = frozenset(words(query))
     named: set[str] = set()
     for c in candidates:
-        named |= _name_words(c.episode.display_name) & asked
+        named |= c.author_words & asked
     return frozenset(named)
 
 
@@ -205,7 +230,7 @@ class AuthorsMet:
     def note(self, project: tuple[str, str], candidates: Iterable[Candidate]) -> None:
         met = self._words.setdefault(project, set())
         for c in candidates:
-            met |= _name_words(c.episode.display_name)
+            met |= c.author_words
         if len(met) > self.kept:
             met.clear()
 
@@ -272,8 +297,9 @@ class Ranking:
         without the names in it (stage 0); the calibration judges the match by it."""
         q = self.normalise(candidates, query, asked_top)
         if contextual:
-            self.neighbours(candidates, adjacent)
-            self.sessions(candidates)
+            fused = _fused(candidates)
+            self.neighbours(candidates, adjacent, fused)
+            self.sessions(candidates, fused)
             self.authors(candidates, q)
             self.dates(candidates, q)
             self.substance(candidates)
@@ -303,41 +329,68 @@ class Ranking:
     def neighbours(
         candidates: Mapping[int, Candidate],
         adjacent: Mapping[int, tuple[int | None, int | None]],
+        fused: Mapping[int, float] | None = None,
     ) -> None:
-        base = {
-            rid: (c.features["keyword"] + c.features["vector"]) / 2 for rid, c in candidates.items()
-        }
+        """Each candidate's best fused score (keyword and vector, halved) among its direct
+        neighbours in the channel that are candidates too (0 when none is)."""
+        base = _fused(candidates) if fused is None else fused
+        get = base.get
         for rid, c in candidates.items():
-            near = [base.get(n, 0.0) for n in adjacent.get(rid, (None, None)) if n is not None]
-            c.features["neighbour"] = max(near, default=0.0)
+            before, after = adjacent.get(rid, (None, None))
+            if before is None:
+                best = 0.0 if after is None else get(after, 0.0)
+            elif after is None:
+                best = get(before, 0.0)
+            else:
+                best = max(get(before, 0.0), get(after, 0.0))
+            c.features["neighbour"] = best
 
     @staticmethod
-    def sessions(candidates: Mapping[int, Candidate]) -> None:
-        stamps = [c.episode.created_at.timestamp() for c in candidates.values()]
-        by_time = sorted(
-            zip(
-                stamps,
-                [(c.features["keyword"] + c.features["vector"]) / 2 for c in candidates.values()],
-                strict=True,
-            )
-        )
-        times = [t for t, _ in by_time]
-        fused = [f for _, f in by_time]
-        for c, at in zip(candidates.values(), stamps, strict=True):
-            lo = bisect_left(times, at - SESSION_SECONDS)
-            hi = bisect_right(times, at + SESSION_SECONDS)
-            # The best two of the stretch (sorting in C beats heapq.nlargest's Python loop).
-            best = sorted(fused[lo:hi])[-2:]
-            c.features["session"] = sum(best) / 2
+    def sessions(
+        candidates: Mapping[int, Candidate], fused: Mapping[int, float] | None = None
+    ) -> None:
+        """Each candidate: the mean of the two best fused scores among the candidates
+        written within :data:`SESSION_SECONDS` of it, itself included (its own score, halved,
+        when it is alone). Compared all against all in numpy blocks: a search's hundreds of
+        candidates each looked at their own stretch in Python before (bisect, then a sort of
+        the stretch), the costliest stage; tests/memory/test_ranking_stages.py checks this one
+        against that version, value for value."""
+        base = _fused(candidates) if fused is None else fused
+        items = list(candidates.values())
+        n = len(items)
+        if n == 0:
+            return
+        stamps = np.fromiter((c.stamp for c in items), dtype=np.float64, count=n)
+        scores = np.fromiter((base[c.row_id] for c in items), dtype=np.float64, count=n)
+        out = np.empty(n, dtype=np.float64)
+        for start in range(0, n, SESSION_BLOCK):
+            at = stamps[start : start + SESSION_BLOCK, None]
+            inside = (stamps >= at - SESSION_SECONDS) & (stamps <= at + SESSION_SECONDS)
+            block = np.where(inside, scores, -np.inf)
+            rows = np.arange(len(block))
+            best = block.argmax(axis=1)
+            first = block[rows, best]
+            block[rows, best] = -np.inf  # one of the best taken out: the next best is left
+            second = block.max(axis=1)
+            # sorted(stretch)[-2:] summed: the second best plus the best (the best alone
+            # when the stretch holds only the candidate itself), halved.
+            out[start : start + len(block)] = np.where(second == -np.inf, first, second + first) / 2
+        for c, value in zip(items, out.tolist(), strict=True):
+            c.features["session"] = value
 
     @staticmethod
     def authors(candidates: Mapping[int, Candidate], q: Query) -> None:
+        asked = q.words
         for c in candidates.values():
-            c.features["author"] = 1.0 if _name_words(c.episode.display_name) & q.words else 0.0
+            c.features["author"] = 1.0 if c.author_words & asked else 0.0
 
     @staticmethod
     def dates(candidates: Mapping[int, Candidate], q: Query) -> None:
         named = periods(q.text)
+        if not named:
+            for c in candidates.values():
+                c.features["when"] = 0.0
+            return
         for c in candidates.values():
             hit = any(p.contains(c.episode.created_at) for p in named)
             c.features["when"] = 1.0 if hit else 0.0
@@ -359,9 +412,11 @@ class Ranking:
 
     def recency(self, candidates: Mapping[int, Candidate], now: datetime) -> None:
         half_life = self.model.recency_half_life_days * 86400.0
+        minus_ln2 = -math.log(2)
+        exp = math.exp
         for c in candidates.values():
             age = max(0.0, (now - c.episode.created_at).total_seconds())
-            c.recency = math.exp(-math.log(2) * age / half_life)
+            c.recency = exp(minus_ln2 * age / half_life)
 
     @staticmethod
     def exact(candidates: Mapping[int, Candidate], q: Query) -> None:
@@ -369,10 +424,12 @@ class Ranking:
         Rare means held by at most ``EXACT_RARE`` candidates; the keyword list reaches every
         message holding a rare token (bm25 weighs rare words most). Tokens that are the name
         of an author among the candidates are left to the authors stage."""
-        authors: set[str] = set()
-        for c in candidates.values():
-            authors |= _name_words(c.episode.display_name)
-        tokens = [t for t in exact_tokens(q.text) if t not in authors]
+        tokens = exact_tokens(q.text)
+        if tokens:
+            authors: set[str] = set()
+            for c in candidates.values():
+                authors |= c.author_words
+            tokens = [t for t in tokens if t not in authors]
         holders: dict[str, list[Candidate]] = {}
         for token in tokens:
             holders[token] = [c for c in candidates.values() if _holds(c.episode.content, token)]
@@ -389,9 +446,12 @@ class Ranking:
         """Stages 8 and 9: the weighted sum, then a margin for exact matches larger than any
         difference the other features can make (every feature is in [0, 1])."""
         margin = 1.0 + sum(w for w in weights.values() if w > 0) + self.model.recency
+        recency = self.model.recency
+        ordered_weights = [weights[f] for f in FEATURES]
         for c in candidates:
-            c.combined = sum(weights[f] * c.features.get(f, 0.0) for f in FEATURES)
-            c.combined += self.model.recency * c.recency + margin * c.exact
+            # The products summed in FEATURES order from 0, as ``sum(w * x for ...)`` does.
+            c.combined = sum(map(mul, ordered_weights, map(c.features.get, FEATURES, _NO_FEATURE)))
+            c.combined += recency * c.recency + margin * c.exact
 
     def calibrate(self, candidates: Iterable[Candidate], q: Query) -> list[Candidate]:
         """Stage 10: a candidate's place in the query's order (its rank, and how far its
@@ -404,9 +464,11 @@ class Ranking:
         offset += cal["keyword_top"] * math.log1p(q.keyword_top)
         group = ordered(candidates)
         best = group[0].combined if group else 0.0
+        gap, exact, by_rank = cal["gap"], cal["exact"], cal["rank"]
+        log1p = math.log1p
         for rank, c in enumerate(group):
-            z = offset + cal["gap"] * max(-1.0, c.combined - best) + cal["exact"] * c.exact
-            c.score = sigmoid(z - cal["rank"] * math.log1p(rank))
+            z = offset + gap * max(-1.0, c.combined - best) + exact * c.exact
+            c.score = sigmoid(z - by_rank * log1p(rank))
         return group
 
     def rank(self, candidates: Mapping[int, Candidate], q: Query) -> list[Candidate]:
@@ -416,10 +478,14 @@ class Ranking:
 
 
 def ordered(candidates: Iterable[Candidate]) -> list[Candidate]:
-    return sorted(
-        candidates,
-        key=lambda c: (-c.combined, -c.episode.created_at.timestamp(), -c.row_id),
-    )
+    return sorted(candidates, key=lambda c: (-c.combined, -c.stamp, -c.row_id))
+
+
+def _fused(candidates: Mapping[int, Candidate]) -> dict[int, float]:
+    """Each candidate's keyword and vector features, averaged (stages 2 and 3 read it)."""
+    return {
+        rid: (c.features["keyword"] + c.features["vector"]) / 2 for rid, c in candidates.items()
+    }
 
 
 def feature_rows(candidates: Sequence[Candidate]) -> list[list[float]]:
