@@ -428,6 +428,7 @@ async def run(
     settings: Settings, host: str | None = None, port: int | None = None, *, bot: bool = True
 ) -> int:
     """``channelmind run`` (``bot=False``: ``channelmind serve``) until SIGINT or SIGTERM."""
+    from memory.server.event_loop import loop_name
     from memory.server.gc_tuning import tuned_gc
 
     runner = Runner(settings, host, port, bot=bot)
@@ -442,7 +443,11 @@ async def run(
             parts = [p for p, on in (("Slack", runner.slack), ("Discord", runner.discord)) if on]
             log.info("channelmind is running on %s; Ctrl-C stops it", " and ".join(parts))
         else:
-            log.info("the memory server is running at %s; Ctrl-C stops it", runner.url)
+            log.info(
+                "the memory server is running at %s (%s event loop); Ctrl-C stops it",
+                runner.url,
+                loop_name(loop),
+            )
         with tuned_gc():  # start-up is done: see memory.server.gc_tuning
             await stop.wait()
     finally:
@@ -464,4 +469,7 @@ def main(settings: Settings, host: str | None, port: int | None, *, bot: bool = 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(run(settings, host, port, bot=bot))
+    from memory.server.event_loop import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(run(settings, host, port, bot=bot))
