@@ -90,9 +90,6 @@ SUBSTANCE_WORDS = 100  # messages this long (in words) count as fully substantiv
 AUTHOR_WORDS_KEPT = 10_000  # name words of authors met that an AuthorsMet keeps per project
 TEXT_FEATURES_KEPT = 50_000  # messages whose substance features a Ranking keeps (~12 MB)
 SESSION_SECONDS = 3600.0  # candidates this close in time count as one stretch of conversation
-#: Candidates whose session windows :meth:`Ranking.sessions` compares in one numpy block
-#: (a block holds this many rows of all the candidates: 256 x 5,000 floats is 10 MB).
-SESSION_BLOCK = 256
 _NO_FEATURE = (0.0,) * len(FEATURES)
 
 # Whitespace-separated query tokens, trimmed of surrounding punctuation.
@@ -351,10 +348,11 @@ class Ranking:
     ) -> None:
         """Each candidate: the mean of the two best fused scores among the candidates
         written within :data:`SESSION_SECONDS` of it, itself included (its own score, halved,
-        when it is alone). Compared all against all in numpy blocks: a search's hundreds of
-        candidates each looked at their own stretch in Python before (bisect, then a sort of
-        the stretch), the costliest stage; tests/memory/test_ranking_stages.py checks this one
-        against that version, value for value."""
+        when it is alone). Each candidate's stretch is a run of the candidates in time order;
+        its best and next best come from range-maximum queries on a sparse table, in numpy
+        for all candidates at once (a bisect and a sort of the stretch for each candidate in
+        Python was the costliest stage). tests/memory/test_ranking_stages.py checks it against
+        that version, value for value."""
         base = _fused(candidates) if fused is None else fused
         items = list(candidates.values())
         n = len(items)
@@ -362,19 +360,23 @@ class Ranking:
             return
         stamps = np.fromiter((c.stamp for c in items), dtype=np.float64, count=n)
         scores = np.fromiter((base[c.row_id] for c in items), dtype=np.float64, count=n)
-        out = np.empty(n, dtype=np.float64)
-        for start in range(0, n, SESSION_BLOCK):
-            at = stamps[start : start + SESSION_BLOCK, None]
-            inside = (stamps >= at - SESSION_SECONDS) & (stamps <= at + SESSION_SECONDS)
-            block = np.where(inside, scores, -np.inf)
-            rows = np.arange(len(block))
-            best = block.argmax(axis=1)
-            first = block[rows, best]
-            block[rows, best] = -np.inf  # one of the best taken out: the next best is left
-            second = block.max(axis=1)
-            # sorted(stretch)[-2:] summed: the second best plus the best (the best alone
-            # when the stretch holds only the candidate itself), halved.
-            out[start : start + len(block)] = np.where(second == -np.inf, first, second + first) / 2
+        order = np.argsort(stamps, kind="stable")
+        times, values = stamps[order], scores[order]
+        # The stretch of each candidate: [lo, hi) in time order, as bisect_left of its time
+        # less an hour and bisect_right of its time plus an hour.
+        lo = np.searchsorted(times, stamps - SESSION_SECONDS, side="left")
+        hi = np.searchsorted(times, stamps + SESSION_SECONDS, side="right")
+        table = _argmax_table(values)
+        best = _range_argmax(table, values, lo, hi - 1)
+        first = values[best]
+        # One of the best taken out: the next best is the best left or right of it.
+        beside = _range_max(
+            table, values, np.concatenate([lo, best + 1]), np.concatenate([best - 1, hi - 1])
+        )
+        second = np.maximum(beside[:n], beside[n:])
+        # sorted(stretch)[-2:] summed: the next best plus the best (the best alone when the
+        # stretch holds only the candidate itself), halved.
+        out = np.where(second == -np.inf, first, second + first) / 2
         for c, value in zip(items, out.tolist(), strict=True):
             c.features["session"] = value
 
@@ -479,6 +481,37 @@ class Ranking:
 
 def ordered(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.combined, -c.stamp, -c.row_id))
+
+
+def _argmax_table(values: np.ndarray) -> np.ndarray:
+    """A sparse table for range-maximum queries on ``values``: row ``k`` holds, for each
+    start ``i``, the index of a largest value in ``values[i : i + 2**k]`` (rows padded)."""
+    n = len(values)
+    rows = [np.arange(n)]
+    width = 1
+    while 2 * width <= n:
+        prev = rows[-1]
+        a, b = prev[: n - 2 * width + 1], prev[width : n - width + 1]
+        step = np.where(values[b] > values[a], b, a)
+        rows.append(np.concatenate([step, prev[len(step) :]]))
+        width *= 2
+    return np.stack(rows)
+
+
+def _range_argmax(table: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Any:
+    """For each ``lo[j] <= hi[j]``: the index of a largest value in ``values[lo : hi + 1]``."""
+    level = np.log2(hi - lo + 1).astype(np.int64)
+    a = table[level, lo]
+    b = table[level, hi - (1 << level) + 1]
+    return np.where(values[b] > values[a], b, a)
+
+
+def _range_max(table: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Any:
+    """The largest value in each ``values[lo : hi + 1]``; -inf where the range is empty."""
+    empty = hi < lo
+    safe_lo, safe_hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
+    found = values[_range_argmax(table, values, safe_lo, safe_hi)]
+    return np.where(empty, -np.inf, found)
 
 
 def _fused(candidates: Mapping[int, Candidate]) -> dict[int, float]:

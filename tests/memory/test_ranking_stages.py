@@ -21,7 +21,6 @@ import pytest
 from memory.model import Brief
 from memory.retrieval import (
     FEATURES,
-    SESSION_BLOCK,
     SESSION_SECONDS,
     Candidate,
     Query,
@@ -171,7 +170,7 @@ def outcome(q: Query, ranked: list[Candidate]) -> list[object]:
     ]
 
 
-SIZES = [0, 1, 2, 3, 17, 150, SESSION_BLOCK + 1, 2 * SESSION_BLOCK + 40]
+SIZES = [0, 1, 2, 3, 4, 5, 17, 150, 513]
 
 
 @pytest.mark.parametrize("ties", [False, True])
