@@ -471,5 +471,5 @@ def main(settings: Settings, host: str | None, port: int | None, *, bot: bool = 
     )
     from memory.server.event_loop import loop_factory
 
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         return runner.run(run(settings, host, port, bot=bot))

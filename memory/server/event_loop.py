@@ -6,22 +6,19 @@ on Linux or macOS. At 40 clients (``channelmind bench load --clients 40 --embedd
 asyncio's own loop machinery was about a fifth of the samples of the server's event loop
 thread (py-spy: the selector, socket transports, and the wake-ups of every SQLite and
 executor call that finishes in another thread); uvloop does the same work in C.
-``CHANNELMIND_EVENT_LOOP=asyncio`` keeps asyncio's own loop.
+``CHANNELMIND_EVENT_LOOP=asyncio`` (ServerSettings.event_loop) keeps asyncio's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 
-ENV = "CHANNELMIND_EVENT_LOOP"
 
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """What makes the server's loop: ``uvloop.new_event_loop`` when uvloop is importable and
-    not turned off (``CHANNELMIND_EVENT_LOOP=asyncio``), else ``asyncio.new_event_loop``."""
-    if os.environ.get(ENV, "").strip().lower() != "asyncio":
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the server's loop: ``uvloop.new_event_loop`` when ``choice`` is
+    ``uvloop`` and uvloop is importable, else ``asyncio.new_event_loop``."""
+    if choice == "uvloop":
         try:
             import uvloop
         except ImportError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 
 from memory.config import MemorySettings
@@ -22,6 +24,9 @@ class ServerSettings(MemorySettings):
     #: protection); with keys the bearer key protects the server and, unless hosts are listed
     #: here, any Host is accepted.
     allowed_hosts: str = ""
+    #: The event loop of ``channelmind serve`` / ``run``: uvloop (when installed; it comes with
+    #: Chroma) or asyncio's own (memory.server.event_loop).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     def allowed_host_list(self) -> list[str]:
         return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]

@@ -78,6 +78,16 @@ def test_an_unknown_embedder_is_one_line_from_every_command(tmp_path: Path, data
     assert not data_dir.exists()  # nothing was opened
 
 
+def test_an_unknown_event_loop_is_one_line(tmp_path: Path, data_dir: Path) -> None:
+    for cmd in ("serve", "run"):
+        line = run(tmp_path, data_dir, cmd, "--port", "0", CHANNELMIND_EVENT_LOOP="uvlop", **SLACK)
+        assert line == (
+            f"channelmind {cmd}: bad setting CHANNELMIND_EVENT_LOOP: Input should be 'uvloop'"
+            " or 'asyncio'"
+        )
+    assert not data_dir.exists()
+
+
 def test_the_openai_embedder_without_a_key_is_one_line(tmp_path: Path, data_dir: Path) -> None:
     for cmd in ("stats", "serve"):
         line = run(tmp_path, data_dir, cmd, CHANNELMIND_EMBEDDER="openai")

@@ -22,12 +22,16 @@ def started_line(log: Path) -> str:
     raise AssertionError(log.read_text()[-3000:])
 
 
-@pytest.mark.parametrize(("setting", "loop"), [("", "uvloop"), ("asyncio", "asyncio")])
-def test_serve_runs_on_the_chosen_loop_and_answers(tmp_path: Path, setting: str, loop: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "loop"), [({}, "uvloop"), ({"CHANNELMIND_EVENT_LOOP": "asyncio"}, "asyncio")]
+)
+def test_serve_runs_on_the_chosen_loop_and_answers(
+    tmp_path: Path, setting: dict[str, str], loop: str
+) -> None:
     log = tmp_path / "serve.log"
     with (
         log.open("w") as out,
-        channelmind_serve(tmp_path / "data", out, CHANNELMIND_EVENT_LOOP=setting) as (_, url),
+        channelmind_serve(tmp_path / "data", out, **setting) as (_, url),
     ):
         assert f"({loop} event loop)" in started_line(log)
         with httpx.Client(base_url=url, timeout=60) as http:
