@@ -18,10 +18,13 @@ listing of the channel's rows from its store (uid, producer, thread; indexed or 
 index reads their vectors by uid, computing the producer and thread tokens itself rather than
 reading metadata: measured at 200k vectors, 2-23 ms for a channel of 70-570 vectors against
 29-66 ms for one ``where`` read (the filter alone costs 25-90 ms, whatever the channel's
-size). Above that both cost about 35 us a vector (Chroma's own read and its conversion to
-Python lists), so a channel of more than :data:`EAGER_LOAD` rows is queued for the loading
-thread, one thread that reads such channels one at a time (in small pages, :data:`THREAD_PAGE`,
-so as not to hold the GIL for long; each into one buffer, see :meth:`ChromaIndex._load`): the
+size). Above that both cost about 25-35 us a vector (Chroma's own read and its conversion to
+Python lists), so a channel of more than :data:`EAGER_LOAD` rows is read by the search only
+while that costs less than Chroma's query among its uids would (:func:`first_read_limit`:
+the query's cost grows with the collection's size over the channel's); a larger one is queued
+for the loading thread, one thread that reads such channels one at a time (in small pages,
+:data:`THREAD_PAGE`, so as not to hold the GIL for long, and letting searches go first,
+:data:`LOADER_YIELD_S`; each into one buffer, see :meth:`ChromaIndex._load`): the
 search that listed it asks Chroma's query among the listed uids (29-55 ms for the two busiest
 channels at 200k, against 74-120 ms filtered by the channel's token and 690-1,020 ms for a
 read), and so do later ones until the thread is done, as long as no write has changed the
@@ -89,10 +92,10 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import secrets
 import sys
 import threading
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -164,10 +167,40 @@ EAGER_LOAD = 2_000
 #: The most uids one Chroma query is restricted to (embedded Chroma binds one SQL variable per
 #: uid; SQLite refuses more than 32,766).
 MAX_QUERY_IDS = 30_000
+#: A channel of more than :data:`EAGER_LOAD` rows is still read by the search that first needs
+#: it when reading it should cost less than the query among its uids would: when it has at most
+#: ``sqrt(FIRST_READ_RATIO * q * N)`` rows (:func:`first_read_limit`; N vectors in the project's
+#: collection, q query vectors in the search). A read costs about the same per row whatever N
+#: (30-45 us at load 3 on this machine, most of it Chroma building Python lists), while the
+#: query among the listed uids walks the HNSW graph until it has found ``ef_search`` of them,
+#: about 0.6-1 ms per query vector for every N / rows (300k vectors: 100-250 ms for channels of
+#: 1,000-3,000 rows, 35-50 ms from 10,000). Notes of the measurement in the commit message.
+FIRST_READ_RATIO = 30
+#: The most rows a search reads itself, whatever the size of the collection (a read of this
+#: many took about 0.3-0.4 s at load 3): larger channels are left to the loading thread.
+FIRST_READ_MAX = 10_000
+#: Uids per `get` when a search reads a channel larger than :data:`EAGER_LOAD` itself: each
+#: page holds the GIL while chromadb builds its Python lists (see :data:`THREAD_PAGE`).
+FIRST_READ_PAGE = 2_000
+#: How long the loading thread waits, before each page it reads, for the searches under way
+#: to end: they run first. Each page holds the GIL while chromadb builds its Python lists, and
+#: a search reading a channel itself, or waiting for Chroma's query, shares the GIL and the
+#: CPU with it (a first search took about twice as long while the thread read). Bounded, so
+#: that the thread still reads under a steady flow of searches.
+LOADER_YIELD_S = 0.2
 #: Uids per `get` when a thread reads a channel: chromadb builds each answer's Python lists
 #: under the GIL, so a page of 10,000 stalled a search in another thread for up to 290-560 ms
 #: (notes/coldload/micro3.py, busiest channel at 200k); pages of 500, up to 27-55 ms.
 THREAD_PAGE = 500
+
+
+def first_read_limit(collection_size: int, queries: int = 1) -> int:
+    """The most rows of a channel the search that first needs it reads into memory itself
+    (:data:`FIRST_READ_RATIO`), in a collection of ``collection_size`` vectors, for a search
+    of ``queries`` query vectors; a larger channel is read by the loading thread while its
+    searches ask Chroma. At least :data:`EAGER_LOAD`, at most :data:`FIRST_READ_MAX`."""
+    estimate = math.isqrt(max(0, FIRST_READ_RATIO * max(1, queries) * collection_size))
+    return max(EAGER_LOAD, min(FIRST_READ_MAX, estimate))
 
 
 def open_chroma(path: str | None = None, url: str | None = None) -> ClientAPI:
@@ -440,13 +473,18 @@ def short_id(uid: str) -> str:
     :data:`_VERBATIM`. Chroma stores each id three times (its ``embeddings`` row and unique
     index, and twice in the HNSW segment's ``index_metadata.pickle``): about 56 bytes per
     message less."""
-    try:
-        parsed = uuid.UUID(uid)
-    except ValueError:
-        return _VERBATIM + uid
-    if str(parsed) != uid:  # upper case, braces, no hyphens...: kept exactly as given
-        return _VERBATIM + uid
-    return base64.urlsafe_b64encode(parsed.bytes).decode("ascii").rstrip("=")
+    # The canonical form only (lower-case hex, hyphens at 8-13-18-23); upper case, braces, no
+    # hyphens...: kept exactly as given. Checked without uuid.UUID, which cost about 3 us a
+    # uid (a channel's first search converts each of its listed uids).
+    if len(uid) == 36 and uid[8] == uid[13] == uid[18] == uid[23] == "-":
+        hexed = uid[:8] + uid[9:13] + uid[14:18] + uid[19:23] + uid[24:]
+        try:
+            raw = bytes.fromhex(hexed)
+        except ValueError:
+            return _VERBATIM + uid
+        if len(raw) == 16 and raw.hex() == hexed:
+            return base64.urlsafe_b64encode(raw).decode("ascii")[:22]
+    return _VERBATIM + uid
 
 
 def long_id(stored: str) -> str:
@@ -457,9 +495,13 @@ def long_id(stored: str) -> str:
         return stored[len(_VERBATIM) :]
     if len(stored) == 22:
         try:
-            return str(uuid.UUID(bytes=base64.urlsafe_b64decode(stored + "==")))
+            raw = base64.urlsafe_b64decode(stored + "==")
         except ValueError:
             return stored
+        if len(raw) != 16:
+            return stored
+        h = raw.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return stored
 
 
@@ -505,6 +547,33 @@ class _ShortIdCollection:
         found = self._collection.query(ids=_short_ids(ids), **kwargs)
         found["ids"] = [[long_id(i) for i in row] for row in found["ids"]]
         return found
+
+
+def _read_vectors(collection: ChromaCollection, uids: list[str]) -> tuple[list[str], Any]:
+    """The vectors of those of ``uids`` the collection holds: (their uids, their embeddings as
+    Chroma's client returns them, Python lists of floats, or an array). Read through the
+    client's own ``_get``, the call ``Collection.get`` makes, when the client has one:
+    ``Collection.get`` then turns the lists into a float64 array, which the caller turns into
+    float32 again. A short-id collection's ids are decoded by a lookup of the ids sent."""
+    short = isinstance(collection, _ShortIdCollection)
+    raw: Any = collection._collection if isinstance(collection, _ShortIdCollection) else collection
+    stored = [short_id(u) for u in uids] if short else uids
+    reader = getattr(getattr(raw, "_client", None), "_get", None)
+    if reader is None:
+        got = raw.get(ids=stored, include=["embeddings"])
+    else:
+        got = reader(
+            collection_id=raw.id,
+            ids=stored,
+            include=["embeddings"],
+            tenant=raw.tenant,
+            database=raw.database,
+        )
+    ids = list(got["ids"])
+    if short:
+        sent = dict(zip(stored, uids, strict=True))
+        ids = [sent.get(i) or long_id(i) for i in ids]
+    return ids, got.get("embeddings")
 
 
 def short_token(hashed: str) -> str:
@@ -683,6 +752,8 @@ class ChromaIndex:
         self.path = path
         self.client: ClientAPI = connect()
         self._collections: dict[str, ChromaCollection] = {}
+        # About how many vectors each collection holds (:meth:`_size`).
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._gate = _Gate()
         self._cache = _ChannelCache()
@@ -692,6 +763,9 @@ class ChromaIndex:
         self._jobs: deque[_LoadJob] = deque()
         self._loader: threading.Thread | None = None
         self._loads_done = threading.Condition(self._lock)
+        # Searches under way (query_many), which the loading thread lets go first.
+        self._searches = 0
+        self._searches_done = threading.Condition()
         self._closed = False
         # A Chroma server may have other writers (replicas): they and we mark every channel
         # whose vectors change, and a cached channel is used only while its mark is the one
@@ -805,6 +879,10 @@ class ChromaIndex:
                         embeddings=np.asarray(vectors[chunk], dtype=np.float32),
                         metadatas=[self._item_meta(items[i]) for i in chunk],
                     )
+            with self._lock:
+                for name, rows in by_collection.items():
+                    if name in self._sizes:  # overwrites count too: an estimate
+                        self._sizes[name] += len(rows)
             for name in by_collection:
                 self._mark(name, {token for (n, token) in groups if n == name})
             for (name, token), rows in groups.items():
@@ -888,14 +966,14 @@ class ChromaIndex:
         (:meth:`_cached_channel`); without it, by its token."""
         matrix = np.asarray(vectors, dtype=np.float32)
         name = self.project_collection(org_id, project_id)
-        with self._gate.shared():
+        with self._gate.shared(), self._search_running():
             collection = self._collection(name, create=False)
             if collection is None or not len(matrix):
                 return [[] for _ in matrix]
             among: list[str] | None = None
             if produced_for is not None:
                 channel = self._cached_channel(
-                    collection, org_id, project_id, produced_for, members
+                    collection, org_id, project_id, produced_for, members, len(matrix)
                 )
                 if isinstance(channel, _Channel):
                     producer_token = None if producer is None else self.token("producer", producer)
@@ -919,6 +997,24 @@ class ChromaIndex:
             for ids, dists in zip(result["ids"], distances, strict=True)
         ]
 
+    @contextlib.contextmanager
+    def _search_running(self) -> Iterator[None]:
+        """Counts a search under way, for :meth:`_yield_to_searches`."""
+        with self._searches_done:
+            self._searches += 1
+        try:
+            yield
+        finally:
+            with self._searches_done:
+                self._searches -= 1
+                if not self._searches:
+                    self._searches_done.notify_all()
+
+    def _yield_to_searches(self) -> None:
+        """Wait (at most :data:`LOADER_YIELD_S`) until no search is under way."""
+        with self._searches_done:
+            self._searches_done.wait_for(lambda: not self._searches, LOADER_YIELD_S)
+
     def _cached_channel(
         self,
         collection: ChromaCollection,
@@ -926,6 +1022,7 @@ class ChromaIndex:
         project_id: str,
         produced_for: str,
         members: Members | None = None,
+        queries: int = 1,
     ) -> _Channel | list[str] | None:
         """The channel's vectors from the cache, loaded on first use and, with a Chroma
         server, again whenever its mark has changed since; None when the channel is too large
@@ -974,7 +1071,9 @@ class ChromaIndex:
             listed = members()
             if len(listed) > MAX_CACHED_CHANNEL:
                 channel = None
-            elif len(listed) > EAGER_LOAD:
+            elif len(listed) > EAGER_LOAD and len(listed) > first_read_limit(
+                self._size(collection), queries
+            ):
                 # Out of date rows leave memory now; the thread's copy replaces this stand-in.
                 standin = _Channel.empty(_NO_MARK)
                 standin.seen = stamp
@@ -982,9 +1081,23 @@ class ChromaIndex:
                 self._load_later(key, listed, version, stamp, standin)
                 return [uid for uid, _, _ in listed] if len(listed) <= MAX_QUERY_IDS else None
             else:
-                channel = self._load(collection, listed, stamp)
+                page = LOAD_PAGE if len(listed) <= EAGER_LOAD else FIRST_READ_PAGE
+                channel = self._load(collection, listed, stamp, page)
         cache.keep(key, channel, version, stale=held)
         return channel
+
+    def _size(self, collection: ChromaCollection) -> int:
+        """About how many vectors ``collection`` holds, for :func:`first_read_limit`: counted
+        once (Chroma's count reads its table, 16 ms at 300k vectors), then followed by this
+        process's upserts (an overwrite counts as a new vector; deletes and another replica's
+        writes are not followed). An estimate, which is all a choice of path needs."""
+        with self._lock:
+            size = self._sizes.get(collection.name)
+        if size is None:
+            counted = collection.count()
+            with self._lock:
+                size = self._sizes.setdefault(collection.name, counted)
+        return size
 
     def _load(
         self,
@@ -992,12 +1105,15 @@ class ChromaIndex:
         listed: Sequence[Member],
         stamp: str | None,
         page: int = LOAD_PAGE,
+        background: bool = False,
     ) -> _Channel:
         """A channel's vectors read by uid (``listed``: its rows in the store; those without a
         vector yet are simply not returned), ``page`` uids per ``get``. Tags are
         computed from the store's producer and thread, so no metadata is read: measured at
         200k vectors, a read by uid costs 2-23 ms for a channel of 70-570 vectors against
-        29-66 ms by token (the ``where`` alone costs 25-90 ms whatever the channel's size)."""
+        29-66 ms by token (the ``where`` alone costs 25-90 ms whatever the channel's size).
+        ``background``: the loading thread's read, which lets searches go first
+        (:data:`LOADER_YIELD_S`)."""
         tags: dict[str, Tag] = {}
         memo: dict[tuple[str, str | None], Tag] = {}
         for uid, producer, thread_id in listed:
@@ -1013,17 +1129,17 @@ class ChromaIndex:
         buffer: Vectors | None = None
         wanted = list(tags)
         for start in range(0, len(wanted), page):
-            got = collection.get(ids=wanted[start : start + page], include=["embeddings"])
-            embeddings = got.get("embeddings")
-            ids = got["ids"]
+            if background:
+                self._yield_to_searches()
+            ids, embeddings = _read_vectors(collection, wanted[start : start + page])
             if not ids or embeddings is None:
                 continue
-            answer = np.asarray(embeddings)
-            del got, embeddings
+            answer = np.asarray(embeddings, dtype=np.float32)
+            del embeddings
             if buffer is None:
                 buffer = np.empty((len(wanted), answer.shape[1]), dtype=np.float32)
             block = buffer[len(uids) : len(uids) + len(ids)]
-            block[...] = answer  # float64 to float32, as np.asarray(..., float32) did
+            block[...] = answer
             del answer
             _normalise_rows(block)
             uids.extend(ids)
@@ -1088,7 +1204,7 @@ class ChromaIndex:
             collection = None if self._closed else self._collection(name, create=False)
             if collection is None:
                 return
-            channel = self._load(collection, job.listed, job.stamp, THREAD_PAGE)
+            channel = self._load(collection, job.listed, job.stamp, THREAD_PAGE, background=True)
         self._cache.keep(job.key, channel, job.version, stale=job.standin)
 
     def _queued_uids(self, key: tuple[str, str], stamp: str | None) -> list[str] | None:
@@ -1204,6 +1320,7 @@ class ChromaIndex:
     def _drop(self, name: str) -> None:
         with self._lock:
             self._collections.pop(name, None)
+            self._sizes.pop(name, None)
         self._cache.forget(name)
         try:
             self.client.delete_collection(name)
@@ -1310,6 +1427,7 @@ class ChromaIndex:
                     self._drop(name)
             with self._lock:
                 self._collections.clear()
+                self._sizes.clear()
             self._cache.forget()
 
     def upgrade_layout(self) -> int:

@@ -22,6 +22,14 @@ from memory.model import Scope
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode
 
 
+@pytest.fixture(autouse=True)
+def thread_above_eager_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests set EAGER_LOAD to a few rows to drive the loading thread: a channel larger
+    than that is left to it, whatever the size of the collection (FIRST_READ_RATIO 0; the
+    tests that read such a channel in the search itself set it again)."""
+    monkeypatch.setattr(chroma, "FIRST_READ_RATIO", 0)
+
+
 def in_channel(**narrower: str) -> Scope:
     return Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL, **narrower)
 
@@ -77,6 +85,50 @@ async def test_a_large_channel_is_answered_by_chroma_while_a_thread_reads_it(
     assert index.cached_uids(ORG, PROJECT, GENERAL) == set(uids)
     found = await vector_hits(engine, "backup rota week 3", in_channel())
     assert set(found) == set(uids) and found[0] == uids[3]
+
+
+def test_the_first_search_reads_a_channel_itself_up_to_a_limit_set_by_the_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel larger than EAGER_LOAD but within first_read_limit (which grows with the
+    collection and the number of query vectors) is read by the search that first needs it:
+    that search is answered exactly from memory and no thread is started. A larger channel
+    is still left to the loading thread."""
+    monkeypatch.setattr(chroma, "EAGER_LOAD", 2)
+    monkeypatch.setattr(chroma, "FIRST_READ_RATIO", 1)
+    assert chroma.first_read_limit(16) == 4 and chroma.first_read_limit(16, queries=4) == 8
+    assert chroma.first_read_limit(1) == 2  # never below EAGER_LOAD
+    monkeypatch.setattr(chroma, "FIRST_READ_MAX", 6)
+    assert chroma.first_read_limit(10**6) == 6
+    rng = np.random.default_rng(29)
+    vectors = rng.standard_normal((16, 8)).astype(np.float32)
+    # 16 vectors: GENERAL holds 4 (the limit for one query vector), RANDOM 12 (above it).
+    items = [
+        VectorItem(f"u{i}", ORG, PROJECT, GENERAL if i < 4 else RANDOM, BOB, None)
+        for i in range(16)
+    ]
+    folder = tmp_path / "chroma"
+    index = ChromaIndex(functools.partial(open_chroma, str(folder)), bytes(32), folder)
+    release = threading.Event()
+    try:
+        index.upsert(items, vectors)
+        before = loading_threads()
+        general: list[Member] = [(f"u{i}", BOB, None) for i in range(4)]
+        [found] = index.query_many(ORG, PROJECT, GENERAL, vectors[2:3], 4, members=lambda: general)
+        assert found[0][0] == "u2"
+        assert {u for u, _ in found} == {"u0", "u1", "u2", "u3"}
+        assert index.cached_uids(ORG, PROJECT, GENERAL) == {"u0", "u1", "u2", "u3"}
+        assert loading_threads() == before
+        listed = HeldListing([(f"u{i}", BOB, None) for i in range(4, 16)], release)
+        index.query_many(ORG, PROJECT, RANDOM, vectors[5:6], 2, members=lambda: listed)
+        assert loading_threads() - before == 1
+        assert not index.cached_uids(ORG, PROJECT, RANDOM)  # the thread's stand-in, no rows
+        release.set()
+        index.wait_loads()
+        assert index.cached_uids(ORG, PROJECT, RANDOM) == {f"u{i}" for i in range(4, 16)}
+    finally:
+        release.set()
+        index.close()
 
 
 @pytest.mark.parametrize("eager_load", [2, 100], ids=["by-a-thread", "by-the-search"])

@@ -9,6 +9,7 @@ separate client on the folder, as they are on disk."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from pathlib import Path
 
@@ -65,9 +66,27 @@ async def check_search(engine: MemoryEngine, uids: dict[str, str]) -> None:
 def test_short_id_round_trips() -> None:
     u = str(uuid.uuid4())
     assert len(short_id(u)) == 22 and long_id(short_id(u)) == u
-    for other in ("note-1", u.upper(), u.replace("-", ""), "~x", "a" * 22):
+    odd = (
+        "note-1",
+        u.upper(),
+        u.replace("-", ""),
+        "~x",
+        "a" * 22,
+        "{" + u[1:-1] + "}",  # 36 characters, not a UUID's
+        u[:8] + "-" + u[9:13] + "-" + u[14:18] + "-" + u[19:23] + "-" + u[24:35] + "g",
+        u[:9] + " " + u[10:],  # bytes.fromhex skips spaces: still not canonical
+        u[:35] + "\u00e9",
+        "-" * 36,
+    )
+    for other in odd:
         assert short_id(other) == "~" + other and long_id(short_id(other)) == other
     assert long_id(u) == u  # a long id (an old collection's) reads as itself
+    for _ in range(200):  # the same bytes as the uuid module's, both ways
+        v = uuid.uuid4()
+        stored = base64.urlsafe_b64encode(v.bytes).decode("ascii").rstrip("=")
+        assert short_id(str(v)) == stored and long_id(stored) == str(v)
+    for stored in ("A" * 21 + "=", "!" * 22, "A" * 20 + "  "):  # 22 characters, not base64
+        assert long_id(stored) == stored
 
 
 @pytest.mark.parametrize("named", [None, "note-1"])
