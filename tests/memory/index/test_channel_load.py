@@ -201,14 +201,31 @@ def test_a_replicas_write_after_the_mark_is_read_is_followed(chroma_url: str) ->
         b.close()
 
 
+@pytest.mark.parametrize("how", ["unfiltered", "restricted"])
 @pytest.mark.parametrize("where", ["embedded", "server"])
 def test_a_large_channels_first_answer_is_among_the_rows_its_store_lists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    where: str,
+    how: str,
 ) -> None:
     """While a thread reads a large channel, the search that listed it asks Chroma among the
-    listed uids: a vector tagged with the channel whose row the store no longer has (the
-    nearest one here) is not in the answer, nor is anything of another channel."""
+    listed uids (its query restricted to the uids, or, for more uids than MAX_QUERY_IDS, its
+    unfiltered query, of which the listed rows are kept): a vector tagged with the channel
+    whose row the store no longer has (the nearest one here) is not in the answer, nor is
+    anything of another channel; the rows come best first."""
     monkeypatch.setattr(chroma, "EAGER_LOAD", 3)
+    if how == "unfiltered":
+        monkeypatch.setattr(chroma, "MAX_QUERY_IDS", 3)
+    asked: list[dict[str, object]] = []
+    query = chroma._ShortIdCollection.query
+
+    def spy(self: chroma._ShortIdCollection, ids: object = None, **kwargs: object) -> object:
+        asked.append({"ids": ids, **kwargs})
+        return query(self, ids, **kwargs)
+
+    monkeypatch.setattr(chroma._ShortIdCollection, "query", spy)
     rng = np.random.default_rng(13)
     vectors = rng.standard_normal((12, 8)).astype(np.float32)
     items = [
@@ -226,6 +243,12 @@ def test_a_large_channels_first_answer_is_among_the_rows_its_store_lists(
         listed: list[Member] = [(f"u{i}", BOB, None) for i in range(1, 8)]  # u0: an orphan
         [found] = index.query_many(ORG, PROJECT, GENERAL, vectors[0:1], 20, members=lambda: listed)
         assert found and {u for u, _ in found} <= {f"u{i}" for i in range(1, 8)}
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        exact = sorted(range(1, 8), key=lambda i: -float(unit[i] @ unit[0]))
+        assert [u for u, _ in found][:3] == [f"u{i}" for i in exact[:3]]
+        # The restricted query goes through the short-id wrapper with the uids; the
+        # unfiltered one asks the collection itself.
+        assert bool(asked) == (how == "restricted")
         index.wait_loads()
         [found] = index.query_many(ORG, PROJECT, GENERAL, vectors[0:1], 20, members=lambda: listed)
         assert {u for u, _ in found} == {f"u{i}" for i in range(1, 8)}
