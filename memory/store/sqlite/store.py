@@ -329,9 +329,17 @@ def _episode_row(ep: Episode, short: bool = False) -> tuple[Any, ...]:
         ep.source_id or uid,
         ep.thread_id,
         ep.episode_type,
-        json.dumps(ep.metadata, ensure_ascii=False, default=str),
+        # Without the spaces json.dumps puts after ":" and ",": the same JSON, 2 bytes less
+        # per key.
+        json.dumps(ep.metadata, ensure_ascii=False, default=str, separators=(",", ":")),
         fts_tags(ep, short),
     )
+
+
+#: The columns a row is deleted or edited by: the vector tombstone's four, then what it is
+#: taken out of the full-text index with (its key, its text, what its scope tokens come
+#: from: :func:`row_tags`).
+_GONE = "uid, org_id, project_id, produced_for, id, content, producer, thread_id, fts_tags"
 
 
 #: What a row's ``fts_tags`` holds in the place of its project's scope token.
@@ -351,6 +359,31 @@ def fts_tags(ep: Episode, short: bool = False) -> str:
     return " ".join(
         PROJECT_PLACEHOLDER if t == project else folder_token(t, short) for t in scope_tokens(ep)
     )
+
+
+def row_tags(
+    org_id: str,
+    project_id: str,
+    produced_for: str,
+    producer: str,
+    thread_id: str | None,
+    stored: str,
+    short: bool,
+) -> str:
+    """What a stored row is indexed under in ``fts_tags`` of the full-text index: the tokens
+    it holds (``stored``: a row written before schema 5), else :func:`fts_tags` of its ids,
+    which a row's edit never changes. FTS5 deletes an external-content row only when told
+    exactly what it indexed, so this is the one place that says it."""
+    if stored:
+        return stored
+    ep = Episode.model_construct(
+        org_id=org_id,
+        project_id=project_id,
+        produced_for=produced_for,
+        producer=producer,
+        thread_id=thread_id,
+    )
+    return fts_tags(ep, short)
 
 
 #: A batch waiting for the next group commit, and where its caller waits for the outcome.
@@ -543,6 +576,12 @@ class SQLiteStore:
                     continue
                 for statement in MIGRATIONS[version]:
                     await conn.execute(statement)
+                if version == 5 and current:
+                    log.info(
+                        "%s: schema 5, a new row's scope tokens are kept in the full-text"
+                        " index only (old rows keep theirs)",
+                        self.path,
+                    )
                 if version == 1:
                     # A new folder: its rows get short scope tokens (folder_token). A folder
                     # created before keeps the long ones its rows hold, in new rows too.
@@ -631,12 +670,13 @@ class SQLiteStore:
             for key, row in zip(keys, rows, strict=True):
                 if key not in before:
                     expected.setdefault(key, row[0])  # the first of a source among the rows
+            # The row's scope tokens go to the full-text index only (schema 5): ``''`` here.
             inserted = await conn.executemany(
                 "INSERT OR IGNORE INTO episodes (uid, org_id, project_id, producer,"
                 " produced_for, role, content, created_at, platform, source_id, thread_id,"
                 " episode_type, metadata, fts_tags) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+                [row[:13] for row in rows],
             )
             if inserted.rowcount != len(expected):
                 # Some row was ignored for another reason than its source: its uid belongs to
@@ -648,6 +688,12 @@ class SQLiteStore:
                     f"episode {lost[0]!r} was not stored: its uid belongs to another episode"
                     " or a required field is missing"
                 )
+            tags = {row[0]: row[13] for row in rows}
+            await conn.executemany(
+                "INSERT INTO episodes_fts (rowid, content, fts_tags)"
+                " SELECT id, content, ? FROM episodes WHERE uid = ?",
+                [(tags[uid], uid) for uid in expected.values()],
+            )
             await conn.executemany(
                 "INSERT OR IGNORE INTO projects VALUES (?, ?, '', '{}', ?)",
                 [(r[1], r[2], r[7]) for r in rows],
@@ -681,28 +727,39 @@ class SQLiteStore:
     async def edit(
         self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime
     ) -> bool:
-        """Replace an episode's content, leaving nothing of the old text behind: FTS follows by
-        trigger and its segments are merged, the old vector is tombstoned (the row waits for a
-        new one; its content and edit time change, so a claim taken before the edit cannot mark
-        the new text indexed), and facts citing only this episode go, as they were learned from the
-        old text. The caller purges the WAL and scrubs the vector index."""
+        """Replace an episode's content, leaving nothing of the old text behind: the full-text
+        index drops the old text and takes the new, and its segments are merged, the old
+        vector is tombstoned (the row waits for a new one; its content and edit time change,
+        so a claim taken before the edit cannot mark the new text indexed), and facts citing
+        only this episode go, as they were learned from the old text. The caller purges the
+        WAL and scrubs the vector index."""
         async with self._write() as conn:
             async with conn.execute(
-                "SELECT uid, org_id, project_id, produced_for FROM episodes"
-                " WHERE uid = ? AND org_id = ? AND project_id = ?",
+                f"SELECT {_GONE} FROM episodes WHERE uid = ? AND org_id = ? AND project_id = ?",
                 (uid, org_id, project_id),
             ) as cur:
                 found = await cur.fetchone()
             if found is None:
                 return False
+            key, old = found[4], found[5]
+            tags = row_tags(*found[1:4], *found[6:9], self._short_tokens)
+            await conn.execute(
+                "INSERT INTO episodes_fts (episodes_fts, rowid, content, fts_tags)"
+                " VALUES ('delete', ?, ?, ?)",
+                (key, old, tags),
+            )
             await conn.execute(
                 f"UPDATE episodes SET content = ?, edited_at = ?, indexed = {PENDING}"
                 " WHERE uid = ?",
                 (content, to_epoch(edited_at), uid),
             )
+            await conn.execute(
+                "INSERT INTO episodes_fts (rowid, content, fts_tags) VALUES (?, ?, ?)",
+                (key, content, tags),
+            )
             self._leases.forget_attempts([uid])
             await conn.execute("DELETE FROM set_aside WHERE uid = ?", (uid,))
-            await conn.execute("INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", tuple(found))
+            await conn.execute("INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", found[:4])
             await self._drop_citations(conn, [uid])
             await conn.execute("INSERT INTO episodes_fts(episodes_fts) VALUES ('optimize')")
             await conn.execute(_NEEDS_SCRUB)
@@ -718,8 +775,7 @@ class SQLiteStore:
             found: list[Any] = []
             for chunk in _chunks(uids):
                 async with conn.execute(
-                    "SELECT uid, org_id, project_id, produced_for FROM episodes"
-                    f" WHERE {_uids_in_project(chunk)}",
+                    f"SELECT {_GONE} FROM episodes WHERE {_uids_in_project(chunk)}",
                     [*chunk, org_id, project_id],
                 ) as cur:
                     found += await cur.fetchall()
@@ -731,8 +787,7 @@ class SQLiteStore:
         where, params = scope_sql(scope, None, filt)
         async with self._write() as conn:
             async with conn.execute(
-                f"SELECT e.uid, e.org_id, e.project_id, e.produced_for FROM episodes e"
-                f" WHERE {where}",
+                f"SELECT {cols('e', _GONE.split(', '))} FROM episodes e WHERE {where}",
                 params,
             ) as cur:
                 found = list(await cur.fetchall())
@@ -745,15 +800,21 @@ class SQLiteStore:
             return Deleted(gone.uids, gone.facts + about, gone.channels)
 
     async def _delete_rows(self, conn: aiosqlite.Connection, found: Sequence[Any]) -> Deleted:
-        """Delete these ``(uid, org_id, project_id, produced_for)`` rows inside the caller's
-        transaction: tombstone their vectors, drop facts citing only them, merge FTS."""
+        """Delete these rows (:data:`_GONE`) inside the caller's transaction: take them out
+        of the full-text index, tombstone their vectors, drop facts citing only them, merge
+        FTS."""
         if not found:
             return Deleted()
         gone = [r[0] for r in found]
         facts = 0
         for chunk in _chunks(found):
             await conn.executemany(
-                "INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", [tuple(r) for r in chunk]
+                "INSERT INTO episodes_fts (episodes_fts, rowid, content, fts_tags)"
+                " VALUES ('delete', ?, ?, ?)",
+                [(r[4], r[5], row_tags(*r[1:4], *r[6:9], self._short_tokens)) for r in chunk],
+            )
+            await conn.executemany(
+                "INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", [tuple(r[:4]) for r in chunk]
             )
             uids = [r[0] for r in chunk]
             await conn.execute(f"DELETE FROM episodes WHERE uid IN ({_marks(uids)})", uids)
@@ -1380,8 +1441,7 @@ class SQLiteStore:
     async def delete_project(self, org_id: str, project_id: str) -> Deleted:
         async with self._write() as conn:
             async with conn.execute(
-                "SELECT uid, org_id, project_id, produced_for FROM episodes"
-                " WHERE org_id = ? AND project_id = ?",
+                f"SELECT {_GONE} FROM episodes WHERE org_id = ? AND project_id = ?",
                 (org_id, project_id),
             ) as cur:
                 found = list(await cur.fetchall())

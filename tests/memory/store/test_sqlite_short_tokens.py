@@ -1,9 +1,9 @@
 """Issue 15, disk per message: in a SQLite folder this version creates, a row's scope tokens
-(``fts_tags``: channel, producer, thread) are 15 characters (``z``, the kind's letter, 13
-digits) instead of 22; the folder says so in ``meta``. A folder an earlier version created
-keeps the long form for its old rows, its new rows and its queries. Either way a keyword
-search finds the same rows with the same scores: the tokens weigh 0 and each row keeps its
-number of tokens."""
+(``fts_tags`` of the full-text index: channel, producer, thread) are 15 characters (``z``,
+the kind's letter, 13 digits) instead of 22; the folder says so in ``meta``. A folder an
+earlier version created keeps the long form for its old rows, its new rows and its queries.
+Either way a keyword search finds the same rows with the same scores: the tokens weigh 0 and
+each row keeps its number of tokens."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from memory.store.shared import channel_token, producer_token, thread_token
 from memory.store.sqlite import SQLiteStore
 from memory.store.sqlite.store import PROJECT_PLACEHOLDER
 from tests.conftest import ALICE, GENERAL, ORG, PROJECT, RANDOM, episode
+from tests.memory.store.fts_rows import indexed_tags
 
 THREAD = "1700000000.000001"
 SCOPES = (
@@ -56,7 +57,8 @@ async def _searches(path: Path, forget_marker: bool) -> tuple[list[str], list[ob
     finally:
         await store.close()
     with closing(sqlite3.connect(path)) as conn:
-        tags = [r[0] for r in conn.execute("SELECT fts_tags FROM episodes ORDER BY id")]
+        assert {r[0] for r in conn.execute("SELECT fts_tags FROM episodes")} == {""}
+        tags = [" ".join(t) for _, t in sorted(indexed_tags(conn).items())]
     return tags, found
 
 
