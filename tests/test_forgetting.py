@@ -16,6 +16,7 @@ import pytest
 from memory.engine import MemoryEngine
 from memory.index.chroma import long_id
 from memory.model import Fact, Scope
+from memory.store.sqlite.store import uid_key
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode, raw_db
 
 #: A word that appears nowhere else, and that the porter stemmer leaves as it is.
@@ -198,7 +199,8 @@ async def test_forgotten_content_is_gone_everywhere(
             ).fetchone() == (0,)
             marks = ",".join("?" * len(secret))
             assert conn.execute(
-                f"SELECT count(*) FROM episodes WHERE uid IN ({marks})", secret
+                f"SELECT count(*) FROM episodes WHERE uid IN ({marks})",
+                [uid_key(u) for u in secret],
             ).fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM episodes").fetchone() == (len(kept),)
             assert conn.execute(
@@ -231,10 +233,15 @@ async def test_forgotten_content_is_gone_everywhere(
     assert facts[mixed].citations == [kept[0]]
     assert facts[mixed].value == "nine"
 
-    # Bytes on disk: neither the database file nor its WAL holds the marker any more.
+    # Bytes on disk: neither the database file nor its WAL holds the marker any more, nor
+    # the forgotten uids, as text or as the 16 bytes a row keeps.
     for name, blob in raw_bytes(data_dir).items():  # none on PostgreSQL
         assert MARKER.encode() not in blob, f"{MARKER} still in {name}"
         assert TAIL.encode() not in blob, f"{TAIL} still in {name}"
+        for uid in secret:
+            key = uid_key(uid)
+            assert isinstance(key, bytes) and key not in blob, f"{uid} still in {name}"
+            assert uid.encode() not in blob, f"{uid} still in {name}"
     # Content never goes to Chroma at all (only vectors and scope metadata).
     for path in (data_dir / "chroma").rglob("*"):
         if path.is_file():
@@ -268,7 +275,7 @@ async def test_forgetting_survives_a_restart(data_dir: Path) -> None:
     finally:
         await eng.close()
     with raw_db(data_dir) as conn:  # another writer deleted the row and left a tombstone
-        conn.execute("DELETE FROM episodes WHERE uid = ?", (gone,))
+        conn.execute("DELETE FROM episodes WHERE uid = ?", (uid_key(gone),))
         conn.execute(
             "INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", (gone, ORG, PROJECT, GENERAL)
         )

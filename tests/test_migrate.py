@@ -22,6 +22,7 @@ from memory.engine import MemoryEngine
 from memory.folder import FolderLock
 from memory.model import Fact
 from memory.store.postgres.cluster import TempCluster
+from memory.store.sqlite.store import uid_key, uid_of
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, at, episode
 from tests.postgres import psql
 from tests.server_harness import ROOT, channelmind_serve, free_port
@@ -96,7 +97,9 @@ async def fill(folder: Path, messages: int = 40) -> list[str]:
     finally:
         await engine.close()
     with closing(sqlite3.connect(folder / "memory.sqlite3")) as db, db:
-        db.execute("UPDATE episodes SET created_at = ? WHERE uid = ?", (YEAR_10000, uids[-1]))
+        db.execute(
+            "UPDATE episodes SET created_at = ? WHERE uid = ?", (YEAR_10000, uid_key(uids[-1]))
+        )
     return uids
 
 
@@ -137,8 +140,13 @@ def rows(cluster: TempCluster, database: str, sql: str) -> list[str]:
 
 
 def sqlite_rows(folder: Path, sql: str) -> list[str]:
+    """Rows as text; a uid the file keeps as 16 bytes as the uid it stands for."""
+
+    def text(v: object) -> str:
+        return "" if v is None else uid_of(v) if isinstance(v, bytes) else str(v)
+
     with closing(sqlite3.connect(folder / "memory.sqlite3")) as db:
-        return sorted("|".join("" if v is None else str(v) for v in r) for r in db.execute(sql))
+        return sorted("|".join(text(v) for v in r) for r in db.execute(sql))
 
 
 def test_the_migrated_memory_answers_the_same_searches(

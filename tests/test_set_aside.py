@@ -16,6 +16,7 @@ import pytest
 
 from memory.embedders import HashEmbedder, Vectors
 from memory.engine import MemoryEngine
+from memory.store.sqlite.store import uid_key
 
 from .conftest import raw_db, raw_write
 from .server_harness import running
@@ -112,7 +113,7 @@ async def test_a_row_that_cannot_be_read_is_set_aside_not_500(
     await raw_write(
         data_dir,
         "UPDATE episodes SET created_at = ?, indexed = 0 WHERE uid = ?",
-        (YEAR_10000, broken),
+        (YEAR_10000, uid_key(broken)),
     )
 
     # Reads of the project answer, without the broken row; other orgs are not blocked.
@@ -136,7 +137,7 @@ async def test_a_row_that_cannot_be_read_is_set_aside_not_500(
     assert await metric(http) == 0.0
     with raw_db(data_dir) as conn:
         left = {r[0] for r in conn.execute("SELECT uid FROM episodes WHERE org_id = ?", (ORG,))}
-    assert left == {fine}
+    assert left == {uid_key(fine)}
 
 
 async def test_a_row_that_cannot_be_read_does_not_block_the_indexer_after_a_restart(
@@ -150,7 +151,8 @@ async def test_a_row_that_cannot_be_read_does_not_block_the_indexer_after_a_rest
         await engine.close()
     with raw_db(data_dir) as conn:
         conn.execute(
-            "UPDATE episodes SET created_at = ?, indexed = 0 WHERE uid = ?", (YEAR_10000, broken)
+            "UPDATE episodes SET created_at = ?, indexed = 0 WHERE uid = ?",
+            (YEAR_10000, uid_key(broken)),
         )
         conn.commit()
     engine = await MemoryEngine.open(data_dir, "hash")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sqlite3
 import sys
 import time
@@ -65,7 +66,7 @@ from ..shared import (
     to_epoch,
 )
 from .filters import to_sql
-from .schema import INDEXED, MIGRATIONS, PENDING, SCHEMA_VERSION, SET_ASIDE
+from .schema import INDEXED, MIGRATIONS, PENDING, SCHEMA_VERSION, SET_ASIDE, UPGRADES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,8 +109,9 @@ def cols(alias: str, columns: Sequence[str] = COLUMNS) -> str:
 
 def row_to_episode(row: Sequence[Any]) -> Episode:
     """An Episode from a row whose first columns are :data:`COLUMNS`."""
-    _, uid, org, proj, producer, produced_for, role, content, created, platform, source = row[:11]
+    _, key, org, proj, producer, produced_for, role, content, created, platform, source = row[:11]
     thread_id, episode_type, metadata = row[11:14]
+    uid = uid_of(key)
     return Episode.model_construct(
         uid=uid,
         org_id=org,
@@ -136,7 +138,7 @@ def row_to_found(row: Sequence[Any]) -> Found:
     what :func:`row_to_episode` reads of a broken row (time, metadata), so the same rows are
     set aside whichever of the two reads them first."""
     key, uid, producer, content, created, metadata = row[:6]
-    brief = Brief(uid, producer, content, from_epoch(created), json.loads(metadata))
+    brief = Brief(uid_of(uid), producer, content, from_epoch(created), json.loads(metadata))
     return Found(int(key), brief)
 
 
@@ -247,6 +249,39 @@ def _matched_in_scope(scope: Scope) -> bool:
 
 def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def uid_key(uid: str) -> str | bytes:
+    """How ``episodes.uid`` holds a uid (schema 6): a UUID in its canonical form (lower-case,
+    36 characters, what the store makes) as its 16 bytes, any other uid as the text it is.
+    16 bytes instead of 36 in the row and again in the uid index: about 42 bytes per message.
+    Exactly one form per uid (a text uid is never a canonical UUID), so lookups by key are
+    exact; :func:`uid_of` gives the uid back."""
+    if len(uid) == 36 and _CANONICAL_UUID.fullmatch(uid):
+        return bytes.fromhex(uid.replace("-", ""))
+    return uid
+
+
+def uid_of(key: str | bytes) -> str:
+    """The uid a stored :func:`uid_key` stands for."""
+    if isinstance(key, bytes):
+        h = key.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return key
+
+
+def _keys(uids: Iterable[str]) -> list[str | bytes]:
+    return [uid_key(u) for u in uids]
+
+
+def _hex_key(uid: str) -> str:
+    """SQLite's ``hex(uid)`` of a stored uid (JSON, which a claim's leases are passed in,
+    holds no bytes)."""
+    key = uid_key(uid)
+    return (key if isinstance(key, bytes) else key.encode()).hex().upper()
 
 
 def _uids_in_project(uids: Sequence[Any]) -> str:
@@ -377,6 +412,7 @@ def row_tags(
     if stored:
         return stored
     ep = Episode.model_construct(
+        content="",
         org_id=org_id,
         project_id=project_id,
         produced_for=produced_for,
@@ -384,6 +420,11 @@ def row_tags(
         thread_id=thread_id,
     )
     return fts_tags(ep, short)
+
+
+def _gone_tags(row: Sequence[Any], short: bool) -> str:
+    """:func:`row_tags` of a row read with :data:`_GONE`."""
+    return row_tags(row[1], row[2], row[3], row[6], row[7], row[8], short)
 
 
 #: A batch waiting for the next group commit, and where its caller waits for the outcome.
@@ -565,6 +606,9 @@ class SQLiteStore:
                 f"{self.path} has schema version {current}, newer than this ChannelMind"
                 f" ({SCHEMA_VERSION}); upgrade ChannelMind"
             )
+        # What migration 6 stores a uid as (only migrations call it).
+        await self.writer.create_function("cm_uid_key", 1, uid_key, deterministic=True)
+        began = time.perf_counter()
         for version in sorted(v for v in MIGRATIONS if v > current):
             async with self._write() as conn:
                 # Another connection may have migrated since the version was read.
@@ -576,12 +620,6 @@ class SQLiteStore:
                     continue
                 for statement in MIGRATIONS[version]:
                     await conn.execute(statement)
-                if version == 5 and current:
-                    log.info(
-                        "%s: schema 5, a new row's scope tokens are kept in the full-text"
-                        " index only (old rows keep theirs)",
-                        self.path,
-                    )
                 if version == 1:
                     # A new folder: its rows get short scope tokens (folder_token). A folder
                     # created before keeps the long ones its rows hold, in new rows too.
@@ -589,6 +627,16 @@ class SQLiteStore:
                 await conn.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),)
                 )
+        noted = [UPGRADES[v] for v in sorted(UPGRADES) if v > current]
+        if current and noted:  # a folder an earlier version wrote, upgraded: one line
+            log.info(
+                "%s: schema %d -> %d in %.1f s: %s",
+                self.path,
+                current,
+                SCHEMA_VERSION,
+                time.perf_counter() - began,
+                "; ".join(noted),
+            )
 
     async def get_meta(self, key: str) -> str | None:
         conn = self.reader if self._reader is not None else AtomicReader(self.writer)
@@ -676,7 +724,7 @@ class SQLiteStore:
                 " produced_for, role, content, created_at, platform, source_id, thread_id,"
                 " episode_type, metadata, fts_tags) VALUES"
                 " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
-                [row[:13] for row in rows],
+                [(uid_key(row[0]), *row[1:13]) for row in rows],
             )
             if inserted.rowcount != len(expected):
                 # Some row was ignored for another reason than its source: its uid belongs to
@@ -692,7 +740,7 @@ class SQLiteStore:
             await conn.executemany(
                 "INSERT INTO episodes_fts (rowid, content, fts_tags)"
                 " SELECT id, content, ? FROM episodes WHERE uid = ?",
-                [(tags[uid], uid) for uid in expected.values()],
+                [(tags[uid], uid_key(uid)) for uid in expected.values()],
             )
             await conn.executemany(
                 "INSERT OR IGNORE INTO projects VALUES (?, ?, '', '{}', ?)",
@@ -721,7 +769,7 @@ class SQLiteStore:
                 " AND e.platform = k.pl AND e.source_id = k.s",
                 [v for key in chunk for v in key],
             ) as cur:
-                found.update(((r[0], r[1], r[2], r[3]), r[4]) for r in await cur.fetchall())
+                found.update(((r[0], r[1], r[2], r[3]), uid_of(r[4])) for r in await cur.fetchall())
         return found
 
     async def edit(
@@ -736,22 +784,21 @@ class SQLiteStore:
         async with self._write() as conn:
             async with conn.execute(
                 f"SELECT {_GONE} FROM episodes WHERE uid = ? AND org_id = ? AND project_id = ?",
-                (uid, org_id, project_id),
+                (uid_key(uid), org_id, project_id),
             ) as cur:
                 found = await cur.fetchone()
             if found is None:
                 return False
             key, old = found[4], found[5]
-            tags = row_tags(*found[1:4], *found[6:9], self._short_tokens)
+            tags = _gone_tags(found, self._short_tokens)
             await conn.execute(
                 "INSERT INTO episodes_fts (episodes_fts, rowid, content, fts_tags)"
                 " VALUES ('delete', ?, ?, ?)",
                 (key, old, tags),
             )
             await conn.execute(
-                f"UPDATE episodes SET content = ?, edited_at = ?, indexed = {PENDING}"
-                " WHERE uid = ?",
-                (content, to_epoch(edited_at), uid),
+                f"UPDATE episodes SET content = ?, edited_at = ?, indexed = {PENDING} WHERE id = ?",
+                (content, to_epoch(edited_at), key),
             )
             await conn.execute(
                 "INSERT INTO episodes_fts (rowid, content, fts_tags) VALUES (?, ?, ?)",
@@ -759,7 +806,9 @@ class SQLiteStore:
             )
             self._leases.forget_attempts([uid])
             await conn.execute("DELETE FROM set_aside WHERE uid = ?", (uid,))
-            await conn.execute("INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", found[:4])
+            await conn.execute(
+                "INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", (uid, *found[1:4])
+            )
             await self._drop_citations(conn, [uid])
             await conn.execute("INSERT INTO episodes_fts(episodes_fts) VALUES ('optimize')")
             await conn.execute(_NEEDS_SCRUB)
@@ -776,7 +825,7 @@ class SQLiteStore:
             for chunk in _chunks(uids):
                 async with conn.execute(
                     f"SELECT {_GONE} FROM episodes WHERE {_uids_in_project(chunk)}",
-                    [*chunk, org_id, project_id],
+                    [*_keys(chunk), org_id, project_id],
                 ) as cur:
                     found += await cur.fetchall()
             return await self._delete_rows(conn, found)
@@ -805,19 +854,21 @@ class SQLiteStore:
         FTS."""
         if not found:
             return Deleted()
+        found = [(uid_of(r[0]), *r[1:]) for r in found]
         gone = [r[0] for r in found]
         facts = 0
         for chunk in _chunks(found):
             await conn.executemany(
                 "INSERT INTO episodes_fts (episodes_fts, rowid, content, fts_tags)"
                 " VALUES ('delete', ?, ?, ?)",
-                [(r[4], r[5], row_tags(*r[1:4], *r[6:9], self._short_tokens)) for r in chunk],
+                [(r[4], r[5], _gone_tags(r, self._short_tokens)) for r in chunk],
             )
             await conn.executemany(
                 "INSERT INTO vector_tombstones VALUES (?, ?, ?, ?)", [tuple(r[:4]) for r in chunk]
             )
             uids = [r[0] for r in chunk]
-            await conn.execute(f"DELETE FROM episodes WHERE uid IN ({_marks(uids)})", uids)
+            keys = [r[4] for r in chunk]
+            await conn.execute(f"DELETE FROM episodes WHERE id IN ({_marks(keys)})", keys)
             await conn.execute(f"DELETE FROM set_aside WHERE uid IN ({_marks(uids)})", uids)
             facts += await self._drop_citations(conn, uids)
         # FTS5 deletes only add tombstones: the old segments keep the forgotten words until
@@ -894,9 +945,9 @@ class SQLiteStore:
         for chunk in _chunks(uids):
             async with self.reader.execute(
                 f"SELECT uid FROM episodes WHERE {_uids_in_project(chunk)}",
-                [*chunk, org_id, project_id],
+                [*_keys(chunk), org_id, project_id],
             ) as cur:
-                found.update(r[0] for r in await cur.fetchall())
+                found.update(uid_of(r[0]) for r in await cur.fetchall())
         return [u for u in dict.fromkeys(uids) if u in found]
 
     async def get_scoped(
@@ -923,7 +974,7 @@ class SQLiteStore:
             async with self.reader.execute(
                 f"WITH wanted(uid) AS (VALUES {values}) SELECT {cols('e', columns)} FROM wanted"
                 f" CROSS JOIN episodes e ON e.uid = wanted.uid WHERE {where}",
-                [*chunk, *params],
+                [*_keys(chunk), *params],
             ) as cur:
                 out += await cur.fetchall()
         return out
@@ -1064,11 +1115,11 @@ class SQLiteStore:
             " WHERE +org_id = ? AND +project_id = ? AND produced_for = ?",
             (org_id, project_id, produced_for),
         ) as cur:
-            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+            return [(uid_of(r[0]), r[1], r[2]) for r in await cur.fetchall()]
 
     async def all_uids(self) -> set[str]:
         async with self.reader.execute("SELECT uid FROM episodes") as cur:
-            return {r[0] for r in await cur.fetchall()}
+            return {uid_of(r[0]) for r in await cur.fetchall()}
 
     # -- the embedding queue ---------------------------------------------------------------
 
@@ -1084,11 +1135,11 @@ class SQLiteStore:
         async with self._claim_lock:  # a read: the leases themselves live in this process
             async with self.reader.execute(
                 f"SELECT {', '.join(COLUMNS)}, edited_at FROM episodes WHERE indexed = {PENDING}"
-                " AND uid NOT IN (SELECT value FROM json_each(?))"
+                " AND hex(uid) NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY org_id, project_id, produced_for, id LIMIT ?",
-                (json.dumps(self._leases.held(now)), limit),
+                (json.dumps([_hex_key(u) for u in self._leases.held(now)]), limit),
             ) as cur:
-                rows = await cur.fetchall()
+                rows = [(r[0], uid_of(r[1]), *r[2:]) for r in await cur.fetchall()]
             attempts = self._leases.take(token, now + lease_s, [r[1] for r in rows])
         reason = f"claimed {MAX_ATTEMPTS} times without being embedded"
         dropped = [(r[1], "episode", reason) for r in rows if attempts[r[1]] > MAX_ATTEMPTS]
@@ -1117,7 +1168,7 @@ class SQLiteStore:
             await conn.executemany(
                 f"UPDATE episodes SET indexed = {INDEXED} WHERE uid = ? AND content = ?"
                 f" AND edited_at IS ? AND indexed = {PENDING}",
-                [(u, *claim.stamps[u]) for u in done],
+                [(uid_key(u), *claim.stamps[u]) for u in done],
             )
         await self._give_back_free_pages()
         self._leases.forget_attempts(done)
@@ -1146,7 +1197,7 @@ class SQLiteStore:
                 return
             await conn.executemany(
                 f"UPDATE episodes SET indexed = {PENDING} WHERE uid = ? AND indexed != {SET_ASIDE}",
-                [(u,) for u in uids],
+                [(uid_key(u),) for u in uids],
             )
         self._leases.forget_attempts(uids)
 
@@ -1170,7 +1221,9 @@ class SQLiteStore:
             " ORDER BY rowid LIMIT ?",
             (limit,),
         ) as cur:
-            return [Tombstone(int(r[0]), r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+            return [
+                Tombstone(int(r[0]), uid_of(r[1]), r[2], r[3], r[4]) for r in await cur.fetchall()
+            ]
 
     async def clear_tombstones(self, ids: Sequence[int] | None = None) -> None:
         async with self._write() as conn:
@@ -1209,7 +1262,7 @@ class SQLiteStore:
             try:
                 out.append(read(r))
             except UNREADABLE as exc:
-                broken.append((str(r[1]), "episode", _unreadable(exc)))
+                broken.append((str(uid_of(r[1])), "episode", _unreadable(exc)))
         await self._set_aside_records(broken)
         return out
 
@@ -1248,14 +1301,14 @@ class SQLiteStore:
             "INSERT OR IGNORE INTO set_aside VALUES (?, ?, ?, ?)",
             [(uid, kind, reason[:1000], now) for uid, kind, reason in items],
         )
-        episodes = [(uid,) for uid, kind, _ in items if kind == "episode"]
+        episodes = [(uid_key(uid),) for uid, kind, _ in items if kind == "episode"]
         await conn.executemany(
             "INSERT INTO vector_tombstones SELECT uid, org_id, project_id, produced_for"
             f" FROM episodes WHERE uid = ? AND indexed != {SET_ASIDE}",
             episodes,
         )
         await conn.executemany(f"UPDATE episodes SET indexed = {SET_ASIDE} WHERE uid = ?", episodes)
-        self._leases.release_rows([uid for (uid,) in episodes])
+        self._leases.release_rows([uid for uid, kind, _ in items if kind == "episode"])
 
     # -- facts -----------------------------------------------------------------------------
 
@@ -1266,9 +1319,9 @@ class SQLiteStore:
             if citations:
                 async with conn.execute(
                     f"SELECT uid FROM episodes WHERE {_uids_in_project(citations)}",
-                    [*citations, fact.org_id, fact.project_id],
+                    [*_keys(citations), fact.org_id, fact.project_id],
                 ) as cur:
-                    known = {r[0] for r in await cur.fetchall()}
+                    known = {uid_of(r[0]) for r in await cur.fetchall()}
                 missing = [c for c in citations if c not in known]
                 if missing:
                     raise InvalidInput(

@@ -13,6 +13,7 @@ from pathlib import Path
 from memory.engine import MemoryEngine
 from memory.index.chroma import ChromaIndex, close_chroma, open_chroma, short_id
 from memory.model import Scope
+from memory.store.sqlite.store import uid_of
 from tests.conftest import ALICE, BOB, GENERAL, ORG, PROJECT, RANDOM, episode
 from tests.memory.index.test_token_upgrade import tokens_in_metadata
 
@@ -67,9 +68,11 @@ def _as_before(data_dir: Path, key: bytes) -> None:
     finally:
         long.close()
     with closing(sqlite3.connect(data_dir / "memory.sqlite3")) as conn:
-        stored = dict(conn.execute("SELECT uid, produced_for FROM episodes").fetchall())
-        producers = dict(conn.execute("SELECT uid, producer FROM episodes").fetchall())
-        threads = dict(conn.execute("SELECT uid, thread_id FROM episodes").fetchall())
+        rows = conn.execute("SELECT uid, produced_for, producer, thread_id FROM episodes")
+        rows = [(uid_of(r[0]), *r[1:]) for r in rows]  # a uid is kept as 16 bytes
+        stored = {r[0]: r[1] for r in rows}
+        producers = {r[0]: r[2] for r in rows}
+        threads = {r[0]: r[3] for r in rows}
         with conn:
             conn.execute("DELETE FROM meta WHERE key = 'index_token_chars'")
     by_short = {short_id(uid): uid for uid in stored}

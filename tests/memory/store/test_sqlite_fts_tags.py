@@ -23,8 +23,8 @@ import pytest
 from memory.model import Episode, Scope
 from memory.store.shared import channel_token, producer_token, project_token
 from memory.store.sqlite import SQLiteStore
-from memory.store.sqlite.schema import MIGRATIONS
-from memory.store.sqlite.store import PROJECT_PLACEHOLDER, _episode_row, folder_token
+from memory.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, UPGRADES
+from memory.store.sqlite.store import PROJECT_PLACEHOLDER, _episode_row, folder_token, uid_of
 from tests.conftest import ALICE, GENERAL, ORG, PROJECT, RANDOM, T0, episode
 from tests.memory.store.fts_rows import indexed_tags, indexed_terms
 
@@ -69,7 +69,7 @@ async def test_new_rows_hold_no_project_token_and_score_as_old_rows(tmp_path: Pa
         )
         new = added[0].uid
         with closing(sqlite3.connect(path)) as conn:
-            keys = dict(conn.execute("SELECT uid, id FROM episodes").fetchall())
+            keys = {uid_of(u): k for u, k in conn.execute("SELECT uid, id FROM episodes")}
             tags = indexed_tags(conn)
         project = project_token(ORG, PROJECT)
         channel = folder_token(channel_token(ORG, PROJECT, GENERAL), short=True)
@@ -106,10 +106,9 @@ async def test_rows_old_and_new_are_edited_and_forgotten_out_of_the_index(
     with caplog.at_level(logging.INFO, logger="memory.store.sqlite.store"):
         await store.open()
     try:
-        assert [r.message for r in caplog.records if "schema 5" in r.message] == [
-            f"{path}: schema 5, a new row's scope tokens are kept in the full-text index only"
-            " (old rows keep theirs)"
-        ]
+        [upgraded] = [r.message for r in caplog.records if "schema" in r.message]
+        assert upgraded.startswith(f"{path}: schema 4 -> {SCHEMA_VERSION} in ")
+        assert UPGRADES[5] in upgraded
         with closing(sqlite3.connect(path)) as conn:
             triggers = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
             assert triggers.fetchall() == []
@@ -125,7 +124,7 @@ async def test_rows_old_and_new_are_edited_and_forgotten_out_of_the_index(
             )
         ]
         with closing(sqlite3.connect(path)) as conn:
-            stored = dict(conn.execute("SELECT uid, fts_tags FROM episodes").fetchall())
+            stored = {uid_of(u): t for u, t in conn.execute("SELECT uid, fts_tags FROM episodes")}
         assert all(stored[u] for u in old) and not any(stored[u] for u in new)
         channel = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL)
         in_thread = Scope(org_id=ORG, project_id=PROJECT, produced_for=GENERAL, thread_id=thread)

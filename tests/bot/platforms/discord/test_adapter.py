@@ -30,6 +30,7 @@ from bot.platforms.discord.adapter import DiscordAdapter
 from bot.platforms.discord.replier import MAX_MESSAGE, split_message
 from memory import Episode, MemoryEngine, Scope, SourceRef
 from memory.index.chroma import long_id
+from memory.store.sqlite.store import uid_of
 from tests.bot.helpers import open_engine, settings
 from tests.disk_scan import scan
 from tests.fakes.discord.server import (
@@ -516,7 +517,8 @@ async def test_forget_me_leaves_nothing_of_the_user(bot: Bot) -> None:
     )
     await bot.engine.wait_indexed()
     alice_uids = {
-        r[0] for r in sql(data_dir, "SELECT uid FROM episodes WHERE producer = ?", did(ALICE))
+        uid_of(r[0])
+        for r in sql(data_dir, "SELECT uid FROM episodes WHERE producer = ?", did(ALICE))
     }
     assert len(alice_uids) == 3
     assert alice_uids <= chroma_ids(data_dir)  # really everywhere before
