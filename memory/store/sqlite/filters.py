@@ -3,7 +3,8 @@
 
 The parser and the value rules stay in :mod:`memory.filters` (its module docstring states the
 semantics); this module only writes the SQL, over ``episodes`` with ``created_at`` as epoch
-seconds, text columns, and ``metadata`` as JSON text read with ``json_extract``.
+seconds, text columns (a uid may be kept as 16 bytes: :func:`uid_text`), and ``metadata`` as
+JSON text read with ``json_extract``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,20 @@ def _target(field: str, alias: str) -> tuple[str, str | None]:
         return (f"json_extract({alias}.metadata, {path})", f"json_type({alias}.metadata, {path})")
     if field == "session_key":
         return f"({alias}.org_id || '/' || {alias}.project_id)", None
+    if field == "uid":
+        return uid_text(alias), None
     return f"{alias}.{field}", None
+
+
+def uid_text(alias: str) -> str:
+    """The uid of ``alias``'s row as the text the API knows: the store keeps a canonical
+    UUID as its 16 bytes (``memory.store.sqlite.store.uid_key``), written back here in its
+    canonical form, so a filter compares (and orders) uids as text, as everywhere else."""
+    h = f"hex({alias}.uid)"
+    dashed = " || '-' || ".join(
+        f"substr({h}, {start}, {n})" for start, n in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+    )
+    return f"(CASE typeof({alias}.uid) WHEN 'blob' THEN lower({dashed}) ELSE {alias}.uid END)"
 
 
 def _decimal_text_sql(x: str) -> str:

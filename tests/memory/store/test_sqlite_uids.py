@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from memory.filters import parse_filter
 from memory.model import Fact, Scope
 from memory.store.sqlite import SQLiteStore
 from memory.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, UPGRADES
@@ -52,6 +53,16 @@ async def _every_read(store: SQLiteStore, uids: list[str]) -> None:
     assert all(e.source_id is not None for e in listed)  # a source is never read as the uid
     hits = await store.keyword_search(channel, None, None, "heron", 10)
     assert {h.episode.uid for h in hits} >= set(uids)
+    # A filter on the uid compares it as text, the form the API knows.
+    quoted = ", ".join(f"'{u}'" for u in uids)
+    for text, want in (
+        (f"uid IN ({quoted})", set(uids)),
+        (f"uid = '{uids[0]}'", {uids[0]}),
+        (f"uid >= '{min(uids)}'", {e.uid for e in listed}),
+        (f"uid < '{min(uids)}'", set()),
+    ):
+        filtered = await store.list_episodes(channel, parse_filter(text), None, 100, 0)
+        assert {e.uid for e in filtered} == want, text
     fact = await store.add_fact(
         Fact(org_id=ORG, project_id=PROJECT, subject="s", feature="f", value="v", citations=uids)
     )
