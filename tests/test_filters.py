@@ -46,21 +46,30 @@ COLUMNS = (
     "episode_type",
     "metadata",
 )
+#: As the store keeps them (schema 7): a row names its org and project by a key.
 SCHEMA = (
-    "CREATE TABLE episodes (uid TEXT PRIMARY KEY, org_id TEXT, project_id TEXT, producer TEXT,"
+    "CREATE TABLE scopes (key INTEGER PRIMARY KEY, org_id TEXT, project_id TEXT,"
+    " UNIQUE (org_id, project_id))",
+    "CREATE TABLE episodes (uid TEXT PRIMARY KEY, project_key INTEGER, producer TEXT,"
     " produced_for TEXT, role TEXT, content TEXT, created_at REAL, platform TEXT,"
-    " source_id TEXT, thread_id TEXT, episode_type TEXT, metadata TEXT)"
+    " source_id TEXT, thread_id TEXT, episode_type TEXT, metadata TEXT)",
 )
 
 
 def make_db(rows: Sequence[Mapping[str, Any]]) -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
-    conn.execute(SCHEMA)
+    for statement in SCHEMA:
+        conn.execute(statement)
     for row in rows:
         values = [row.get(c) for c in COLUMNS]
         meta = row.get("metadata")
         values[-1] = None if meta is None else json.dumps(meta)
-        conn.execute(f"INSERT INTO episodes VALUES ({', '.join('?' * len(COLUMNS))})", values)
+        conn.execute("INSERT OR IGNORE INTO scopes (org_id, project_id) VALUES (?, ?)", values[1:3])
+        conn.execute(
+            "INSERT INTO episodes VALUES (?, (SELECT key FROM scopes WHERE org_id IS ?"
+            f" AND project_id IS ?), {', '.join('?' * (len(COLUMNS) - 3))})",
+            values,
+        )
     return conn
 
 

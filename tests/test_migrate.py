@@ -133,6 +133,8 @@ QUERIES = [
 #: Stored times (epoch seconds), printed alike by both databases.
 PG_TIME, SQLITE_TIME = "round(created_at::numeric, 6)", "printf('%.6f', created_at)"
 READABLE = f"created_at < {YEAR_10000}"
+#: SQLite's rows with their org and project ids (a row names them by a key, schema 7).
+SQLITE_EPISODES = "episodes JOIN scopes ON scopes.key = episodes.project_key"
 
 
 def rows(cluster: TempCluster, database: str, sql: str) -> list[str]:
@@ -173,7 +175,7 @@ def test_the_migrated_memory_answers_the_same_searches(
     database = pg_url.rsplit("/", 1)[1]
     columns = "uid, org_id, project_id, producer, produced_for, platform, source_id, thread_id"
     copied = rows(pg_cluster, database, f"SELECT {columns}, {PG_TIME} FROM episodes")
-    source = sqlite_rows(folder, f"SELECT {columns}, {SQLITE_TIME} FROM episodes")
+    source = sqlite_rows(folder, f"SELECT {columns}, {SQLITE_TIME} FROM {SQLITE_EPISODES}")
     assert len(copied) == 43 and set(copied) <= set(source)
     assert uids[-1] not in "".join(copied)  # the unreadable row stayed behind
     assert rows(pg_cluster, database, "SELECT * FROM settings") == sqlite_rows(
@@ -272,7 +274,9 @@ def test_a_run_killed_mid_copy_is_finished_by_the_next(
     columns = "uid, org_id, project_id, producer, produced_for, role, content, platform,"
     columns += " source_id, thread_id, episode_type"
     assert rows(pg_cluster, database, f"SELECT {columns}, {PG_TIME} FROM episodes") == (
-        sqlite_rows(folder, f"SELECT {columns}, {SQLITE_TIME} FROM episodes WHERE {READABLE}")
+        sqlite_rows(
+            folder, f"SELECT {columns}, {SQLITE_TIME} FROM {SQLITE_EPISODES} WHERE {READABLE}"
+        )
     )
     assert psql(pg_cluster, "SELECT count(*) FROM episodes WHERE index_state = 0", database) == "0"
 

@@ -136,7 +136,13 @@ async def test_a_row_that_cannot_be_read_is_set_aside_not_500(
     assert (await stats(http))["set_aside"] == 0
     assert await metric(http) == 0.0
     with raw_db(data_dir) as conn:
-        left = {r[0] for r in conn.execute("SELECT uid FROM episodes WHERE org_id = ?", (ORG,))}
+        left = {
+            r[0]
+            for r in conn.execute(
+                "SELECT uid FROM episodes JOIN scopes ON key = project_key WHERE org_id = ?",
+                (ORG,),
+            )
+        }
     assert left == {uid_key(fine)}
 
 

@@ -39,6 +39,7 @@ from memory.filters import (
 
 _ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER_TYPES = "('integer', 'real')"
+SESSION_KEY = "org_id || '/' || project_id"
 _Sql: TypeAlias = tuple[str, list[Any]]
 
 
@@ -96,10 +97,16 @@ def _target(field: str, alias: str) -> tuple[str, str | None]:
         path = f"'$.\"{field[len(META) :]}\"'"
         return (f"json_extract({alias}.metadata, {path})", f"json_type({alias}.metadata, {path})")
     if field == "session_key":
-        return f"({alias}.org_id || '/' || {alias}.project_id)", None
+        return f"({project_of(alias, SESSION_KEY)})", None
     if field == "uid":
         return uid_text(alias), None
     return f"{alias}.{field}", None
+
+
+def project_of(alias: str, what: str) -> str:
+    """A subquery: ``what`` (columns of ``scopes``) of ``alias``'s row's org and project,
+    which the row names by its ``project_key`` (schema 7)."""
+    return f"SELECT {what} FROM scopes WHERE scopes.key = {alias}.project_key"
 
 
 def uid_text(alias: str) -> str:

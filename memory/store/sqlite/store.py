@@ -65,7 +65,7 @@ from ..shared import (
     scope_tokens,
     to_epoch,
 )
-from .filters import to_sql
+from .filters import project_of, to_sql
 from .schema import INDEXED, MIGRATIONS, PENDING, SCHEMA_VERSION, SET_ASIDE, UPGRADES
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,18 @@ COLUMNS = (
 BRIEF_COLUMNS = ("id", "uid", "producer", "content", "created_at", "metadata")
 
 
+#: The key of an org and project in ``scopes`` (schema 7), from the parameters
+#: ``(org_id, project_id)``: SQLite evaluates it once per statement, and looks
+#: ``project_key = KEY_OF`` up in an index like a constant.
+KEY_OF = "(SELECT key FROM scopes WHERE org_id = ? AND project_id = ?)"
+
+
 def cols(alias: str, columns: Sequence[str] = COLUMNS) -> str:
-    return ", ".join(f"{alias}.{c}" for c in columns)
+    """The columns of ``alias``'s rows, the org and project read from ``scopes``."""
+    return ", ".join(
+        f"({project_of(alias, c)})" if c in ("org_id", "project_id") else f"{alias}.{c}"
+        for c in columns
+    )
 
 
 def row_to_episode(row: Sequence[Any]) -> Episode:
@@ -176,14 +186,14 @@ def scope_sql(scope: Scope, time: TimeRange | None, filt: Filter | None) -> tupl
     producer's (each leads with its own column, schema migration 4), else the project's time
     index. Every other scope column is compared with a unary ``+``, which SQLite does not
     look up in an index: without statistics its planner counts the equal columns an index
-    starts with, and would walk (org_id, project_id, created_at), every row of the project,
-    rather than (produced_for, created_at)."""
+    starts with, and would walk (project_key, created_at), every row of the project, rather
+    than (produced_for, created_at)."""
     narrowest = next(
         (c for c in ("thread_id", "produced_for", "producer") if getattr(scope, c) is not None),
         None,
     )
     keep = "+" if narrowest is not None else ""
-    clauses = [f"{keep}e.org_id = ?", f"{keep}e.project_id = ?"]
+    clauses = [f"{keep}e.project_key = {KEY_OF}"]
     params: list[Any] = [scope.org_id, scope.project_id]
     for column in ("producer", "produced_for", "thread_id"):
         value = getattr(scope, column)
@@ -284,6 +294,12 @@ def _hex_key(uid: str) -> str:
     return (key if isinstance(key, bytes) else key.encode()).hex().upper()
 
 
+def _keys_in_project(keys: Sequence[Any]) -> str:
+    """:func:`_uids_in_project` for episodes, whose rows name their project by its key and
+    their uid by :func:`uid_key`; the same parameters, the uids as keys."""
+    return f"uid IN ({_marks(keys)}) AND +project_key = {KEY_OF}"
+
+
 def _uids_in_project(uids: Sequence[Any]) -> str:
     """The WHERE clause for rows of one org and project named by uid; its parameters are the
     uids, then org_id and project_id.
@@ -374,7 +390,17 @@ def _episode_row(ep: Episode, short: bool = False) -> tuple[Any, ...]:
 #: The columns a row is deleted or edited by: the vector tombstone's four, then what it is
 #: taken out of the full-text index with (its key, its text, what its scope tokens come
 #: from: :func:`row_tags`).
-_GONE = "uid, org_id, project_id, produced_for, id, content, producer, thread_id, fts_tags"
+_GONE = (
+    "uid",
+    "org_id",
+    "project_id",
+    "produced_for",
+    "id",
+    "content",
+    "producer",
+    "thread_id",
+    "fts_tags",
+)
 
 
 #: What a row's ``fts_tags`` holds in the place of its project's scope token.
@@ -629,6 +655,9 @@ class SQLiteStore:
                 )
         noted = [UPGRADES[v] for v in sorted(UPGRADES) if v > current]
         if current and noted:  # a folder an earlier version wrote, upgraded: one line
+            # A rebuilt table (schema 7) leaves the old one's pages free: a file made with
+            # auto_vacuum gives them back now, not after its next indexing batch.
+            await self._give_back_free_pages()
             log.info(
                 "%s: schema %d -> %d in %.1f s: %s",
                 self.path,
@@ -718,12 +747,15 @@ class SQLiteStore:
             for key, row in zip(keys, rows, strict=True):
                 if key not in before:
                     expected.setdefault(key, row[0])  # the first of a source among the rows
+            await conn.executemany(
+                "INSERT OR IGNORE INTO scopes (org_id, project_id) VALUES (?, ?)",
+                list(dict.fromkeys((r[1], r[2]) for r in rows)),
+            )
             # The row's scope tokens go to the full-text index only (schema 5): ``''`` here.
             inserted = await conn.executemany(
-                "INSERT OR IGNORE INTO episodes (uid, org_id, project_id, producer,"
-                " produced_for, role, content, created_at, platform, source_id, thread_id,"
-                " episode_type, metadata, fts_tags) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+                "INSERT OR IGNORE INTO episodes (uid, project_key, producer, produced_for,"
+                " role, content, created_at, platform, source_id, thread_id, episode_type,"
+                f" metadata, fts_tags) VALUES (?, {KEY_OF}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
                 [(uid_key(row[0]), *row[1:13]) for row in rows],
             )
             if inserted.rowcount != len(expected):
@@ -765,8 +797,9 @@ class SQLiteStore:
             values = ",".join("(?, ?, ?, ?)" for _ in chunk)
             async with conn.execute(
                 f"WITH k(o, p, pl, s) AS (VALUES {values}) SELECT k.o, k.p, k.pl, k.s, e.uid"
-                " FROM k JOIN episodes e ON e.org_id = k.o AND e.project_id = k.p"
-                " AND e.platform = k.pl AND e.source_id = k.s",
+                " FROM k JOIN scopes ON scopes.org_id = k.o AND scopes.project_id = k.p"
+                " JOIN episodes e ON e.project_key = scopes.key AND e.platform = k.pl"
+                " AND e.source_id = k.s",
                 [v for key in chunk for v in key],
             ) as cur:
                 found.update(((r[0], r[1], r[2], r[3]), uid_of(r[4])) for r in await cur.fetchall())
@@ -783,7 +816,8 @@ class SQLiteStore:
         WAL and scrubs the vector index."""
         async with self._write() as conn:
             async with conn.execute(
-                f"SELECT {_GONE} FROM episodes WHERE uid = ? AND org_id = ? AND project_id = ?",
+                f"SELECT {cols('e', _GONE)} FROM episodes e WHERE e.uid = ?"
+                f" AND +e.project_key = {KEY_OF}",
                 (uid_key(uid), org_id, project_id),
             ) as cur:
                 found = await cur.fetchone()
@@ -824,7 +858,8 @@ class SQLiteStore:
             found: list[Any] = []
             for chunk in _chunks(uids):
                 async with conn.execute(
-                    f"SELECT {_GONE} FROM episodes WHERE {_uids_in_project(chunk)}",
+                    f"SELECT {cols('episodes', _GONE)} FROM episodes"
+                    f" WHERE {_keys_in_project(chunk)}",
                     [*_keys(chunk), org_id, project_id],
                 ) as cur:
                     found += await cur.fetchall()
@@ -836,7 +871,7 @@ class SQLiteStore:
         where, params = scope_sql(scope, None, filt)
         async with self._write() as conn:
             async with conn.execute(
-                f"SELECT {cols('e', _GONE.split(', '))} FROM episodes e WHERE {where}",
+                f"SELECT {cols('e', _GONE)} FROM episodes e WHERE {where}",
                 params,
             ) as cur:
                 found = list(await cur.fetchall())
@@ -944,7 +979,7 @@ class SQLiteStore:
         found: set[str] = set()
         for chunk in _chunks(uids):
             async with self.reader.execute(
-                f"SELECT uid FROM episodes WHERE {_uids_in_project(chunk)}",
+                f"SELECT uid FROM episodes WHERE {_keys_in_project(chunk)}",
                 [*_keys(chunk), org_id, project_id],
             ) as cur:
                 found.update(uid_of(r[0]) for r in await cur.fetchall())
@@ -983,7 +1018,7 @@ class SQLiteStore:
         self, org_id: str, project_id: str, platform: str, source_id: str
     ) -> Episode | None:
         async with self.reader.execute(
-            f"SELECT {cols('e')} FROM episodes e WHERE e.org_id = ? AND e.project_id = ?"
+            f"SELECT {cols('e')} FROM episodes e WHERE e.project_key = {KEY_OF}"
             " AND e.platform = ? AND e.source_id = ?",
             (org_id, project_id, platform, source_id),
         ) as cur:
@@ -1059,8 +1094,7 @@ class SQLiteStore:
             return {}
         marks = ",".join("(?)" for _ in keys)
         same = (  # through the channel index (see scope_sql for the ``+``)
-            "+n.org_id = e.org_id AND +n.project_id = e.project_id"
-            " AND n.produced_for = e.produced_for"
+            "+n.project_key = e.project_key AND n.produced_for = e.produced_for"
         )
         sql = (
             f"WITH c(id) AS (VALUES {marks}) SELECT e.id,"
@@ -1077,8 +1111,7 @@ class SQLiteStore:
         """For each key: up to ``before`` earlier and ``after`` later episodes of the same
         channel (of the same thread when the row is in one), nearest first."""
         same = (  # through the channel index (see scope_sql for the ``+``)
-            "+n.org_id = c.org_id AND +n.project_id = c.project_id"
-            " AND n.produced_for = c.produced_for"
+            "+n.project_key = c.project_key AND n.produced_for = c.produced_for"
             " AND (c.thread_id IS NULL OR n.thread_id = c.thread_id)"
         )
         out: dict[int, Context] = {}
@@ -1102,7 +1135,7 @@ class SQLiteStore:
 
     async def channels(self, org_id: str, project_id: str) -> list[str]:
         async with self.reader.execute(
-            "SELECT DISTINCT produced_for FROM episodes WHERE org_id = ? AND project_id = ?",
+            f"SELECT DISTINCT produced_for FROM episodes WHERE project_key = {KEY_OF}",
             (org_id, project_id),
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
@@ -1112,7 +1145,7 @@ class SQLiteStore:
     ) -> list[tuple[str, str, str | None]]:
         async with self.reader.execute(
             "SELECT uid, producer, thread_id FROM episodes"
-            " WHERE +org_id = ? AND +project_id = ? AND produced_for = ?",
+            f" WHERE +project_key = {KEY_OF} AND produced_for = ?",
             (org_id, project_id, produced_for),
         ) as cur:
             return [(uid_of(r[0]), r[1], r[2]) for r in await cur.fetchall()]
@@ -1134,9 +1167,9 @@ class SQLiteStore:
         now = time.time()
         async with self._claim_lock:  # a read: the leases themselves live in this process
             async with self.reader.execute(
-                f"SELECT {', '.join(COLUMNS)}, edited_at FROM episodes WHERE indexed = {PENDING}"
-                " AND hex(uid) NOT IN (SELECT value FROM json_each(?))"
-                " ORDER BY org_id, project_id, produced_for, id LIMIT ?",
+                f"SELECT {cols('e')}, e.edited_at FROM episodes e WHERE e.indexed = {PENDING}"
+                " AND hex(e.uid) NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY e.project_key, e.produced_for, e.id LIMIT ?",
                 (json.dumps([_hex_key(u) for u in self._leases.held(now)]), limit),
             ) as cur:
                 rows = [(r[0], uid_of(r[1]), *r[2:]) for r in await cur.fetchall()]
@@ -1303,8 +1336,9 @@ class SQLiteStore:
         )
         episodes = [(uid_key(uid),) for uid, kind, _ in items if kind == "episode"]
         await conn.executemany(
-            "INSERT INTO vector_tombstones SELECT uid, org_id, project_id, produced_for"
-            f" FROM episodes WHERE uid = ? AND indexed != {SET_ASIDE}",
+            "INSERT INTO vector_tombstones"
+            f" SELECT {cols('e', ('uid', 'org_id', 'project_id', 'produced_for'))}"
+            f" FROM episodes e WHERE e.uid = ? AND e.indexed != {SET_ASIDE}",
             episodes,
         )
         await conn.executemany(f"UPDATE episodes SET indexed = {SET_ASIDE} WHERE uid = ?", episodes)
@@ -1318,7 +1352,7 @@ class SQLiteStore:
         async with self._write() as conn:
             if citations:
                 async with conn.execute(
-                    f"SELECT uid FROM episodes WHERE {_uids_in_project(citations)}",
+                    f"SELECT uid FROM episodes WHERE {_keys_in_project(citations)}",
                     [*_keys(citations), fact.org_id, fact.project_id],
                 ) as cur:
                     known = {uid_of(r[0]) for r in await cur.fetchall()}
@@ -1494,13 +1528,13 @@ class SQLiteStore:
     async def delete_project(self, org_id: str, project_id: str) -> Deleted:
         async with self._write() as conn:
             async with conn.execute(
-                f"SELECT {_GONE} FROM episodes WHERE org_id = ? AND project_id = ?",
+                f"SELECT {cols('e', _GONE)} FROM episodes e WHERE e.project_key = {KEY_OF}",
                 (org_id, project_id),
             ) as cur:
                 found = list(await cur.fetchall())
             gone = await self._delete_rows(conn, found)
             facts = await self._delete_facts_about(conn, org_id, project_id, None, None)
-            for table in ("settings", "projects"):
+            for table in ("settings", "projects", "scopes"):
                 await conn.execute(
                     f"DELETE FROM {table} WHERE org_id = ? AND project_id = ?",
                     (org_id, project_id),
@@ -1543,10 +1577,10 @@ class SQLiteStore:
     async def counts(self) -> Counts:
         async with self.reader.execute(
             f"SELECT count(*), count(*) FILTER (WHERE indexed = {PENDING}),"
-            " count(DISTINCT org_id),"
-            " (SELECT count(*) FROM (SELECT DISTINCT org_id, project_id FROM episodes)),"
-            " (SELECT count(*) FROM (SELECT DISTINCT org_id, project_id, produced_for"
-            "  FROM episodes)),"
+            " (SELECT count(DISTINCT org_id) FROM scopes"
+            "  WHERE key IN (SELECT project_key FROM episodes)),"
+            " count(DISTINCT project_key),"
+            " (SELECT count(*) FROM (SELECT DISTINCT project_key, produced_for FROM episodes)),"
             " (SELECT count(*) FROM facts WHERE superseded_at IS NULL),"
             " (SELECT count(*) FROM set_aside) FROM episodes"
         ) as cur:
