@@ -111,6 +111,7 @@ from chromadb.config import Settings as ChromaSettings
 
 from memory.embedders import Vectors
 from memory.store.base import StoreUnavailable
+from memory.uids import canonical_bytes, uuid_text
 
 from .base import Member, Members, ScrubReport, VectorItem
 from .chroma_scrub import scrub_folder
@@ -488,18 +489,10 @@ def short_id(uid: str) -> str:
     :data:`_VERBATIM`. Chroma stores each id three times (its ``embeddings`` row and unique
     index, and twice in the HNSW segment's ``index_metadata.pickle``): about 56 bytes per
     message less."""
-    # The canonical form only (lower-case hex, hyphens at 8-13-18-23); upper case, braces, no
-    # hyphens...: kept exactly as given. Checked without uuid.UUID, which cost about 3 us a
-    # uid (a channel's first search converts each of its listed uids).
-    if len(uid) == 36 and uid[8] == uid[13] == uid[18] == uid[23] == "-":
-        hexed = uid[:8] + uid[9:13] + uid[14:18] + uid[19:23] + uid[24:]
-        try:
-            raw = bytes.fromhex(hexed)
-        except ValueError:
-            return _VERBATIM + uid
-        if len(raw) == 16 and raw.hex() == hexed:
-            return base64.urlsafe_b64encode(raw).decode("ascii")[:22]
-    return _VERBATIM + uid
+    raw = canonical_bytes(uid)
+    if raw is None:
+        return _VERBATIM + uid
+    return base64.urlsafe_b64encode(raw).decode("ascii")[:22]
 
 
 def long_id(stored: str) -> str:
@@ -515,8 +508,7 @@ def long_id(stored: str) -> str:
             return stored
         if len(raw) != 16:
             return stored
-        h = raw.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return uuid_text(raw)
     return stored
 
 
@@ -564,6 +556,11 @@ class _ShortIdCollection:
         return found
 
 
+def _unwrapped(collection: ChromaCollection) -> Any:
+    """The Chroma collection itself, ids as stored, behind a :class:`_ShortIdCollection`."""
+    return collection._collection if isinstance(collection, _ShortIdCollection) else collection
+
+
 def _read_vectors(collection: ChromaCollection, uids: list[str]) -> tuple[list[str], Any]:
     """The vectors of those of ``uids`` the collection holds: (their uids, their embeddings as
     Chroma's client returns them, Python lists of floats, or an array). Read through the
@@ -571,7 +568,7 @@ def _read_vectors(collection: ChromaCollection, uids: list[str]) -> tuple[list[s
     ``Collection.get`` then turns the lists into a float64 array, which the caller turns into
     float32 again. A short-id collection's ids are decoded by a lookup of the ids sent."""
     short = isinstance(collection, _ShortIdCollection)
-    raw: Any = collection._collection if isinstance(collection, _ShortIdCollection) else collection
+    raw = _unwrapped(collection)
     stored = [short_id(u) for u in uids] if short else uids
     reader = getattr(getattr(raw, "_client", None), "_get", None)
     if reader is None:
@@ -1031,9 +1028,7 @@ class ChromaIndex:
         if wanted > AMONG_MAX_RESULTS:
             return None
         short = isinstance(collection, _ShortIdCollection)
-        raw: Any = (
-            collection._collection if isinstance(collection, _ShortIdCollection) else collection
-        )
+        raw = _unwrapped(collection)
         result = raw.query(query_embeddings=matrix, n_results=wanted, include=["distances"])
         distances = result.get("distances") or [[] for _ in result["ids"]]
         if short and wanted < len(among):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sqlite3
 import sys
 import time
@@ -39,6 +38,7 @@ import aiosqlite
 
 from memory.filters import Filter
 from memory.model import Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
+from memory.uids import canonical_bytes, uuid_text
 
 from ..base import (
     Adjacent,
@@ -261,26 +261,19 @@ def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
 def uid_key(uid: str) -> str | bytes:
     """How ``episodes.uid`` holds a uid (schema 6): a UUID in its canonical form (lower-case,
     36 characters, what the store makes) as its 16 bytes, any other uid as the text it is.
     16 bytes instead of 36 in the row and again in the uid index: about 42 bytes per message.
     Exactly one form per uid (a text uid is never a canonical UUID), so lookups by key are
     exact; :func:`uid_of` gives the uid back."""
-    if len(uid) == 36 and _CANONICAL_UUID.fullmatch(uid):
-        return bytes.fromhex(uid.replace("-", ""))
-    return uid
+    raw = canonical_bytes(uid)
+    return uid if raw is None else raw
 
 
 def uid_of(key: str | bytes) -> str:
     """The uid a stored :func:`uid_key` stands for."""
-    if isinstance(key, bytes):
-        h = key.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    return key
+    return uuid_text(key) if isinstance(key, bytes) else key
 
 
 def _keys(uids: Iterable[str]) -> list[str | bytes]:
