@@ -745,7 +745,11 @@ class PostgresStore:
 
         Shape, for speed at a million rows: the query terms are parsed once (``q``); one pass
         over the matching rows records which terms each holds (``hits``, no tsvector carried
-        along); only the best ``limit`` ids are joined back to their rows."""
+        along); each term's idf is worked out once (``w``, by the term's position) and a row's
+        score is the sum of its terms' idf, in the order of its terms, as the join and
+        GROUP BY this replaced summed them (the same floats, so the same order of hits), but
+        without joining every (row, term) pair and hashing them back together; only the best
+        ``limit`` ids are joined back to their rows."""
         idf = "ln((total.n - df.n + 0.5) / (df.n + 0.5) + 1)"
         norm = f"{BM25_K1 + 1} / (1 + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * h.dl / total.avgdl))"
         return (
@@ -755,14 +759,16 @@ class PostgresStore:
             "  greatest(length(e.tsv) - cardinality(e.scope_tags), 1) AS dl,"
             "  ARRAY(SELECT i FROM generate_subscripts(q.qs, 1) AS i WHERE e.tsv @@ q.qs[i]) AS ts"
             f"  FROM episodes e, q WHERE {match} AND {where}),"
-            " df AS (SELECT t AS i, count(*)::float8 AS n FROM hits, unnest(hits.ts) AS t"
-            "  GROUP BY t),"
+            " df AS MATERIALIZED (SELECT t AS i, count(*)::float8 AS n"
+            "  FROM hits, unnest(hits.ts) AS t GROUP BY t),"
             " total AS (SELECT greatest((SELECT reltuples FROM pg_class"
             "  WHERE oid = 'episodes'::regclass), (SELECT count(*) FROM hits), 1)::float8 AS n,"
             "  (SELECT avg(dl) FROM hits)::float8 AS avgdl),"
-            f" scored AS (SELECT h.id, sum({idf}) * {norm} AS score"
-            "  FROM hits h CROSS JOIN LATERAL unnest(h.ts) AS m(i) JOIN df USING (i)"
-            "  CROSS JOIN total GROUP BY h.id, h.dl, total.avgdl),"
+            f" w AS MATERIALIZED (SELECT ARRAY(SELECT (SELECT {idf} FROM df WHERE df.i = g)"
+            "  FROM generate_series(1, cardinality(q.qs)) AS g) AS idf FROM q, total),"
+            " scored AS (SELECT h.id,"
+            f"  (SELECT sum(w.idf[m.i]) FROM unnest(h.ts) AS m(i)) * {norm} AS score"
+            "  FROM hits h, total, w WHERE cardinality(h.ts) > 0),"
             f" top AS (SELECT id, score FROM scored ORDER BY score DESC, id DESC LIMIT {limit})"
             f" SELECT {cols('e', BRIEF_COLUMNS)}, top.score FROM top"
             " JOIN episodes e ON e.id = top.id"
