@@ -40,6 +40,20 @@ async def test_add_says_which_sources_were_new(store: Store) -> None:
     assert await store.count(CHANNEL) == 3
 
 
+async def test_a_batch_with_another_episodes_uid_is_refused_whole(store: Store) -> None:
+    """A record whose uid is already another episode's (another source) is refused, and with
+    it the batch's other records, even those the store had written before it found out: none
+    is stored, none acknowledged. (On PostgreSQL the duplicate is found by a second statement
+    after the INSERT, so only the transaction around both keeps the batch whole.)"""
+    [taken] = await add(store, episode("first", source_id="1.1"))
+    fresh = episode("written before the conflict is found", source_id="1.2")
+    clash = episode("another source, the same uid", source_id="1.3", uid=taken)
+    with pytest.raises(InvalidInput, match="belongs to another episode"):
+        await store.add([fresh, clash])
+    assert await store.count(CHANNEL) == 1
+    assert [e.content for e in await store.get(ORG, PROJECT, [taken])] == ["first"]
+
+
 async def test_concurrent_adds_of_one_source_store_it_once(store_url: str) -> None:
     """Two workers (two connection pools, as two processes would have) receive the same
     Slack retry at once: exactly one of them is told the message is new."""
