@@ -81,6 +81,12 @@ def narrowest_token(scope: Scope) -> str:
     return project_token(scope.org_id, scope.project_id)
 
 
+def project_wide(scope: Scope) -> bool:
+    """Whether :func:`narrowest_token` of ``scope`` is its project's token (the scope names no
+    channel and no author), without hashing either token."""
+    return scope.produced_for is None and scope.producer is None
+
+
 def keyword_terms(text: str, limit: int = MAX_QUERY_TERMS) -> list[str]:
     """The query words worth searching for: lower-cased, deduplicated, stopwords dropped."""
     return terms(text)[:limit]

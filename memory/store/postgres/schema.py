@@ -12,7 +12,7 @@ Choices that differ from SQLite's schema, and why:
   same tokens SQLite puts in ``fts_tags``). One GIN index on it answers "these words, inside
   this channel" as one index search: the channel's token is a required term of the query.
   (Not the project's token: a search of a whole project matches the words alone, and its
-  WHERE keeps the project; see ``PostgresStore._project_wide``.)
+  WHERE keeps the project; see ``PostgresStore._words_alone``.)
   Only the first 100,000 characters of a message are indexed (a tsvector holds at most 1 MB).
 * The embedding queue is explicit: ``index_state`` (0 pending, 1 indexed, 2 set aside),
   a ``version`` bumped by every edit, and a lease (``lease_token``, ``lease_until`` in the

@@ -57,7 +57,7 @@ from ..shared import (
     from_epoch,
     keyword_terms,
     narrowest_token,
-    project_token,
+    project_wide,
     scope_tokens,
     to_epoch,
 )
@@ -734,8 +734,7 @@ class PostgresStore:
         over every organisation, so a project id two organisations share may be taken for a
         big project: slower, never different. Channel, author and thread tokens hold few
         rows: they stay, and keep a channel search to its own rows."""
-        whole = narrowest_token(scope) == project_token(scope.org_id, scope.project_id)
-        return whole and scope.project_id in self._big_projects
+        return project_wide(scope) and scope.project_id in self._big_projects
 
     @staticmethod
     def _bm25_sql(match: str, where: str, terms: str, limit: str) -> str:

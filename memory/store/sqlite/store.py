@@ -62,6 +62,7 @@ from ..shared import (
     keyword_terms,
     narrowest_token,
     project_token,
+    project_wide,
     scope_tokens,
     to_epoch,
 )
@@ -242,10 +243,9 @@ def scope_match(scope: Scope, terms: list[str], short: bool = False) -> str:
     same (the token's weight is 0). Narrower tokens (a channel, an author, a thread) hold few
     rows and stay: they are what keeps a channel search from reading other channels' rows."""
     words = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-    token = narrowest_token(scope)
-    if token == project_token(scope.org_id, scope.project_id):
+    if project_wide(scope):
         return f"content : ({words})"
-    return f"fts_tags : {folder_token(token, short)} AND content : ({words})"
+    return f"fts_tags : {folder_token(narrowest_token(scope), short)} AND content : ({words})"
 
 
 def _matched_in_scope(scope: Scope) -> bool:
