@@ -67,7 +67,7 @@ from .retrieval import (
     named_authors,
     without_names,
 )
-from .store.base import Claim, KeywordHit, Project, Store
+from .store.base import Adjacent, Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
 from .vector_queue import VectorQueryQueue
@@ -78,11 +78,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: A vector list searched without some words of the query, and that query (ranking stage 0).
-Guessed = tuple[str, list[tuple[int, Brief, float]]] | None
+#: A vector candidate: its row key, its Brief, its cosine and its neighbours' keys in the
+#: channel (:attr:`memory.store.base.Found.adjacent`).
+VectorHit = tuple[int, Brief, float, Adjacent | None]
+Guessed = tuple[str, list[VectorHit]] | None
 
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
 SEARCH_DEPTH = 100
+
+
+def _candidate(key: int, brief: Brief, around: Adjacent | None) -> Candidate:
+    """A candidate of a search, with the neighbours the store read with it (if it did)."""
+    return Candidate(key, brief, adjacent=None if around is None else (around.before, around.after))
 
 
 class _Step(enum.Enum):
@@ -739,8 +747,12 @@ class MemoryEngine:
             asked_top = await self._vectors_without_names(
                 candidates, query, scope, filt, time, depth, guessed
             )
-            found = await self.store.adjacent(list(candidates))
-            adjacent = {key: (a.before, a.after) for key, a in found.items()}
+            # The stores read each candidate's neighbours with it; ask only for any they did not.
+            missing = [key for key, c in candidates.items() if c.adjacent is None]
+            if missing:
+                for key, a in (await self.store.adjacent(missing)).items():
+                    candidates[key].adjacent = (a.before, a.after)
+            adjacent = {k: c.adjacent for k, c in candidates.items() if c.adjacent is not None}
         q = self.ranking.describe(
             candidates, adjacent, query, utcnow(), contextual=contextual, asked_top=asked_top
         )
@@ -774,7 +786,7 @@ class MemoryEngine:
                 return []
             return await self.store.keyword_search(scope, filt, time, query, depth)
 
-        async def vector() -> builtins.list[tuple[int, Brief, float]]:
+        async def vector() -> builtins.list[VectorHit]:
             nonlocal guessed
             if mode not in ("hybrid", "vector") or not query.strip():
                 return []
@@ -791,9 +803,10 @@ class MemoryEngine:
 
         by_keyword, by_vector = await asyncio.gather(keyword(), vector())
         for hit in by_keyword:
-            candidates.setdefault(hit.key, Candidate(hit.key, hit.episode)).keyword = hit.score
-        for rid, ep, sim in by_vector:
-            candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+            found = _candidate(hit.key, hit.episode, hit.adjacent)
+            candidates.setdefault(hit.key, found).keyword = hit.score
+        for rid, ep, sim, around in by_vector:
+            candidates.setdefault(rid, _candidate(rid, ep, around)).vector = sim
         return guessed
 
     async def _vectors_without_names(
@@ -832,8 +845,8 @@ class MemoryEngine:
             c.vector = None
             if c.keyword is None:
                 del candidates[rid]
-        for rid, ep, sim in hits:
-            candidates.setdefault(rid, Candidate(rid, ep)).vector = sim
+        for rid, ep, sim, around in hits:
+            candidates.setdefault(rid, _candidate(rid, ep, around)).vector = sim
         return max(first)
 
     async def _vector_candidates(
@@ -844,7 +857,7 @@ class MemoryEngine:
         time: TimeRange | None,
         depth: int,
         known: Mapping[str, Candidate] | None = None,
-    ) -> builtins.list[builtins.list[tuple[int, Brief, float]]]:
+    ) -> builtins.list[builtins.list[VectorHit]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
         all of them, one index search for all of them, one read of the rows (as Briefs) but those
         ``known`` (candidates of this scope already read, by uid). A channel search lets the
@@ -884,14 +897,15 @@ class MemoryEngine:
         known = known or {}
         uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))
         fetched = await self.store.get_scoped(scope, filt, time, uids)
-        lists: builtins.list[builtins.list[tuple[int, Brief, float]]] = []
+        lists: builtins.list[builtins.list[VectorHit]] = []
         for nearest in found:
-            hits = []
+            hits: builtins.list[VectorHit] = []
             for u, sim in nearest:
                 if (c := known.get(u)) is not None:
-                    hits.append((c.row_id, c.episode, sim))
+                    around = None if c.adjacent is None else Adjacent(*c.adjacent)
+                    hits.append((c.row_id, c.episode, sim, around))
                 elif (f := fetched.get(u)) is not None:
-                    hits.append((f.key, f.episode, sim))
+                    hits.append((f.key, f.episode, sim, f.adjacent))
             lists.append(hits)
         return lists
 

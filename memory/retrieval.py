@@ -112,6 +112,9 @@ class Candidate:
     recency: float = 0.0
     combined: float = 0.0  # stage 8 (+ stage 9)
     score: float = 0.0  # stage 10, in [0, 1]
+    # The row keys before and after it in its channel, as the store read them with the row
+    # (memory.store.base.Found.adjacent); None when it did not.
+    adjacent: tuple[int | None, int | None] | None = None
     # Worked out once per candidate (several stages read them): see the properties below.
     _stamp: float | None = field(default=None, init=False, repr=False, compare=False)
     _author_words: frozenset[str] | None = field(

@@ -17,6 +17,7 @@ from memory.bench import exact as bench_exact
 from memory.engine import MemoryEngine
 from memory.model import Scope
 from memory.retrieval import FEATURES, RankingModel
+from memory.store.sqlite import SQLiteStore
 
 from .conftest import GENERAL, ORG, PROJECT, at, episode
 from .server_harness import running
@@ -327,3 +328,39 @@ async def test_text_features_follow_an_edit(engine: MemoryEngine) -> None:
     after = await features()
     assert after["statement"] == 0.0
     assert after["substance"] > before["substance"]
+
+
+async def test_a_search_reads_neighbours_with_its_candidates(engine: MemoryEngine) -> None:
+    """Ranking's neighbours stage needs each candidate's previous and next message in its
+    channel. The store reads them in the queries that read the candidates (keyword hits, and
+    the vector list's rows by uid), not in a query of its own after them: that round trip was
+    1.2% of the server's event loop at 40 clients (issue 15). What the candidates carry is
+    what :meth:`adjacent` says."""
+    await engine.add(
+        [episode(f"the deploy note number {i}", created_at=at(i)) for i in range(12)]
+        + [episode("lunch at the ramen place?", created_at=at(20))]
+    )
+    await engine.wait_indexed()
+    store = engine.store
+    assert isinstance(store, SQLiteStore)
+    statements: list[str] = []
+    await store.reader.conn.set_trace_callback(statements.append)
+    try:
+        result = await engine.search("what did the deploy note say?", CHANNEL, top_k=5)
+    finally:
+        await store.reader.conn.set_trace_callback(None)
+    assert len(result.hits) == 5
+    reads = [s for s in statements if "FROM episodes" in s or "JOIN episodes" in s]
+    neighbours = [s for s in reads if "(n.created_at, n.id) <" in s]
+    keyword = [s for s in neighbours if "MATCH" in s]
+    by_uid = [s for s in neighbours if "wanted(uid)" in s]
+    assert keyword and by_uid, reads  # both candidate lists carry them...
+    assert len(neighbours) == len(keyword) + len(by_uid), reads  # ...and nothing else asks
+    assert not any(s.lstrip().startswith("WITH c(id)") for s in reads), reads
+
+    candidates, _ = await engine.candidates("what did the deploy note say?", CHANNEL)
+    adjacent = await store.adjacent(list(candidates))
+    assert len(candidates) >= 12
+    assert {k: c.adjacent for k, c in candidates.items()} == {
+        k: (a.before, a.after) for k, a in adjacent.items()
+    }

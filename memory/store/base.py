@@ -66,31 +66,35 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class Adjacent:
+    """The row keys just before and just after a row in its channel, in time order."""
+
+    before: int | None
+    after: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Found:
     """A search's candidate: a stored episode as ranking reads it (a :class:`Brief`, not a
-    whole Episode: a search reads hundreds of these), with its row key."""
+    whole Episode: a search reads hundreds of these), with its row key and, when the store
+    read them in the same query, its neighbours in the channel: what :meth:`EpisodeStore.adjacent`
+    would say of it (a search then needs no separate round trip for them)."""
 
     key: int
     episode: Brief
+    adjacent: Adjacent | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class KeywordHit:
     """A keyword (full-text) candidate, as :class:`Found`. ``score`` is positive and larger is
     better; it is bm25-like (term rarity and document length count), comparable within one
-    query."""
+    query. ``adjacent`` as :attr:`Found.adjacent`."""
 
     key: int
     episode: Brief
     score: float
-
-
-@dataclass(frozen=True, slots=True)
-class Adjacent:
-    """The row keys just before and just after a row in its channel, in time order."""
-
-    before: int | None
-    after: int | None
+    adjacent: Adjacent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +248,7 @@ class EpisodeStore(Protocol):
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
     ) -> dict[str, Found]:
         """The rows among ``uids`` inside the scope, time range and filter, by uid, as
-        candidates of a search."""
+        candidates of a search, each with its :attr:`Found.adjacent`."""
 
     async def find_source(
         self, org_id: str, project_id: str, platform: str, source_id: str
@@ -267,10 +271,12 @@ class EpisodeStore(Protocol):
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, text: str, limit: int
     ) -> list[KeywordHit]:
         """Full-text candidates inside the scope, best first. Any word of the query may
-        match (stopwords dropped); the scope is applied inside the full-text index."""
+        match (stopwords dropped); the scope is applied inside the full-text index. Each hit
+        carries its :attr:`KeywordHit.adjacent`."""
 
     async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:
-        """For each row key, the previous and next row key in the same channel."""
+        """For each row key, the previous and next row key in the same channel (what
+        :meth:`keyword_search` and :meth:`get_scoped` also return with each candidate)."""
 
     async def neighbours(self, keys: Sequence[int], before: int, after: int) -> dict[int, Context]:
         """For each row key, up to ``before`` earlier and ``after`` later episodes of its

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from memory.filters import Filter
-from memory.model import Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
+from memory.model import NAME_KEY, Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
 
 from ..base import (
     DATABASE_URL_SETTING,
@@ -173,10 +173,45 @@ def row_episode(r: asyncpg.Record, offset: int = 0) -> Episode:
     )
 
 
+#: The row keys just before and just after a row of ``e`` in its channel, in time order.
+ADJACENT_SQL = (
+    "(SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) < (e.created_at, e.id)"
+    " ORDER BY n.created_at DESC, n.id DESC LIMIT 1) AS before,"
+    " (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) > (e.created_at, e.id)"
+    " ORDER BY n.created_at ASC, n.id ASC LIMIT 1) AS after"
+).format(
+    same="n.org_id = e.org_id AND n.project_id = e.project_id AND n.produced_for = e.produced_for"
+)
+
+#: A row of ``e``'s author name as :func:`memory.model.display_name` reads it from the
+#: metadata, worked out in SQL when the metadata is an object whose ``display_name`` is a
+#: string, null, false or absent (what stores write), so that a search's candidates need no
+#: ``json.loads``; NULL for any other metadata, which :func:`row_found` reads in Python.
+NAME_SQL = (
+    "CASE WHEN jsonb_typeof(e.metadata) = 'object' THEN"
+    f" CASE coalesce(jsonb_typeof(e.metadata -> '{NAME_KEY}'), 'absent')"
+    f" WHEN 'string' THEN coalesce(nullif(e.metadata ->> '{NAME_KEY}', ''), e.producer)"
+    " WHEN 'absent' THEN e.producer WHEN 'null' THEN e.producer"
+    f" WHEN 'boolean' THEN CASE WHEN e.metadata -> '{NAME_KEY}' = 'false'::jsonb"
+    " THEN e.producer END END END AS name"
+)
+
+#: What a search's candidates are read with (over alias ``e``), the columns
+#: :func:`row_found` reads: :data:`BRIEF_COLUMNS`, the author's name and the row's
+#: neighbours, so that ranking needs no second query for them.
+CANDIDATE_SQL = f"{cols('e', BRIEF_COLUMNS)}, {NAME_SQL}, {ADJACENT_SQL}"
+
+
 def row_found(r: asyncpg.Record) -> Found:
-    """A search candidate from a record whose columns start with :data:`BRIEF_COLUMNS`."""
-    brief = Brief(r[1], r[2], r[3], from_epoch(r[4]), json.loads(r[5]))
-    return Found(int(r[0]), brief)
+    """A search candidate from a record whose columns start with :data:`CANDIDATE_SQL`'s.
+    The metadata is parsed only if it is ever asked for, unless it is of a kind the SQL
+    leaves to Python."""
+    name = r[6]
+    if name is None:
+        brief = Brief(r[1], r[2], r[3], from_epoch(r[4]), json.loads(r[5]))
+    else:
+        brief = Brief.stored(r[1], r[2], r[3], from_epoch(r[4]), r[5], name)
+    return Found(int(r[0]), brief, Adjacent(r[7], r[8]))
 
 
 def scope_where(
@@ -645,8 +680,7 @@ class PostgresStore:
         p = Params([list(uids)])
         where = scope_where(scope, time, filt, p)
         rows = await self.db.fetch(
-            f"SELECT {cols('e', BRIEF_COLUMNS)} FROM episodes e"
-            f" WHERE e.uid = ANY($1::text[]) AND {where}",
+            f"SELECT {CANDIDATE_SQL} FROM episodes e WHERE e.uid = ANY($1::text[]) AND {where}",
             *p.values,
         )
         return {r["uid"]: row_found(r) for r in rows}
@@ -705,17 +739,20 @@ class PostgresStore:
             match = f"e.tsv @@ (to_tsquery('{FTS_CONFIG}', {words}) && {tag}::tsquery)"
         where = scope_where(scope, time, filt, p)
         if self.ranking == "ts_rank_cd":
+            # The best ids first, then their rows: a candidate's neighbours are looked up for
+            # ``limit`` rows, not for every match.
             sql = (
-                f"SELECT {cols('e', BRIEF_COLUMNS)},"
+                f"SELECT {CANDIDATE_SQL}, t.score FROM (SELECT e.id,"
                 f" ts_rank_cd(e.tsv, to_tsquery('{FTS_CONFIG}', {words}))"
                 f" AS score FROM episodes e WHERE {match} AND {where}"
-                f" ORDER BY score DESC, e.id DESC LIMIT {p(limit, 'bigint')}"
+                f" ORDER BY score DESC, e.id DESC LIMIT {p(limit, 'bigint')}) t"
+                " JOIN episodes e ON e.id = t.id ORDER BY t.score DESC, e.id DESC"
             )
         else:
             sql = self._bm25_sql(match, where, p(terms, "text[]"), p(limit, "bigint"))
         rows = await self.db.fetch(sql, *p.values)
         found = [(row_found(r), float(r["score"])) for r in rows]
-        return [KeywordHit(f.key, f.episode, score) for f, score in found]
+        return [KeywordHit(f.key, f.episode, score, f.adjacent) for f, score in found]
 
     def _words_alone(self, scope: Scope) -> bool:
         """Whether a keyword search under ``scope`` matches the words alone, not the scope's
@@ -769,7 +806,7 @@ class PostgresStore:
             f"  (SELECT sum(w.idf[m.i]) FROM unnest(h.ts) AS m(i)) * {norm} AS score"
             "  FROM hits h, total, w WHERE cardinality(h.ts) > 0),"
             f" top AS (SELECT id, score FROM scored ORDER BY score DESC, id DESC LIMIT {limit})"
-            f" SELECT {cols('e', BRIEF_COLUMNS)}, top.score FROM top"
+            f" SELECT {CANDIDATE_SQL}, top.score FROM top"
             " JOIN episodes e ON e.id = top.id"
             " ORDER BY top.score DESC, e.id DESC"
         )
@@ -777,17 +814,8 @@ class PostgresStore:
     async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:
         if not keys:
             return {}
-        same = (
-            "n.org_id = c.org_id AND n.project_id = c.project_id"
-            " AND n.produced_for = c.produced_for"
-        )
         rows = await self.db.fetch(
-            "SELECT c.id,"
-            f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) <"
-            " (c.created_at, c.id) ORDER BY n.created_at DESC, n.id DESC LIMIT 1) AS before,"
-            f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) >"
-            " (c.created_at, c.id) ORDER BY n.created_at ASC, n.id ASC LIMIT 1) AS after"
-            " FROM episodes c WHERE c.id = ANY($1::bigint[])",
+            f"SELECT e.id, {ADJACENT_SQL} FROM episodes e WHERE e.id = ANY($1::bigint[])",
             list(keys),
         )
         return {int(r["id"]): Adjacent(r["before"], r["after"]) for r in rows}

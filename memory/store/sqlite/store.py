@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from memory.filters import Filter
-from memory.model import Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
+from memory.model import NAME_KEY, Added, Brief, Episode, Fact, InvalidInput, Scope, TimeRange
 from memory.uids import canonical_bytes, uuid_text
 
 from ..base import (
@@ -144,13 +144,55 @@ def _row(row: Sequence[Any]) -> Row:
     return Row(int(row[0]), row_to_episode(row))
 
 
+def name_sql(alias: str) -> str:
+    """A row's author name as :func:`memory.model.display_name` reads it from the metadata,
+    worked out in SQL for the metadata a store writes (a JSON object whose ``display_name``
+    is a string, null, false or absent), so that a search's candidates need no
+    ``json.loads``. NULL for any other metadata (not RFC 8259 JSON, e.g. a NaN; not an
+    object; a name that is a number, true, a list or an object; a NUL character anywhere,
+    where SQLite's strings end): :func:`row_to_found` reads those in Python, as every row
+    was read before, so every row gets the name it had."""
+    m, name = f"{alias}.metadata", f"{alias}.metadata, '$.{NAME_KEY}'"
+    return (
+        f"CASE WHEN json_valid({m}) AND json_type({m}) = 'object' AND instr({m}, '\\u0000') = 0"
+        " THEN"
+        f" CASE coalesce(json_type({name}), 'absent')"
+        f" WHEN 'text' THEN coalesce(nullif(json_extract({name}), ''), {alias}.producer)"
+        f" WHEN 'absent' THEN {alias}.producer WHEN 'null' THEN {alias}.producer"
+        f" WHEN 'false' THEN {alias}.producer END END"
+    )
+
+
+def adjacent_sql(alias: str) -> str:
+    """The row keys just before and just after ``alias``'s row in its channel, in time order
+    (two columns, through the channel index: see :func:`scope_sql` for the ``+``)."""
+    same = f"+n.project_key = {alias}.project_key AND n.produced_for = {alias}.produced_for"
+    return (
+        f"(SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) <"
+        f" ({alias}.created_at, {alias}.id) ORDER BY n.created_at DESC, n.id DESC LIMIT 1),"
+        f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) >"
+        f" ({alias}.created_at, {alias}.id) ORDER BY n.created_at ASC, n.id ASC LIMIT 1)"
+    )
+
+
+def candidate_sql(alias: str) -> str:
+    """What a search's candidates are read with, the columns :func:`row_to_found` reads:
+    :data:`BRIEF_COLUMNS`, the author's name (:func:`name_sql`) and the row's neighbours
+    (:func:`adjacent_sql`), so that ranking needs no second query for them."""
+    return f"{cols(alias, BRIEF_COLUMNS)}, {name_sql(alias)}, {adjacent_sql(alias)}"
+
+
 def row_to_found(row: Sequence[Any]) -> Found:
-    """A search candidate from a row whose first columns are :data:`BRIEF_COLUMNS`. Reads
+    """A search candidate from a row whose first columns are :func:`candidate_sql`'s. Reads
     what :func:`row_to_episode` reads of a broken row (time, metadata), so the same rows are
-    set aside whichever of the two reads them first."""
-    key, uid, producer, content, created, metadata = row[:6]
-    brief = Brief(uid_of(uid), producer, content, from_epoch(created), json.loads(metadata))
-    return Found(int(key), brief)
+    set aside whichever of the two reads them first: metadata SQLite found well-formed is
+    JSON ``json.loads`` reads, and is parsed only if the metadata is ever asked for."""
+    key, uid, producer, content, created, metadata, name, before, after = row[:9]
+    if name is None:  # metadata of an odd kind, or not JSON at all (raises: set aside)
+        brief = Brief(uid_of(uid), producer, content, from_epoch(created), json.loads(metadata))
+    else:
+        brief = Brief.stored(uid_of(uid), producer, content, from_epoch(created), metadata, name)
+    return Found(int(key), brief, Adjacent(before, after))
 
 
 FACT_COLUMNS = (
@@ -964,7 +1006,7 @@ class SQLiteStore:
 
     async def get(self, org_id: str, project_id: str, uids: Sequence[str]) -> list[Episode]:
         scope = Scope.model_construct(org_id=org_id, project_id=project_id)
-        rows = await self._readable(await self._among(scope, None, None, uids, COLUMNS), _row)
+        rows = await self._readable(await self._among(scope, None, None, uids, cols("e")), _row)
         found = {row.episode.uid: row.episode for row in rows}
         return [found[u] for u in dict.fromkeys(uids) if u in found]
 
@@ -981,7 +1023,7 @@ class SQLiteStore:
     async def get_scoped(
         self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
     ) -> dict[str, Found]:
-        rows = await self._among(scope, filt, time, uids, BRIEF_COLUMNS)
+        rows = await self._among(scope, filt, time, uids, candidate_sql("e"))
         return {found.episode.uid: found for found in await self._readable(rows, row_to_found)}
 
     async def _among(
@@ -990,9 +1032,10 @@ class SQLiteStore:
         filt: Filter | None,
         time: TimeRange | None,
         uids: Sequence[str],
-        columns: Sequence[str],
+        select: str,
     ) -> list[Any]:
-        """The rows among ``uids`` inside the scope, time range and filter (``columns``)."""
+        """The rows among ``uids`` inside the scope, time range and filter (``select``: the
+        columns, over alias ``e``)."""
         where, params = scope_sql(scope, time, filt)
         out: list[Any] = []
         for chunk in _chunks(uids):
@@ -1000,7 +1043,7 @@ class SQLiteStore:
             # CROSS JOIN pins the join order: look the uids up first, then check the scope
             # (the planner otherwise walked the scope's index: every row of the project).
             async with self.reader.execute(
-                f"WITH wanted(uid) AS (VALUES {values}) SELECT {cols('e', columns)} FROM wanted"
+                f"WITH wanted(uid) AS (VALUES {values}) SELECT {select} FROM wanted"
                 f" CROSS JOIN episodes e ON e.uid = wanted.uid WHERE {where}",
                 [*_keys(chunk), *params],
             ) as cur:
@@ -1059,7 +1102,7 @@ class SQLiteStore:
             # token, see scope_match): it is read as a column, and if any of the best rows is
             # outside it, the joined query decides (fewer matches than the limit are not).
             sql = (
-                f"SELECT {cols('e', BRIEF_COLUMNS)}, ({where}), f.rank FROM (SELECT rowid AS id,"
+                f"SELECT {candidate_sql('e')}, ({where}), f.rank FROM (SELECT rowid AS id,"
                 " bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
                 " WHERE episodes_fts MATCH ? ORDER BY rank LIMIT ?) f"
                 " CROSS JOIN episodes e ON e.id = f.id ORDER BY f.rank"
@@ -1069,32 +1112,30 @@ class SQLiteStore:
             if all(r[-2] for r in ranked):
                 rows = [(*r[:-2], r[-1]) for r in ranked]
         if rows is None:
+            # The best ids first, then their rows: the columns read per candidate (its
+            # neighbours: two index lookups) are read for ``limit`` rows, not every match.
+            # (SQLite does not flatten a LIMITed subquery into a join; its ORDER BY is stable,
+            # so rows of equal rank come in the order the inner query ranked them.)
             sql = (
-                f"SELECT {cols('e', BRIEF_COLUMNS)}, bm25(episodes_fts, 1.0, 0.0) AS rank"
-                " FROM episodes_fts"
+                f"SELECT {candidate_sql('e')}, t.rank FROM (SELECT e.id AS id,"
+                " bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
                 " JOIN episodes e ON e.id = episodes_fts.rowid"
-                f" WHERE episodes_fts MATCH ? AND {where} ORDER BY rank LIMIT ?"
+                f" WHERE episodes_fts MATCH ? AND {where} ORDER BY rank LIMIT ?) t"
+                " CROSS JOIN episodes e ON e.id = t.id ORDER BY t.rank"
             )
             async with self.reader.execute(sql, [match, *params, limit]) as cur:
                 rows = await cur.fetchall()
         rank = {int(r[0]): -float(r[-1]) for r in rows}
         found = await self._readable(rows, row_to_found)
-        return [KeywordHit(f.key, f.episode, rank[f.key]) for f in found]
+        return [KeywordHit(f.key, f.episode, rank[f.key], f.adjacent) for f in found]
 
     async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:
         """The previous and next row key in the same channel, for each key, in one query."""
         if not keys:
             return {}
         marks = ",".join("(?)" for _ in keys)
-        same = (  # through the channel index (see scope_sql for the ``+``)
-            "+n.project_key = e.project_key AND n.produced_for = e.produced_for"
-        )
         sql = (
-            f"WITH c(id) AS (VALUES {marks}) SELECT e.id,"
-            f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) <"
-            " (e.created_at, e.id) ORDER BY n.created_at DESC, n.id DESC LIMIT 1),"
-            f" (SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) >"
-            " (e.created_at, e.id) ORDER BY n.created_at ASC, n.id ASC LIMIT 1)"
+            f"WITH c(id) AS (VALUES {marks}) SELECT e.id, {adjacent_sql('e')}"
             " FROM c JOIN episodes e ON e.id = c.id"
         )
         async with self.reader.execute(sql, list(keys)) as cur:

@@ -265,6 +265,54 @@ async def test_adjacent_and_neighbours(store: Store) -> None:
     assert in_thread[tkey["in thread b"]].after == []
 
 
+async def test_candidates_carry_name_time_metadata_and_neighbours(store: Store) -> None:
+    """A search's candidates (keyword hits, and rows read by uid for the vector list) carry
+    what ranking reads of them: the author's display name, the time, the metadata and the
+    row keys next to them in the channel, equal to the Episode and to :meth:`adjacent`, for
+    every kind of display name a message's metadata can hold."""
+    metadata: list[dict[str, object]] = [
+        {"display_name": "Alice Smith", "team": "infra"},
+        {},
+        {"display_name": ""},
+        {"display_name": None},
+        {"display_name": False},
+        {"display_name": True},
+        {"display_name": 0},
+        {"display_name": 7},
+        {"display_name": 2.5},
+        {"display_name": ["x"]},
+        {"display_name": {"first": "Zoë"}},
+        {"display_name": 'Zoë "Z" 😀\n\\'},
+        {"profile": {"display_name": "nested"}},
+    ]
+    notes = [
+        episode(f"budget note {i}", created_at=at(i), metadata=m) for i, m in enumerate(metadata)
+    ]
+    uids = await add(store, *notes)
+    await add(store, episode("budget in a thread", created_at=at(3.5), thread_id="t1"),
+              episode("budget elsewhere", created_at=at(4.5), produced_for=RANDOM))  # fmt: skip
+    stored = {e.uid: e for e in await store.get(ORG, PROJECT, [*uids])}
+    by_keyword = await store.keyword_search(CHANNEL, None, None, "budget", 50)
+    in_time = await store.keyword_search(CHANNEL, None, TimeRange(until=at(60)), "budget", 50)
+    project_wide = await store.keyword_search(PROJECT_SCOPE, None, None, "budget", 50)
+    by_uid = await store.get_scoped(CHANNEL, None, None, uids)
+    assert len(by_keyword) == len(in_time) == len(metadata) + 1
+    assert len(project_wide) == len(metadata) + 2 and len(by_uid) == len(metadata)
+    found = [*by_keyword, *in_time, *project_wide, *by_uid.values()]
+    adjacent = await store.adjacent([f.key for f in found])
+    in_channel = [adjacent[f.key] for f in by_uid.values()]
+    assert all(a.before is not None or a.after is not None for a in in_channel)
+    for f in found:
+        assert f.adjacent == adjacent[f.key], f
+        if f.episode.uid not in stored:  # the rows in a thread and another channel
+            continue
+        ep = stored[f.episode.uid]
+        assert f.episode.display_name == ep.display_name, ep.metadata
+        assert (f.episode.producer, f.episode.content) == (ep.producer, ep.content)
+        assert f.episode.created_at == ep.created_at
+        assert f.episode.metadata == ep.metadata
+
+
 # ---------------------------------------------------------------------------- deleting
 
 

@@ -125,10 +125,12 @@ async def test_a_project_wide_keyword_search_ranks_in_the_full_text_index_then_r
     plan = _plan(db, ranked_first)
     assert plan[:2] == ["CO-ROUTINE f", "SCAN episodes_fts VIRTUAL TABLE INDEX 0:M2"], plan
     assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
-    # Beside another project: the same first, then the joined query.
+    # Beside another project: the same first, then the joined query, which ranks in a
+    # subquery (the scope checked before its LIMIT) and reads the best rows' columns after it.
     assert len(shared) == 2 and shared[0] == ranked_first
     joined = _plan(db, shared[1])
-    assert joined[0].startswith("SCAN episodes_fts VIRTUAL TABLE"), joined
+    assert joined[0] == "CO-ROUTINE t", joined
+    assert joined[1].startswith("SCAN episodes_fts VIRTUAL TABLE"), joined
     assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in joined, joined
     for sql in (*single, *shared):
         assert project_token(ORG, PROJECT) not in sql
