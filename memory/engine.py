@@ -784,7 +784,9 @@ class MemoryEngine:
         async def keyword() -> builtins.list[KeywordHit]:
             if mode not in ("hybrid", "keyword"):
                 return []
-            return await self.store.keyword_search(scope, filt, time, query, depth)
+            return await self.store.keyword_search(
+                scope, filt, time, query, depth, neighbours=mode == "hybrid"
+            )
 
         async def vector() -> builtins.list[VectorHit]:
             nonlocal guessed
@@ -792,7 +794,9 @@ class MemoryEngine:
                 return []
             try:
                 texts = [query] if guess is None else [query, guess]
-                lists = await self._vector_candidates(texts, scope, filt, time, depth)
+                lists = await self._vector_candidates(
+                    texts, scope, filt, time, depth, neighbours=mode == "hybrid"
+                )
             except Exception:
                 # A failing vector index degrades search to keywords; it never fails it.
                 log.exception("vector search failed; answering from keywords only")
@@ -857,6 +861,8 @@ class MemoryEngine:
         time: TimeRange | None,
         depth: int,
         known: Mapping[str, Candidate] | None = None,
+        *,
+        neighbours: bool = True,
     ) -> builtins.list[builtins.list[VectorHit]]:
         """Each query's nearest episodes under ``scope``, best first: one embedding call for
         all of them, one index search for all of them, one read of the rows (as Briefs) but those
@@ -896,7 +902,7 @@ class MemoryEngine:
             )
         known = known or {}
         uids = list(dict.fromkeys(u for nearest in found for u, _ in nearest if u not in known))
-        fetched = await self.store.get_scoped(scope, filt, time, uids)
+        fetched = await self.store.get_scoped(scope, filt, time, uids, neighbours=neighbours)
         lists: builtins.list[builtins.list[VectorHit]] = []
         for nearest in found:
             hits: builtins.list[VectorHit] = []

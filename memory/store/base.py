@@ -245,10 +245,17 @@ class EpisodeStore(Protocol):
         the order asked (each once)."""
 
     async def get_scoped(
-        self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        uids: Sequence[str],
+        *,
+        neighbours: bool = True,
     ) -> dict[str, Found]:
         """The rows among ``uids`` inside the scope, time range and filter, by uid, as
-        candidates of a search, each with its :attr:`Found.adjacent`."""
+        candidates of a search, each with its :attr:`Found.adjacent` unless ``neighbours`` is
+        False (a search that does not rank by them: not looked up, None)."""
 
     async def find_source(
         self, org_id: str, project_id: str, platform: str, source_id: str
@@ -268,11 +275,18 @@ class EpisodeStore(Protocol):
     async def count(self, scope: Scope, filt: Filter | None = None) -> int: ...
 
     async def keyword_search(
-        self, scope: Scope, filt: Filter | None, time: TimeRange | None, text: str, limit: int
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        text: str,
+        limit: int,
+        *,
+        neighbours: bool = True,
     ) -> list[KeywordHit]:
         """Full-text candidates inside the scope, best first. Any word of the query may
         match (stopwords dropped); the scope is applied inside the full-text index. Each hit
-        carries its :attr:`KeywordHit.adjacent`."""
+        carries its :attr:`KeywordHit.adjacent`, as :meth:`get_scoped`."""
 
     async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:
         """For each row key, the previous and next row key in the same channel (what

@@ -200,9 +200,13 @@ NAME_SQL = (
 #: :func:`row_found` reads: :data:`BRIEF_COLUMNS`, the author's name and the row's
 #: neighbours, so that ranking needs no second query for them.
 CANDIDATE_SQL = f"{cols('e', BRIEF_COLUMNS)}, {NAME_SQL}, {ADJACENT_SQL}"
+#: :data:`CANDIDATE_SQL` for a search that does not rank by neighbours: not looked up.
+CANDIDATE_SQL_ALONE = (
+    f"{cols('e', BRIEF_COLUMNS)}, {NAME_SQL}, NULL::bigint AS before, NULL::bigint AS after"
+)
 
 
-def row_found(r: asyncpg.Record) -> Found:
+def row_found(r: asyncpg.Record, neighbours: bool = True) -> Found:
     """A search candidate from a record whose columns start with :data:`CANDIDATE_SQL`'s.
     The metadata is parsed only if it is ever asked for, unless it is of a kind the SQL
     leaves to Python."""
@@ -211,7 +215,11 @@ def row_found(r: asyncpg.Record) -> Found:
         brief = Brief(r[1], r[2], r[3], from_epoch(r[4]), json.loads(r[5]))
     else:
         brief = Brief.stored(r[1], r[2], r[3], from_epoch(r[4]), r[5], name)
-    return Found(int(r[0]), brief, Adjacent(r[7], r[8]))
+    return Found(int(r[0]), brief, Adjacent(r[7], r[8]) if neighbours else None)
+
+
+def _candidates(neighbours: bool) -> str:
+    return CANDIDATE_SQL if neighbours else CANDIDATE_SQL_ALONE
 
 
 def scope_where(
@@ -673,17 +681,24 @@ class PostgresStore:
         return [u for u in dict.fromkeys(uids) if u in found]
 
     async def get_scoped(
-        self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        uids: Sequence[str],
+        *,
+        neighbours: bool = True,
     ) -> dict[str, Found]:
         if not uids:
             return {}
         p = Params([list(uids)])
         where = scope_where(scope, time, filt, p)
         rows = await self.db.fetch(
-            f"SELECT {CANDIDATE_SQL} FROM episodes e WHERE e.uid = ANY($1::text[]) AND {where}",
+            f"SELECT {_candidates(neighbours)} FROM episodes e"
+            f" WHERE e.uid = ANY($1::text[]) AND {where}",
             *p.values,
         )
-        return {r["uid"]: row_found(r) for r in rows}
+        return {r["uid"]: row_found(r, neighbours) for r in rows}
 
     async def find_source(
         self, org_id: str, project_id: str, platform: str, source_id: str
@@ -726,7 +741,14 @@ class PostgresStore:
         )
 
     async def keyword_search(
-        self, scope: Scope, filt: Filter | None, time: TimeRange | None, text: str, limit: int
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        text: str,
+        limit: int,
+        *,
+        neighbours: bool = True,
     ) -> list[KeywordHit]:
         terms = ["'" + t + "'" for t in keyword_terms(text)]  # \w+ words: nothing to escape
         if not terms:
@@ -742,16 +764,18 @@ class PostgresStore:
             # The best ids first, then their rows: a candidate's neighbours are looked up for
             # ``limit`` rows, not for every match.
             sql = (
-                f"SELECT {CANDIDATE_SQL}, t.score FROM (SELECT e.id,"
+                f"SELECT {_candidates(neighbours)}, t.score FROM (SELECT e.id,"
                 f" ts_rank_cd(e.tsv, to_tsquery('{FTS_CONFIG}', {words}))"
                 f" AS score FROM episodes e WHERE {match} AND {where}"
                 f" ORDER BY score DESC, e.id DESC LIMIT {p(limit, 'bigint')}) t"
                 " JOIN episodes e ON e.id = t.id ORDER BY t.score DESC, e.id DESC"
             )
         else:
-            sql = self._bm25_sql(match, where, p(terms, "text[]"), p(limit, "bigint"))
+            sql = self._bm25_sql(
+                match, where, p(terms, "text[]"), p(limit, "bigint"), _candidates(neighbours)
+            )
         rows = await self.db.fetch(sql, *p.values)
-        found = [(row_found(r), float(r["score"])) for r in rows]
+        found = [(row_found(r, neighbours), float(r["score"])) for r in rows]
         return [KeywordHit(f.key, f.episode, score, f.adjacent) for f, score in found]
 
     def _words_alone(self, scope: Scope) -> bool:
@@ -774,7 +798,7 @@ class PostgresStore:
         return project_wide(scope) and scope.project_id in self._big_projects
 
     @staticmethod
-    def _bm25_sql(match: str, where: str, terms: str, limit: str) -> str:
+    def _bm25_sql(match: str, where: str, terms: str, limit: str, columns: str) -> str:
         """bm25 over the rows that match: idf from how many of them hold each term (so a
         term's rarity is judged inside the scope) against the table's size, a document's
         length in distinct words, term presence as its frequency (chat rarely repeats).
@@ -806,7 +830,7 @@ class PostgresStore:
             f"  (SELECT sum(w.idf[m.i]) FROM unnest(h.ts) AS m(i)) * {norm} AS score"
             "  FROM hits h, total, w WHERE cardinality(h.ts) > 0),"
             f" top AS (SELECT id, score FROM scored ORDER BY score DESC, id DESC LIMIT {limit})"
-            f" SELECT {CANDIDATE_SQL}, top.score FROM top"
+            f" SELECT {columns}, top.score FROM top"
             " JOIN episodes e ON e.id = top.id"
             " ORDER BY top.score DESC, e.id DESC"
         )

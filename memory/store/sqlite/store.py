@@ -22,6 +22,7 @@ takes its leases with it. The file is the one earlier versions wrote (schema 3).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -175,14 +176,16 @@ def adjacent_sql(alias: str) -> str:
     )
 
 
-def candidate_sql(alias: str) -> str:
+def candidate_sql(alias: str, neighbours: bool = True) -> str:
     """What a search's candidates are read with, the columns :func:`row_to_found` reads:
     :data:`BRIEF_COLUMNS`, the author's name (:func:`name_sql`) and the row's neighbours
-    (:func:`adjacent_sql`), so that ranking needs no second query for them."""
-    return f"{cols(alias, BRIEF_COLUMNS)}, {name_sql(alias)}, {adjacent_sql(alias)}"
+    (:func:`adjacent_sql`; two NULLs when not ``neighbours``), so that ranking needs no
+    second query for them."""
+    around = adjacent_sql(alias) if neighbours else "NULL, NULL"
+    return f"{cols(alias, BRIEF_COLUMNS)}, {name_sql(alias)}, {around}"
 
 
-def row_to_found(row: Sequence[Any]) -> Found:
+def row_to_found(row: Sequence[Any], neighbours: bool = True) -> Found:
     """A search candidate from a row whose first columns are :func:`candidate_sql`'s. Reads
     what :func:`row_to_episode` reads of a broken row (time, metadata), so the same rows are
     set aside whichever of the two reads them first: metadata SQLite found well-formed is
@@ -192,7 +195,7 @@ def row_to_found(row: Sequence[Any]) -> Found:
         brief = Brief(uid_of(uid), producer, content, from_epoch(created), json.loads(metadata))
     else:
         brief = Brief.stored(uid_of(uid), producer, content, from_epoch(created), metadata, name)
-    return Found(int(key), brief, Adjacent(before, after))
+    return Found(int(key), brief, Adjacent(before, after) if neighbours else None)
 
 
 FACT_COLUMNS = (
@@ -1021,10 +1024,17 @@ class SQLiteStore:
         return [u for u in dict.fromkeys(uids) if u in found]
 
     async def get_scoped(
-        self, scope: Scope, filt: Filter | None, time: TimeRange | None, uids: Sequence[str]
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        uids: Sequence[str],
+        *,
+        neighbours: bool = True,
     ) -> dict[str, Found]:
-        rows = await self._among(scope, filt, time, uids, candidate_sql("e"))
-        return {found.episode.uid: found for found in await self._readable(rows, row_to_found)}
+        rows = await self._among(scope, filt, time, uids, candidate_sql("e", neighbours))
+        found = await self._readable(rows, functools.partial(row_to_found, neighbours=neighbours))
+        return {f.episode.uid: f for f in found}
 
     async def _among(
         self,
@@ -1085,7 +1095,14 @@ class SQLiteStore:
         return await self._scalar(f"SELECT count(*) FROM episodes e WHERE {where}", params)
 
     async def keyword_search(
-        self, scope: Scope, filt: Filter | None, time: TimeRange | None, text: str, limit: int
+        self,
+        scope: Scope,
+        filt: Filter | None,
+        time: TimeRange | None,
+        text: str,
+        limit: int,
+        *,
+        neighbours: bool = True,
     ) -> list[KeywordHit]:
         """bm25 candidates under the scope, best first (FTS5's bm25 is negative: lower is
         better; the score is its negation)."""
@@ -1102,8 +1119,8 @@ class SQLiteStore:
             # token, see scope_match): it is read as a column, and if any of the best rows is
             # outside it, the joined query decides (fewer matches than the limit are not).
             sql = (
-                f"SELECT {candidate_sql('e')}, ({where}), f.rank FROM (SELECT rowid AS id,"
-                " bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
+                f"SELECT {candidate_sql('e', neighbours)}, ({where}), f.rank"
+                " FROM (SELECT rowid AS id, bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
                 " WHERE episodes_fts MATCH ? ORDER BY rank LIMIT ?) f"
                 " CROSS JOIN episodes e ON e.id = f.id ORDER BY f.rank"
             )
@@ -1117,7 +1134,7 @@ class SQLiteStore:
             # (SQLite does not flatten a LIMITed subquery into a join; its ORDER BY is stable,
             # so rows of equal rank come in the order the inner query ranked them.)
             sql = (
-                f"SELECT {candidate_sql('e')}, t.rank FROM (SELECT e.id AS id,"
+                f"SELECT {candidate_sql('e', neighbours)}, t.rank FROM (SELECT e.id AS id,"
                 " bm25(episodes_fts, 1.0, 0.0) AS rank FROM episodes_fts"
                 " JOIN episodes e ON e.id = episodes_fts.rowid"
                 f" WHERE episodes_fts MATCH ? AND {where} ORDER BY rank LIMIT ?) t"
@@ -1126,7 +1143,7 @@ class SQLiteStore:
             async with self.reader.execute(sql, [match, *params, limit]) as cur:
                 rows = await cur.fetchall()
         rank = {int(r[0]): -float(r[-1]) for r in rows}
-        found = await self._readable(rows, row_to_found)
+        found = await self._readable(rows, functools.partial(row_to_found, neighbours=neighbours))
         return [KeywordHit(f.key, f.episode, rank[f.key], f.adjacent) for f in found]
 
     async def adjacent(self, keys: Sequence[int]) -> dict[int, Adjacent]:

@@ -311,6 +311,12 @@ async def test_candidates_carry_name_time_metadata_and_neighbours(store: Store) 
         assert (f.episode.producer, f.episode.content) == (ep.producer, ep.content)
         assert f.episode.created_at == ep.created_at
         assert f.episode.metadata == ep.metadata
+    # A search that does not rank by neighbours does not have them looked up.
+    plain = await store.keyword_search(CHANNEL, None, None, "budget", 50, neighbours=False)
+    alone = await store.get_scoped(CHANNEL, None, None, uids, neighbours=False)
+    assert [(h.key, h.score) for h in plain] == [(h.key, h.score) for h in by_keyword]
+    assert alone.keys() == by_uid.keys()
+    assert all(f.adjacent is None for f in [*plain, *alone.values()])
 
 
 # ---------------------------------------------------------------------------- deleting
