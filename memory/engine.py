@@ -90,7 +90,7 @@ SEARCH_DEPTH = 100
 
 def _candidate(key: int, brief: Brief, around: Adjacent | None) -> Candidate:
     """A candidate of a search, with the neighbours the store read with it (if it did)."""
-    return Candidate(key, brief, adjacent=None if around is None else (around.before, around.after))
+    return Candidate(key, brief, adjacent=around)
 
 
 class _Step(enum.Enum):
@@ -751,7 +751,7 @@ class MemoryEngine:
             missing = [key for key, c in candidates.items() if c.adjacent is None]
             if missing:
                 for key, a in (await self.store.adjacent(missing)).items():
-                    candidates[key].adjacent = (a.before, a.after)
+                    candidates[key].adjacent = a
             adjacent = {k: c.adjacent for k, c in candidates.items() if c.adjacent is not None}
         q = self.ranking.describe(
             candidates, adjacent, query, utcnow(), contextual=contextual, asked_top=asked_top

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from memory.filters import Filter
 from memory.model import Added as Added  # a record of the contract; stores make it
@@ -65,9 +65,11 @@ class Row:
     episode: Episode
 
 
-@dataclass(frozen=True, slots=True)
-class Adjacent:
-    """The row keys just before and just after a row in its channel, in time order."""
+class Adjacent(NamedTuple):
+    """The row keys just before and just after a row in its channel, in time order.
+
+    A pair (the shape ranking reads): a search builds one per candidate, and a NamedTuple
+    costs half of a frozen dataclass to make."""
 
     before: int | None
     after: int | None
