@@ -67,7 +67,7 @@ from .retrieval import (
     named_authors,
     without_names,
 )
-from .store.base import Adjacent, Claim, KeywordHit, Project, Store
+from .store.base import Claim, KeywordHit, Project, Store
 from .store.factory import make_store
 from .text import asks
 from .vector_queue import VectorQueryQueue
@@ -80,17 +80,12 @@ log = logging.getLogger(__name__)
 #: A vector list searched without some words of the query, and that query (ranking stage 0).
 #: A vector candidate: its row key, its Brief, its cosine and its neighbours' keys in the
 #: channel (:attr:`memory.store.base.Found.adjacent`).
-VectorHit = tuple[int, Brief, float, Adjacent | None]
+VectorHit = tuple[int, Brief, float, tuple[int | None, int | None] | None]
 Guessed = tuple[str, list[VectorHit]] | None
 
 # Candidates taken from each list (keyword, vector) before ranking: 50 instead of 100 cost
 # 1.5 points of LoCoMo recall@10, 200 gained 0.3 (README, "Benchmarks").
 SEARCH_DEPTH = 100
-
-
-def _candidate(key: int, brief: Brief, around: Adjacent | None) -> Candidate:
-    """A candidate of a search, with the neighbours the store read with it (if it did)."""
-    return Candidate(key, brief, adjacent=around)
 
 
 class _Step(enum.Enum):
@@ -741,7 +736,6 @@ class MemoryEngine:
         guessed = await self._gather(candidates, query, scope, filt, time, depth, mode)
         contextual = mode == "hybrid"
         asked_top = None
-        adjacent: dict[int, tuple[int | None, int | None]] = {}
         if contextual:
             self._authors_met.note((scope.org_id, scope.project_id), candidates.values())
             asked_top = await self._vectors_without_names(
@@ -752,9 +746,8 @@ class MemoryEngine:
             if missing:
                 for key, a in (await self.store.adjacent(missing)).items():
                     candidates[key].adjacent = a
-            adjacent = {k: c.adjacent for k, c in candidates.items() if c.adjacent is not None}
         q = self.ranking.describe(
-            candidates, adjacent, query, utcnow(), contextual=contextual, asked_top=asked_top
+            candidates, query, utcnow(), contextual=contextual, asked_top=asked_top
         )
         return candidates, q
 
@@ -807,10 +800,10 @@ class MemoryEngine:
 
         by_keyword, by_vector = await asyncio.gather(keyword(), vector())
         for hit in by_keyword:
-            found = _candidate(hit.key, hit.episode, hit.adjacent)
+            found = Candidate(hit.key, hit.episode, adjacent=hit.adjacent)
             candidates.setdefault(hit.key, found).keyword = hit.score
         for rid, ep, sim, around in by_vector:
-            candidates.setdefault(rid, _candidate(rid, ep, around)).vector = sim
+            candidates.setdefault(rid, Candidate(rid, ep, adjacent=around)).vector = sim
         return guessed
 
     async def _vectors_without_names(
@@ -850,7 +843,7 @@ class MemoryEngine:
             if c.keyword is None:
                 del candidates[rid]
         for rid, ep, sim, around in hits:
-            candidates.setdefault(rid, _candidate(rid, ep, around)).vector = sim
+            candidates.setdefault(rid, Candidate(rid, ep, adjacent=around)).vector = sim
         return max(first)
 
     async def _vector_candidates(
@@ -908,8 +901,7 @@ class MemoryEngine:
             hits: builtins.list[VectorHit] = []
             for u, sim in nearest:
                 if (c := known.get(u)) is not None:
-                    around = None if c.adjacent is None else Adjacent(*c.adjacent)
-                    hits.append((c.row_id, c.episode, sim, around))
+                    hits.append((c.row_id, c.episode, sim, c.adjacent))
                 elif (f := fetched.get(u)) is not None:
                     hits.append((f.key, f.episode, sim, f.adjacent))
             lists.append(hits)

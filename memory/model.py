@@ -305,11 +305,15 @@ class Brief:
         content: str,
         created_at: datetime,
         metadata_json: str,
-        name: str,
+        name: str | None,
     ) -> Brief:
         """A Brief whose metadata is the JSON text of an object (parsed when first read) and
         whose display name the store has worked out already: exactly
-        ``display_name(producer, json.loads(metadata_json))``."""
+        ``display_name(producer, json.loads(metadata_json))``. Without the name (metadata of
+        a kind the store leaves to Python) the text is parsed now, so that metadata that is
+        not JSON raises here, as it did when every row was parsed."""
+        if name is None:
+            return cls(uid, producer, content, created_at, json.loads(metadata_json))
         brief = cls.__new__(cls)
         brief.uid = uid
         brief.producer = producer

@@ -113,7 +113,7 @@ class Candidate:
     combined: float = 0.0  # stage 8 (+ stage 9)
     score: float = 0.0  # stage 10, in [0, 1]
     # The row keys before and after it in its channel, as the store read them with the row
-    # (memory.store.base.Found.adjacent); None when it did not.
+    # (memory.store.base.Found.adjacent); None when not looked up (stage 3 reads none).
     adjacent: tuple[int | None, int | None] | None = None
     # Worked out once per candidate (several stages read them): see the properties below.
     _stamp: float | None = field(default=None, init=False, repr=False, compare=False)
@@ -284,7 +284,6 @@ class Ranking:
     def describe(
         self,
         candidates: Mapping[int, Candidate],
-        adjacent: Mapping[int, tuple[int | None, int | None]],
         query: str,
         now: datetime,
         *,
@@ -298,7 +297,7 @@ class Ranking:
         q = self.normalise(candidates, query, asked_top)
         if contextual:
             fused = _fused(candidates)
-            self.neighbours(candidates, adjacent, fused)
+            self.neighbours(candidates, fused)
             self.sessions(candidates, fused)
             self.authors(candidates, q)
             self.dates(candidates, q)
@@ -328,15 +327,15 @@ class Ranking:
     @staticmethod
     def neighbours(
         candidates: Mapping[int, Candidate],
-        adjacent: Mapping[int, tuple[int | None, int | None]],
         fused: Mapping[int, float] | None = None,
     ) -> None:
         """Each candidate's best fused score (keyword and vector, halved) among its direct
-        neighbours in the channel that are candidates too (0 when none is)."""
+        neighbours in the channel (:attr:`Candidate.adjacent`) that are candidates too (0 when
+        none is)."""
         base = _fused(candidates) if fused is None else fused
         get = base.get
-        for rid, c in candidates.items():
-            before, after = adjacent.get(rid, (None, None))
+        for c in candidates.values():
+            before, after = c.adjacent or (None, None)
             if before is None:
                 best = 0.0 if after is None else get(after, 0.0)
             elif after is None:

@@ -180,10 +180,12 @@ def test_every_stage_gives_what_the_plain_version_gave(n: int, ties: bool) -> No
     for spread_s in (600.0, 4 * 3600.0, 30 * 86400.0):
         for query in ("what did Alice say about the deploy on Friday?", "order 48213", "lake"):
             candidates, adjacent = candidate_set(rng, n, spread_s=spread_s, ties=ties)
+            for rid, pair in adjacent.items():
+                candidates[rid].adjacent = pair
             plain = copy.deepcopy(candidates)
             q_plain, ranked_plain = plain_describe_and_rank(Ranking(), plain, adjacent, query)
             ranking = Ranking()
-            q = ranking.describe(candidates, adjacent, query, NOW)
+            q = ranking.describe(candidates, query, NOW)
             ranked = ranking.rank(candidates, q)
             assert outcome(q, ranked) == outcome(q_plain, ranked_plain)
 

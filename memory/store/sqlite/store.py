@@ -191,10 +191,8 @@ def row_to_found(row: Sequence[Any], neighbours: bool = True) -> Found:
     set aside whichever of the two reads them first: metadata SQLite found well-formed is
     JSON ``json.loads`` reads, and is parsed only if the metadata is ever asked for."""
     key, uid, producer, content, created, metadata, name, before, after = row[:9]
-    if name is None:  # metadata of an odd kind, or not JSON at all (raises: set aside)
-        brief = Brief(uid_of(uid), producer, content, from_epoch(created), json.loads(metadata))
-    else:
-        brief = Brief.stored(uid_of(uid), producer, content, from_epoch(created), metadata, name)
+    # Metadata that is not JSON at all raises there: the row is set aside.
+    brief = Brief.stored(uid_of(uid), producer, content, from_epoch(created), metadata, name)
     return Found(int(key), brief, Adjacent(before, after) if neighbours else None)
 
 
