@@ -87,6 +87,7 @@ to a collection (Chroma's default one would download a model at run time).
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import ctypes
 import functools
@@ -481,6 +482,7 @@ SHORT_IDS = "b64"
 #: Prefix of a short-id collection's id for a uid that is not a UUID in canonical form (it is
 #: stored as it is behind the prefix, which no base64 form holds).
 _VERBATIM = "~"
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def short_id(uid: str) -> str:
@@ -503,7 +505,9 @@ def long_id(stored: str) -> str:
         return stored[len(_VERBATIM) :]
     if len(stored) == 22:
         try:
-            raw = base64.urlsafe_b64decode(stored + "==")
+            # What base64.urlsafe_b64decode does, without its wrappers (a search decodes a
+            # hundred or more of these).
+            raw = binascii.a2b_base64(stored.encode("ascii").translate(_FROM_URLSAFE) + b"==")
         except ValueError:
             return stored
         if len(raw) != 16:

@@ -210,7 +210,7 @@ def row_found(r: asyncpg.Record, neighbours: bool = True) -> Found:
     """A search candidate from a record whose columns start with :data:`CANDIDATE_SQL`'s.
     The metadata is parsed only if it is ever asked for, unless it is of a kind the SQL
     leaves to Python."""
-    brief = Brief.stored(r[1], r[2], r[3], from_epoch(r[4]), r[5], r[6])
+    brief = Brief.stored(r[1], r[2], r[3], r[4], r[5], r[6])
     return Found(int(r[0]), brief, Adjacent(r[7], r[8]) if neighbours else None)
 
 

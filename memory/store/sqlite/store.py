@@ -192,7 +192,7 @@ def row_to_found(row: Sequence[Any], neighbours: bool = True) -> Found:
     JSON ``json.loads`` reads, and is parsed only if the metadata is ever asked for."""
     key, uid, producer, content, created, metadata, name, before, after = row[:9]
     # Metadata that is not JSON at all raises there: the row is set aside.
-    brief = Brief.stored(uid_of(uid), producer, content, from_epoch(created), metadata, name)
+    brief = Brief.stored(uid_of(uid), producer, content, created, metadata, name)
     return Found(int(key), brief, Adjacent(before, after) if neighbours else None)
 
 
