@@ -11,6 +11,7 @@ import pytest
 
 from memory.engine import MemoryEngine
 from memory.model import InvalidInput
+from memory.store.sqlite.store import SQLiteStore
 from tests.conftest import ORG, PROJECT, episode
 from tests.server_harness import running
 
@@ -51,10 +52,13 @@ async def test_a_lone_bad_batch_still_raises(engine: MemoryEngine) -> None:
 
 async def test_concurrent_rest_adds_share_a_transaction(engine: MemoryEngine) -> None:
     """Many clients POST one message each at once to the real server: every message is stored
-    under the uid its client got, and the store's own connection shows them committed in fewer
-    transactions than requests, at least one holding several clients' messages."""
+    under the uid its client got, and the connection adds are written with shows them
+    committed in fewer transactions than requests, at least one holding several clients'
+    messages."""
     statements: list[str] = []
-    await engine.store.writer.set_trace_callback(statements.append)
+    store = engine.store
+    assert isinstance(store, SQLiteStore)
+    store.loop_writer.set_trace_callback(statements.append)
     clients = 24
     async with running(engine) as server, httpx.AsyncClient(base_url=server.url) as http:
 
@@ -66,7 +70,7 @@ async def test_concurrent_rest_adds_share_a_transaction(engine: MemoryEngine) ->
             return str(result["uid"])
 
         uids = await asyncio.gather(*(add(i) for i in range(clients)))
-    await engine.store.writer.set_trace_callback(None)
+    store.loop_writer.set_trace_callback(None)
 
     stored = await engine.get(ORG, PROJECT, uids)
     assert sorted(e.content for e in stored) == sorted(f"m{i}z" for i in range(clients))

@@ -344,11 +344,11 @@ async def test_a_search_reads_neighbours_with_its_candidates(engine: MemoryEngin
     store = engine.store
     assert isinstance(store, SQLiteStore)
     statements: list[str] = []
-    await store.reader.conn.set_trace_callback(statements.append)
+    await store.reader.set_trace_callback(statements.append)
     try:
         result = await engine.search("what did the deploy note say?", CHANNEL, top_k=5)
     finally:
-        await store.reader.conn.set_trace_callback(None)
+        await store.reader.set_trace_callback(None)
     assert len(result.hits) == 5
     reads = [s for s in statements if "FROM episodes" in s or "JOIN episodes" in s]
     neighbours = [s for s in reads if "(n.created_at, n.id) <" in s]

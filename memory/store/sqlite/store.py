@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +67,7 @@ from ..shared import (
     scope_tokens,
     to_epoch,
 )
+from .connections import BUSY_TIMEOUT_MS, AtomicReader, LoopReader, loop_connection, transaction
 from .filters import project_of, to_sql
 from .schema import INDEXED, MIGRATIONS, PENDING, SCHEMA_VERSION, SET_ASIDE, UPGRADES
 
@@ -352,54 +353,6 @@ def _chunks(values: Sequence[Any]) -> Iterable[list[Any]]:
         yield list(values[start : start + _CHUNK])
 
 
-class _Fetched:
-    """A finished query's rows, behind the part of aiosqlite's cursor API the store uses."""
-
-    def __init__(self, rows: Iterable[Any]) -> None:
-        self._rows = list(rows)
-
-    async def fetchall(self) -> list[Any]:
-        return self._rows
-
-    async def fetchone(self) -> Any:
-        return self._rows[0] if self._rows else None
-
-
-class _Query:
-    """``async with reader.execute(...) as cur`` (or ``await``) over a whole-query call."""
-
-    def __init__(self, rows: Awaitable[Iterable[Any]]) -> None:
-        self._rows = rows
-
-    async def __aenter__(self) -> _Fetched:
-        return _Fetched(await self._rows)
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def __await__(self) -> Generator[Any, None, _Fetched]:
-        return self.__aenter__().__await__()
-
-
-class AtomicReader:
-    """A connection on which every query runs to completion in one call on aiosqlite's
-    thread (``execute_fetchall``), so that no statement is left half-read between calls.
-
-    Why: an unfinished statement keeps its connection's read snapshot open. With ``execute``
-    and ``fetchall`` as separate calls, concurrent coroutines interleave on the one reader
-    connection, there is nearly always an unfinished statement, and reads keep seeing a
-    snapshot older than writes already acknowledged (an edit or delete right after an add did
-    not find the row; tests/test_concurrency.py). It also kept ``wal_checkpoint(TRUNCATE)``
-    from truncating the WAL.
-    """
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, parameters: Iterable[Any] = ()) -> _Query:
-        return _Query(self.conn.execute_fetchall(sql, parameters))
-
-
 def _episode_row(ep: Episode, short: bool = False) -> tuple[Any, ...]:
     """The INSERT parameters of an episode (a new uid if it has none)."""
     uid = ep.uid or str(uuid.uuid4())
@@ -560,6 +513,88 @@ class _Leases:
         self._attempts.clear()
 
 
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Added]:
+    """The rows, their scopes and projects (in the caller's transaction), and what became of
+    each row, in order.
+
+    ``new`` comes from what the insert really changed: the write lock and ``BEGIN
+    IMMEDIATE`` keep every other writer out, so a source absent before the insert and
+    inserted by it was stored by this call (its first occurrence among the rows)."""
+    keys = [(r[1], r[2], r[8], r[9]) for r in rows]
+    before = _uids_by_key(conn, keys)
+    expected: dict[tuple[str, str, str, str], str] = {}
+    for key, row in zip(keys, rows, strict=True):
+        if key not in before:
+            expected.setdefault(key, row[0])  # the first of a source among the rows
+    conn.executemany(
+        "INSERT OR IGNORE INTO scopes (org_id, project_id) VALUES (?, ?)",
+        list(dict.fromkeys((r[1], r[2]) for r in rows)),
+    )
+    # The row's scope tokens go to the full-text index only (schema 5): ``''`` here.
+    inserted = conn.executemany(
+        "INSERT OR IGNORE INTO episodes (uid, project_key, producer, produced_for,"
+        " role, content, created_at, platform, source_id, thread_id, episode_type,"
+        f" metadata, fts_tags) VALUES (?, {KEY_OF}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+        [(uid_key(row[0]), *row[1:13]) for row in rows],
+    )
+    if inserted.rowcount != len(expected):
+        # Some row was ignored for another reason than its source: its uid belongs to
+        # another episode, or a required field is missing. Never acknowledge a write
+        # that did not happen.
+        stored = _uids_by_key(conn, list(expected))
+        lost = [uid for key, uid in expected.items() if stored.get(key) != uid]
+        raise InvalidInput(
+            f"episode {lost[0]!r} was not stored: its uid belongs to another episode"
+            " or a required field is missing"
+        )
+    tags = {row[0]: row[13] for row in rows}
+    conn.executemany(
+        "INSERT INTO episodes_fts (rowid, content, fts_tags)"
+        " SELECT id, content, ? FROM episodes WHERE uid = ?",
+        [(tags[uid], uid_key(uid)) for uid in expected.values()],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO projects VALUES (?, ?, '', '{}', ?)",
+        [(r[1], r[2], r[7]) for r in rows],
+    )
+    out = []
+    for key, row in zip(keys, rows, strict=True):
+        if key in before:
+            out.append(Added(before[key], False))
+        else:
+            before[key] = row[0]  # stored now; a repeat among the rows is not new
+            out.append(Added(row[0], True))
+    return out
+
+
+def _mark_indexed(conn: sqlite3.Connection, marks: list[tuple[Any, ...]]) -> None:
+    """Rows embedded from the text and edit time they still have: (uid key, content, edit
+    time) each; a row edited since its claim stays pending."""
+    conn.executemany(
+        f"UPDATE episodes SET indexed = {INDEXED} WHERE uid = ? AND content = ?"
+        f" AND edited_at IS ? AND indexed = {PENDING}",
+        marks,
+    )
+
+
+def _uids_by_key(
+    conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str, str]]
+) -> dict[tuple[str, str, str, str], str]:
+    """Stored uids by ``(org_id, project_id, platform, source_id)``."""
+    found: dict[tuple[str, str, str, str], str] = {}
+    for chunk in _chunks(list(dict.fromkeys(keys))):
+        values = ",".join("(?, ?, ?, ?)" for _ in chunk)
+        rows = conn.execute(
+            f"WITH k(o, p, pl, s) AS (VALUES {values}) SELECT k.o, k.p, k.pl, k.s, e.uid"
+            " FROM k JOIN scopes ON scopes.org_id = k.o AND scopes.project_id = k.p"
+            " JOIN episodes e ON e.project_key = scopes.key AND e.platform = k.pl"
+            " AND e.source_id = k.s",
+            [v for key in chunk for v in key],
+        ).fetchall()
+        found.update(((r[0], r[1], r[2], r[3]), uid_of(r[4])) for r in rows)
+    return found
+
+
 class SQLiteStore:
     """The memory's records in one SQLite file."""
 
@@ -567,6 +602,8 @@ class SQLiteStore:
         self.path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._loop_reader: LoopReader | None = None
+        self._loop_writer: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._set_aside_seen: set[str] = set()
         self._leases = _Leases()
@@ -584,6 +621,10 @@ class SQLiteStore:
             await self._migrate()
             self._short_tokens = await self.get_meta(SHORT_TOKENS[0]) == SHORT_TOKENS[1]
             self._reader = await self._connect()
+            self._loop_reader = LoopReader(
+                loop_connection(str(self.path)), AtomicReader(self._reader)
+            )
+            self._loop_writer = loop_connection(str(self.path), write=True)
             async with self.reader.execute("SELECT uid FROM set_aside") as cur:
                 self._set_aside_seen = {r[0] for r in await cur.fetchall()}
         except BaseException:
@@ -612,7 +653,7 @@ class SQLiteStore:
                 "PRAGMA synchronous=NORMAL",
                 "PRAGMA foreign_keys=ON",
                 "PRAGMA secure_delete=ON",
-                "PRAGMA busy_timeout=30000",
+                f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
                 "PRAGMA cache_size=-65536",
             ):
                 await conn.execute(pragma)
@@ -624,6 +665,12 @@ class SQLiteStore:
         return conn
 
     async def close(self) -> None:
+        if self._loop_reader is not None:
+            self._loop_reader.conn.close()
+            self._loop_reader = None
+        if self._loop_writer is not None:
+            self._loop_writer.close()
+            self._loop_writer = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -636,10 +683,16 @@ class SQLiteStore:
         return self._writer
 
     @property
-    def reader(self) -> AtomicReader:
-        if self._reader is None:
+    def loop_writer(self) -> sqlite3.Connection:
+        if self._loop_writer is None:
             raise RuntimeError("the store is not open")
-        return AtomicReader(self._reader)
+        return self._loop_writer
+
+    @property
+    def reader(self) -> LoopReader:
+        if self._loop_reader is None:
+            raise RuntimeError("the store is not open")
+        return self._loop_reader
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -704,7 +757,7 @@ class SQLiteStore:
             )
 
     async def get_meta(self, key: str) -> str | None:
-        conn = self.reader if self._reader is not None else AtomicReader(self.writer)
+        conn = self._loop_reader or AtomicReader(self.writer)
         async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return None if row is None else str(row[0])
@@ -771,75 +824,26 @@ class SQLiteStore:
             start += len(rows)
 
     async def _insert(self, rows: list[tuple[Any, ...]]) -> list[Added]:
-        """One transaction: the rows, their projects, and what became of each.
+        """One transaction: the rows, their projects, and what became of each
+        (:func:`_insert_rows`), written on the event loop's thread (:meth:`_write_on_loop`):
+        at 40 clients, on aiosqlite's thread, its seven calls and each row's steps waited for
+        the GIL and adds took 130 ms (p50)."""
+        return await self._write_on_loop(functools.partial(_insert_rows, rows=rows))
 
-        ``new`` comes from what the insert really changed: the write lock and ``BEGIN
-        IMMEDIATE`` keep every other writer out, so a source absent before the insert and
-        inserted by it was stored by this call (its first occurrence among the rows)."""
-        keys = [(r[1], r[2], r[8], r[9]) for r in rows]
-        async with self._write() as conn:
-            before = await self._uids_by_key(conn, keys)
-            expected: dict[tuple[str, str, str, str], str] = {}
-            for key, row in zip(keys, rows, strict=True):
-                if key not in before:
-                    expected.setdefault(key, row[0])  # the first of a source among the rows
-            await conn.executemany(
-                "INSERT OR IGNORE INTO scopes (org_id, project_id) VALUES (?, ?)",
-                list(dict.fromkeys((r[1], r[2]) for r in rows)),
-            )
-            # The row's scope tokens go to the full-text index only (schema 5): ``''`` here.
-            inserted = await conn.executemany(
-                "INSERT OR IGNORE INTO episodes (uid, project_key, producer, produced_for,"
-                " role, content, created_at, platform, source_id, thread_id, episode_type,"
-                f" metadata, fts_tags) VALUES (?, {KEY_OF}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
-                [(uid_key(row[0]), *row[1:13]) for row in rows],
-            )
-            if inserted.rowcount != len(expected):
-                # Some row was ignored for another reason than its source: its uid belongs to
-                # another episode, or a required field is missing. Never acknowledge a write
-                # that did not happen.
-                stored = await self._uids_by_key(conn, list(expected))
-                lost = [uid for key, uid in expected.items() if stored.get(key) != uid]
-                raise InvalidInput(
-                    f"episode {lost[0]!r} was not stored: its uid belongs to another episode"
-                    " or a required field is missing"
-                )
-            tags = {row[0]: row[13] for row in rows}
-            await conn.executemany(
-                "INSERT INTO episodes_fts (rowid, content, fts_tags)"
-                " SELECT id, content, ? FROM episodes WHERE uid = ?",
-                [(tags[uid], uid_key(uid)) for uid in expected.values()],
-            )
-            await conn.executemany(
-                "INSERT OR IGNORE INTO projects VALUES (?, ?, '', '{}', ?)",
-                [(r[1], r[2], r[7]) for r in rows],
-            )
-        out = []
-        for key, row in zip(keys, rows, strict=True):
-            if key in before:
-                out.append(Added(before[key], False))
-            else:
-                before[key] = row[0]  # stored now; a repeat among the rows is not new
-                out.append(Added(row[0], True))
-        return out
-
-    @staticmethod
-    async def _uids_by_key(
-        conn: aiosqlite.Connection, keys: Sequence[tuple[str, str, str, str]]
-    ) -> dict[tuple[str, str, str, str], str]:
-        """Stored uids by ``(org_id, project_id, platform, source_id)``."""
-        found: dict[tuple[str, str, str, str], str] = {}
-        for chunk in _chunks(list(dict.fromkeys(keys))):
-            values = ",".join("(?, ?, ?, ?)" for _ in chunk)
-            async with conn.execute(
-                f"WITH k(o, p, pl, s) AS (VALUES {values}) SELECT k.o, k.p, k.pl, k.s, e.uid"
-                " FROM k JOIN scopes ON scopes.org_id = k.o AND scopes.project_id = k.p"
-                " JOIN episodes e ON e.project_key = scopes.key AND e.platform = k.pl"
-                " AND e.source_id = k.s",
-                [v for key in chunk for v in key],
-            ) as cur:
-                found.update(((r[0], r[1], r[2], r[3]), uid_of(r[4])) for r in await cur.fetchall())
-        return found
+    async def _write_on_loop(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one write transaction on the event loop's own thread, as quick reads
+        run (:mod:`memory.store.sqlite.connections` says why), for writes of a bounded size:
+        the loop is held for as long as the transaction takes. The loop never waits for a
+        lock: when another process holds the file's write lock, the transaction runs on a
+        thread that waits for it."""
+        conn = self.loop_writer
+        async with self._write_lock:
+            try:
+                return transaction(conn, work)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+            return await asyncio.to_thread(transaction, conn, work, wait=True)
 
     async def edit(
         self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime
@@ -1246,12 +1250,8 @@ class SQLiteStore:
     async def complete(self, claim: Claim, uids: Sequence[str] | None = None) -> None:
         done = list(claim.stamps) if uids is None else [u for u in uids if u in claim.stamps]
         done = self._leases.holding(claim.token, done)
-        async with self._write() as conn:
-            await conn.executemany(
-                f"UPDATE episodes SET indexed = {INDEXED} WHERE uid = ? AND content = ?"
-                f" AND edited_at IS ? AND indexed = {PENDING}",
-                [(uid_key(u), *claim.stamps[u]) for u in done],
-            )
+        marks = [(uid_key(u), *claim.stamps[u]) for u in done]
+        await self._write_on_loop(functools.partial(_mark_indexed, marks=marks))
         await self._give_back_free_pages()
         self._leases.forget_attempts(done)
         self._leases.drop(claim.token)

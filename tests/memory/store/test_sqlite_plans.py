@@ -38,8 +38,9 @@ async def test_rows_named_by_uid_are_found_through_the_uid_index(tmp_path: Path)
                 citations=uids[:3],
             )
         )
-        for conn in (store.writer, store.reader.conn):
-            await conn.set_trace_callback(statements.append)
+        await store.writer.set_trace_callback(statements.append)
+        store.loop_writer.set_trace_callback(statements.append)
+        await store.reader.set_trace_callback(statements.append)
         assert await store.existing(ORG, PROJECT, uids[:10]) == uids[:10]
         assert await store.fact_uids(ORG, PROJECT, [fact_uid]) == [fact_uid]
         await store.add_fact(
@@ -98,7 +99,7 @@ async def test_a_project_wide_keyword_search_ranks_in_the_full_text_index_then_r
             [episode(f"a longer message about zorblat number {i}") for i in range(5)]
             + [episode(f"filler {i}", produced_for="slack:CRANDOM") for i in range(30)]
         )
-        await store.reader.conn.set_trace_callback(statements.append)
+        await store.reader.set_trace_callback(statements.append)
         alone = await store.keyword_search(everywhere, None, None, "zorblat", 3)
         single = [s for s in statements if "MATCH" in s]
         statements.clear()  # fewer matches than the limit: still the one statement

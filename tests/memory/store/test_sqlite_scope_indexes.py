@@ -107,7 +107,7 @@ async def test_every_scoped_query_walks_its_narrowest_index(tmp_path: Path) -> N
     )
     try:
         await store.add(_traffic())
-        await store.reader.conn.set_trace_callback(statements.append)
+        await store.reader.set_trace_callback(statements.append)
         results = {}
         for name, scope in (
             ("project", project),
