@@ -34,6 +34,9 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 #: The longest a read may hold the event loop; then it is stopped and run on the reader thread.
 LOOP_READ_BUDGET_S = 0.004
+#: The most adds one group may hold to be written on the loop: about 1 ms of work for 25,
+#: 15-22 ms for 500 (a bulk import's batch), which is written on a thread instead.
+LOOP_WRITE_ROWS = 64
 #: SQLite virtual-machine steps between two looks at the clock: well under a millisecond of
 #: work, so that most reads never look at all.
 CHECK_EVERY = 20_000

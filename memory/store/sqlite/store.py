@@ -67,7 +67,14 @@ from ..shared import (
     scope_tokens,
     to_epoch,
 )
-from .connections import BUSY_TIMEOUT_MS, AtomicReader, LoopReader, loop_connection, transaction
+from .connections import (
+    BUSY_TIMEOUT_MS,
+    LOOP_WRITE_ROWS,
+    AtomicReader,
+    LoopReader,
+    loop_connection,
+    transaction,
+)
 from .filters import project_of, to_sql
 from .schema import INDEXED, MIGRATIONS, PENDING, SCHEMA_VERSION, SET_ASIDE, UPGRADES
 
@@ -827,13 +834,19 @@ class SQLiteStore:
         """One transaction: the rows, their projects, and what became of each
         (:func:`_insert_rows`), written on the event loop's thread (:meth:`_write_on_loop`):
         at 40 clients, on aiosqlite's thread, its seven calls and each row's steps waited for
-        the GIL and adds took 130 ms (p50)."""
-        return await self._write_on_loop(functools.partial(_insert_rows, rows=rows))
+        the GIL and adds took 130 ms (p50). A group too large to hold the loop for
+        (:data:`LOOP_WRITE_ROWS`) is written on a thread."""
+        work = functools.partial(_insert_rows, rows=rows)
+        if len(rows) > LOOP_WRITE_ROWS:
+            async with self._write_lock:
+                return await self._write_on_thread(work)
+        return await self._write_on_loop(work)
 
     async def _write_on_loop(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` in one write transaction on the event loop's own thread, as quick reads
         run (:mod:`memory.store.sqlite.connections` says why), for writes of a bounded size:
-        the loop is held for as long as the transaction takes. The loop never waits for a
+        the loop is held for as long as the transaction takes (marking an indexing batch of
+        512 rows: about 3 ms). The loop never waits for a
         lock: when another process holds the file's write lock, the transaction runs on a
         thread that waits for it."""
         conn = self.loop_writer
@@ -843,7 +856,21 @@ class SQLiteStore:
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
-            return await asyncio.to_thread(transaction, conn, work, wait=True)
+            return await self._write_on_thread(work)
+
+    async def _write_on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one write transaction on the loop's write connection, run on a thread
+        that waits for the write lock; the caller holds ``_write_lock``, and keeps it until
+        the thread is done even if it is cancelled (the connection is not used by two at
+        once)."""
+        running = asyncio.ensure_future(
+            asyncio.to_thread(transaction, self.loop_writer, work, wait=True)
+        )
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.wait([running])
+            raise
 
     async def edit(
         self, org_id: str, project_id: str, uid: str, content: str, edited_at: datetime
@@ -993,14 +1020,19 @@ class SQLiteStore:
         after a forget (:meth:`purge`). Later writes would reuse them, but until then they are
         disk the folder holds for nothing. A no-op in files made before
         ``auto_vacuum=INCREMENTAL`` (their pages stay free, as before)."""
+        # Counted without the write lock (a read, on the loop): an add need not wait for it
+        # after every indexing step, and a count just behind another writer's only delays a
+        # vacuum to the next look.
+        async with (self._loop_reader or AtomicReader(self.writer)).execute(
+            "PRAGMA freelist_count"
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or int(row[0]) <= SPARE_PAGES:
+            return
         async with self._write_lock:
-            conn = self.writer
-            async with conn.execute("PRAGMA freelist_count") as cur:
-                row = await cur.fetchone()
-            if row is not None and int(row[0]) > SPARE_PAGES:
-                # Run as a script: stepped to the end, it frees every free page (one
-                # execute() frees one). Outside any transaction, like every write here.
-                await conn.executescript("PRAGMA incremental_vacuum;")
+            # Run as a script: stepped to the end, it frees every free page (one execute()
+            # frees one). Outside any transaction, like every write here.
+            await self.writer.executescript("PRAGMA incremental_vacuum;")
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -74,5 +75,26 @@ async def test_an_add_waits_for_another_writer_on_a_thread_not_on_the_loop(
         assert second.new
         (stored,) = await store.get(ORG, PROJECT, [second.uid])
         assert stored.content == "while it writes"
+    finally:
+        await store.close()
+
+
+async def test_a_group_too_large_for_the_loop_is_written_on_a_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "memory.sqlite3")
+    await store.open()
+    written: list[tuple[int, str]] = []
+    try:
+        store.loop_writer.set_trace_callback(
+            lambda statement: written.append((threading.get_ident(), statement))
+        )
+        large = connections.LOOP_WRITE_ROWS + 1
+        await store.add([episode(f"small group {i}") for i in range(3)])
+        await store.add([episode(f"large group {i}") for i in range(large)])
+        inserts = [(t, s) for t, s in written if s.startswith("INSERT OR IGNORE INTO episodes ")]
+        loop = threading.get_ident()
+        assert {t for t, s in inserts if "small group" in s} == {loop}
+        assert loop not in {t for t, s in inserts if "large group" in s}
+        assert len([s for _, s in inserts if "large group" in s]) == large
+        assert await store.count(CHANNEL) == 3 + large
     finally:
         await store.close()
