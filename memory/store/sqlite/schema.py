@@ -191,6 +191,17 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX ep_pending_channel ON episodes (project_key, produced_for, id)"
         " WHERE indexed = 0",
     ],
+    8: [
+        # The channel index holds each row's project key after its channel: a search reads
+        # every candidate's neighbours in its channel (two lookups a row, see
+        # store.adjacent_sql), and with the key in the index they are answered from the
+        # index alone, instead of reading each neighbour's row to check its project (a
+        # 120-row read of candidates at 200k messages: 3.1 -> 2.4 ms). A channel listing
+        # walks the channel's rows of one project in time order. About 2 bytes per message
+        # (the key is a small integer); built in one pass over the table on open.
+        "DROP INDEX ep_channel",
+        "CREATE INDEX ep_channel ON episodes (produced_for, project_key, created_at)",
+    ],
 }
 
 #: What an upgrade to each version changed, for the one log line a folder written by an
@@ -200,6 +211,7 @@ UPGRADES: dict[int, str] = {
     5: "new rows' scope tokens kept in the full-text index only",
     6: "uids kept as 16 bytes",
     7: "rows name their org and project by a key (the table rebuilt)",
+    8: "channel index rebuilt with each row's project",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -174,8 +174,9 @@ def name_sql(alias: str) -> str:
 
 def adjacent_sql(alias: str) -> str:
     """The row keys just before and just after ``alias``'s row in its channel, in time order
-    (two columns, through the channel index: see :func:`scope_sql` for the ``+``)."""
-    same = f"+n.project_key = {alias}.project_key AND n.produced_for = {alias}.produced_for"
+    (two columns). Each is one lookup in the channel index, which holds all it needs (channel,
+    project, time and row key): no neighbour's row is read."""
+    same = f"n.produced_for = {alias}.produced_for AND n.project_key = {alias}.project_key"
     return (
         f"(SELECT n.id FROM episodes n WHERE {same} AND (n.created_at, n.id) <"
         f" ({alias}.created_at, {alias}.id) ORDER BY n.created_at DESC, n.id DESC LIMIT 1),"
@@ -239,12 +240,14 @@ def scope_sql(scope: Scope, time: TimeRange | None, filt: Filter | None) -> tupl
     index. Every other scope column is compared with a unary ``+``, which SQLite does not
     look up in an index: without statistics its planner counts the equal columns an index
     starts with, and would walk (project_key, created_at), every row of the project, rather
-    than (produced_for, created_at)."""
+    than (produced_for, created_at). The channel's index holds the project key after the
+    channel (schema migration 8), so a channel query looks both up in it, and walks one
+    project's rows of the channel in time order."""
     narrowest = next(
         (c for c in ("thread_id", "produced_for", "producer") if getattr(scope, c) is not None),
         None,
     )
-    keep = "+" if narrowest is not None else ""
+    keep = "+" if narrowest in ("thread_id", "producer") else ""
     clauses = [f"{keep}e.project_key = {KEY_OF}"]
     params: list[Any] = [scope.org_id, scope.project_id]
     for column in ("producer", "produced_for", "thread_id"):
@@ -1195,8 +1198,8 @@ class SQLiteStore:
     async def neighbours(self, keys: Sequence[int], before: int, after: int) -> dict[int, Context]:
         """For each key: up to ``before`` earlier and ``after`` later episodes of the same
         channel (of the same thread when the row is in one), nearest first."""
-        same = (  # through the channel index (see scope_sql for the ``+``)
-            "+n.project_key = c.project_key AND n.produced_for = c.produced_for"
+        same = (  # through the channel index (channel, project, time)
+            "n.produced_for = c.produced_for AND n.project_key = c.project_key"
             " AND (c.thread_id IS NULL OR n.thread_id = c.thread_id)"
         )
         out: dict[int, Context] = {}
@@ -1230,8 +1233,8 @@ class SQLiteStore:
     ) -> list[tuple[str, str, str | None]]:
         async with self.reader.execute(
             "SELECT uid, producer, thread_id FROM episodes"
-            f" WHERE +project_key = {KEY_OF} AND produced_for = ?",
-            (org_id, project_id, produced_for),
+            f" WHERE produced_for = ? AND project_key = {KEY_OF}",
+            (produced_for, org_id, project_id),
         ) as cur:
             return [(uid_of(r[0]), r[1], r[2]) for r in await cur.fetchall()]
 

@@ -1,6 +1,7 @@
 """The SQLite store's channel, producer and thread indexes lead with their own column (schema
-migration 4): a new folder has them, an old folder gets them on open, and every scoped query
-still walks the index of its narrowest scope column, never the rows of a whole project.
+migration 4; the channel's holds the project key next, migration 8): a new folder has them,
+an old folder gets them on open, and every scoped query still walks the index of its
+narrowest scope column, never the rows of a whole project.
 
 The plans are asked of SQLite for the statements the store really runs (recorded with a trace
 callback); nothing is timed."""
@@ -18,7 +19,7 @@ from memory.store.sqlite.schema import MIGRATIONS
 from tests.conftest import ALICE, GENERAL, ORG, PROJECT, T0, episode
 
 NARROW = {
-    "ep_channel": "CREATE INDEX ep_channel ON episodes (produced_for, created_at)",
+    "ep_channel": "CREATE INDEX ep_channel ON episodes (produced_for, project_key, created_at)",
     "ep_producer": "CREATE INDEX ep_producer ON episodes (producer, created_at)",
     "ep_thread": "CREATE INDEX ep_thread ON episodes (thread_id, created_at)"
     " WHERE thread_id IS NOT NULL",
@@ -168,3 +169,14 @@ async def test_every_scoped_query_walks_its_narrowest_index(tmp_path: Path) -> N
         assert "ep_time" not in plan, (sql, plan)  # never every row of the project
         if "MATCH" not in sql:
             assert "ep_channel" in plan, (sql, plan)
+    # A channel is looked up with its project (schema 8): one project's rows of the channel,
+    # in time order.
+    for name in ("channel", "both"):
+        for sql in results[name][2]:
+            assert "ep_channel (produced_for=? AND project_key=?)" in _plan(db, sql), sql
+    # A candidate's neighbours come from the channel index alone: no neighbour's row is read.
+    around_plans = [_plan(db, sql) for sql in others if "SELECT n.id FROM episodes n" in sql]
+    assert len(around_plans) >= 2, others  # the keyword search's and adjacent's
+    for plan in around_plans:
+        assert "SEARCH n USING COVERING INDEX ep_channel" in plan, plan
+        assert "SEARCH n USING INDEX" not in plan, plan
